@@ -1,0 +1,3 @@
+from dprad.cli import main
+
+main()

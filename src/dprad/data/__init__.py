@@ -1,0 +1,1 @@
+"""Reading, labelling tables, splitting and synthesising radiology reports."""

@@ -1,0 +1,1 @@
+"""Teachers that label reports on premises, and their agreement with gold labels."""
