@@ -23,3 +23,17 @@ def iu_csv() -> Path:
 @pytest.fixture
 def ct_manual_csv() -> Path:
     return need(CT_MANUAL_CSV)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny import make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny") / "bert", "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_albert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny import make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny") / "albert", "albert")

@@ -1,0 +1,135 @@
+"""The classifier: a local Hugging Face encoder, a pooling choice, LoRA (peft) and a multi-label head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dprad.errors import DpradError
+from dprad.local_models import declared_pooling, resolve_model_dir
+
+ENCODER_TYPES = {
+    "bert": ("query", "value"),
+    "albert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "camembert": ("query", "value"),
+    "electra": ("query", "value"),
+    "deberta": ("in_proj",),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "distilbert": ("q_lin", "v_lin"),
+    "mpnet": ("q", "v"),
+}
+
+
+def encoder_type(model_dir: Path) -> str:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    kind = str(getattr(cfg, "model_type", ""))
+    if kind not in ENCODER_TYPES or getattr(cfg, "is_decoder", False):
+        raise DpradError(
+            f"--model {model_dir}: model type '{kind}' is not a supported encoder ({', '.join(sorted(ENCODER_TYPES))})"
+        )
+    return kind
+
+
+def resolve_pooling(pooling: str, model_dir: Path) -> str:
+    """``auto`` -> what the checkpoint was trained with (sentence-transformers declare it), else CLS."""
+    if pooling not in {"auto", "mean", "cls"}:
+        raise DpradError(f"--pooling '{pooling}' must be auto, mean or cls")
+    if pooling != "auto":
+        return pooling
+    return declared_pooling(model_dir) or "cls"
+
+
+def load_encoder(model_dir: Path) -> nn.Module:
+    from transformers import AutoModel
+
+    encoder_type(model_dir)
+    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, add_pooling_layer=False)
+    return model
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H)."""
+    if how == "cls":
+        return hidden[:, 0]
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class ReportClassifier(nn.Module):
+    """encoder -> pooled (B, H) -> linear head -> logits (B, L)."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, *, pooling: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        hidden = int(encoder.config.hidden_size)
+        self.head = nn.Linear(hidden, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return self.head(pool(h, attention_mask, self.pooling))  # (B, L)
+
+
+class FeatureHead(nn.Module):
+    """The head alone, over frozen pooled features that were centred on a public mean and L2-normalised:
+    (B, H) -> (B, L). ``center`` is kept as a buffer so that a saved head carries it."""
+
+    def __init__(self, hidden: int, num_labels: int, *, center: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.head = nn.Linear(hidden, num_labels)
+        c = torch.zeros(hidden) if center is None else torch.from_numpy(np.asarray(center, dtype=np.float32))
+        self.register_buffer("center", c)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+def attach_lora(encoder: nn.Module, *, kind: str, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...] | None) -> nn.Module:
+    """Wrap the encoder with peft LoRA; only the LoRA matrices stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(target_modules or ENCODER_TYPES[kind])
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    try:
+        return get_peft_model(encoder, cfg)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise DpradError(f"--lora-targets {','.join(targets)}: {err}") from None
+
+
+def freeze_for_dp_full(encoder: nn.Module) -> None:
+    """Full fine-tuning under DP: position / token-type embeddings take [1, T]-shaped ids that break
+    per-sample gradients, so they (and the shared word embeddings) stay frozen."""
+    for name, p in encoder.named_parameters():
+        if "embeddings" in name:
+            p.requires_grad_(False)
+
+
+def trainable_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def encoder_info(model_dir: Path) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    return {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size, "layers": cfg.num_hidden_layers}
+
+
+__all__ = [
+    "FeatureHead",
+    "ReportClassifier",
+    "attach_lora",
+    "encoder_type",
+    "load_encoder",
+    "pool",
+    "resolve_model_dir",
+    "resolve_pooling",
+]
