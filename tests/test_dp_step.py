@@ -43,7 +43,9 @@ def batch(model_dir: Path, n: int = 6):
 
 
 @pytest.mark.parametrize(("arch", "lora"), [("tiny_bert", True), ("tiny_albert", True), ("tiny_bert", False)])
-def test_per_sample_gradients_match_a_per_example_loop(arch: str, lora: bool, request: pytest.FixtureRequest) -> None:
+def test_per_sample_gradients_match_a_per_example_loop(
+    arch: str, lora: bool, request: pytest.FixtureRequest
+) -> None:
     model_dir = request.getfixturevalue(arch)
     model = build(model_dir, lora=lora)
     reference = copy.deepcopy(model)  # no opacus hooks on this one
@@ -88,8 +90,16 @@ def test_noise_free_unclipped_dp_step_equals_plain_step(tiny_bert: Path) -> None
 
     mbs = micro_batches(idx, enc.lengths, max_tokens=64)  # several micro-batches: accumulation is exercised
     assert len(mbs) > 1
-    private_step(pa, oa, mbs, loss(gsm), max_grad_norm=1e12, noise_multiplier=0.0, expected_batch_size=len(idx),
-                 generator=torch.Generator().manual_seed(0))
+    private_step(
+        pa,
+        oa,
+        mbs,
+        loss(gsm),
+        max_grad_norm=1e12,
+        noise_multiplier=0.0,
+        expected_batch_size=len(idx),
+        generator=torch.Generator().manual_seed(0),
+    )
     plain_step(pb, ob, [idx], loss(b), batch_size=len(idx))
     for x, y in zip(pa, pb, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
@@ -102,7 +112,9 @@ def test_clipping_bounds_every_per_sample_gradient(tiny_bert: Path) -> None:
     params = [p for p in gsm.parameters() if p.requires_grad]
     raw = []
     for i in idx:
-        loss_per_example(gsm(*collate(enc, np.array([i]))[:2]), enc.targets[[i]], enc.mask[[i]]).sum().backward()
+        loss_per_example(
+            gsm(*collate(enc, np.array([i]))[:2]), enc.targets[[i]], enc.mask[[i]]
+        ).sum().backward()
         raw.append(float(per_sample_norms([p.grad_sample for p in params])[0]))
         for p in params:
             p.grad_sample = None
@@ -111,9 +123,16 @@ def test_clipping_bounds_every_per_sample_gradient(tiny_bert: Path) -> None:
     for i, norm in zip(idx, raw, strict=True):
         before = [p.detach().clone() for p in params]
         opt = torch.optim.SGD(params, lr=1.0)
-        private_step(params, opt, [np.array([i])], lambda j: loss_per_example(gsm(*collate(enc, j)[:2]), enc.targets[j], enc.mask[j]),
-                     max_grad_norm=clip, noise_multiplier=0.0, expected_batch_size=1.0,
-                     generator=torch.Generator().manual_seed(0))
+        private_step(
+            params,
+            opt,
+            [np.array([i])],
+            lambda j: loss_per_example(gsm(*collate(enc, j)[:2]), enc.targets[j], enc.mask[j]),
+            max_grad_norm=clip,
+            noise_multiplier=0.0,
+            expected_batch_size=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
         step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, params, strict=True)]).norm()
         assert float(step) <= clip * (1 + 1e-5)
         assert float(step) == pytest.approx(min(norm, clip), rel=1e-4)
@@ -127,8 +146,16 @@ def test_empty_poisson_batch_still_adds_noise(tiny_bert: Path) -> None:
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     params = [p for p in gsm.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
-    private_step(params, torch.optim.SGD(params, lr=1.0), [], lambda i: torch.zeros(0), max_grad_norm=1.0,
-                 noise_multiplier=1.0, expected_batch_size=4.0, generator=torch.Generator().manual_seed(0))
+    private_step(
+        params,
+        torch.optim.SGD(params, lr=1.0),
+        [],
+        lambda i: torch.zeros(0),
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+        expected_batch_size=4.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, params, strict=True)])
     assert moved.abs().sum() > 0  # noise only, scaled by 1 / expected batch size
     assert float(moved.std()) == pytest.approx(1.0 / 4.0, rel=0.1)

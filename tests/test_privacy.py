@@ -15,7 +15,9 @@ def test_rdp_known_value() -> None:
     assert acc.epsilon == pytest.approx(7.33, abs=0.01)
 
 
-@pytest.mark.parametrize(("sigma", "q", "steps"), [(1.5, 0.04, 2250), (0.8, 0.01, 1000), (5.0, 0.3, 100), (40.0, 0.5, 60)])
+@pytest.mark.parametrize(
+    ("sigma", "q", "steps"), [(1.5, 0.04, 2250), (0.8, 0.01, 1000), (5.0, 0.3, 100), (40.0, 0.5, 60)]
+)
 def test_pld_never_looser_than_rdp_and_prv_close_to_pld(sigma: float, q: float, steps: int) -> None:
     kw = dict(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5)
     pld = compute_epsilon(**kw, accountant="pld").epsilon
@@ -29,8 +31,12 @@ def test_pld_never_looser_than_rdp_and_prv_close_to_pld(sigma: float, q: float, 
 @pytest.mark.parametrize("target", [0.01, 0.1, 1.0, 10.0])
 def test_calibrated_sigma_spends_within_one_percent_below_target(target: float, accountant: str) -> None:
     q, steps, delta = 512 / 2678, 100, 1e-5
-    sigma = calibrate_noise(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=accountant)
-    spent = compute_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant)
+    sigma = calibrate_noise(
+        target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=accountant
+    )
+    spent = compute_epsilon(
+        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant
+    )
     assert spent.accountant == accountant
     assert 0.99 * target <= spent.epsilon <= target
 

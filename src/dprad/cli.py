@@ -182,6 +182,463 @@ def label(
     console.print(f"wrote {len(result.reports)} reports ({len(result.skipped)} skipped) to {out}")
 
 
+@app.command()
+def epsilon(
+    sample_rate: Annotated[
+        float, typer.Option("--sample-rate", "-q", help="Poisson sampling rate q = batch / n")
+    ],
+    steps: Annotated[int, typer.Option(help="number of DP-SGD steps")],
+    delta: Annotated[float, typer.Option(help="target delta")] = 1e-5,
+    noise_multiplier: Annotated[
+        float | None, typer.Option("--noise-multiplier", "-s", help="sigma: prints the epsilon spent")
+    ] = None,
+    target: Annotated[
+        float | None, typer.Option("--epsilon", "-e", help="target eps: prints the sigma needed")
+    ] = None,
+    accountant: Annotated[str, typer.Option(help="pld (default), rdp or prv")] = "pld",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Epsilon for (sigma, q, steps, delta), or the sigma that spends a target epsilon."""
+    from dprad.privacy import calibrate_noise, compute_epsilon
+
+    if (noise_multiplier is None) == (target is None):
+        raise DpradError("give exactly one of --noise-multiplier and --epsilon")
+    if target is not None:
+        noise_multiplier = calibrate_noise(
+            target_epsilon=target, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+        )
+    assert noise_multiplier is not None
+    acc = compute_epsilon(
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        accountant=accountant,
+    )
+    result = {
+        "noise_multiplier": noise_multiplier,
+        "sample_rate": sample_rate,
+        "steps": steps,
+        "delta": delta,
+        "epsilon": acc.epsilon,
+        "target_epsilon": target,
+        "accountant": acc.accountant,
+        "note": acc.note,
+    }
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"sigma={noise_multiplier:.6g} q={sample_rate:g} steps={steps} delta={delta:g} -> "
+            f"epsilon={acc.epsilon:.6g} ({acc.accountant}){' ' + acc.note if acc.note else ''}"
+        )
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="training reports (all splits are made from it, by patient)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory to write (or resume)")],
+    fmt: FormatOpt = "auto",
+    schema: SchemaOpt = None,
+    text_col: TextColOpt = "text",
+    id_col: IdColOpt = "id",
+    patient_col: PatientColOpt = None,
+    split_col: SplitColOpt = None,
+    labels: LabelsOpt = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="YAML/JSON RunConfig (sections data/model/lora/privacy/train); flags override"
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | dp-head | dp-lora | dp-full | head | lora | full (auto: dp-head under 20k reports when private, else dp-lora; lora when non-private)"
+        ),
+    ] = None,
+    epsilon_: Annotated[
+        float | None,
+        typer.Option(
+            "--epsilon", help="target epsilon; the noise multiplier is calibrated to spend at most this"
+        ),
+    ] = None,
+    delta: Annotated[
+        float | None,
+        typer.Option(
+            help="delta; default: the largest power of ten <= 1/(10 n), n = training reports. delta >= 1/n is refused unless --force-delta"
+        ),
+    ] = None,
+    noise_multiplier: Annotated[
+        float | None,
+        typer.Option(
+            "--noise-multiplier", help="fixed sigma instead of --epsilon; epsilon is then the output"
+        ),
+    ] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option("--max-grad-norm", help="per-report clipping norm C")
+    ] = None,
+    accountant: Annotated[str | None, typer.Option(help="pld (default), rdp or prv")] = None,
+    force_delta: Annotated[bool, typer.Option("--force-delta", help="allow delta >= 1/n")] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="minilm (packaged default) or a local HF model directory")
+    ] = None,
+    pooling: Annotated[str | None, typer.Option(help="auto | mean | cls")] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", help="tokens per report (truncation)")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="epochs (expected passes over the data)")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="expected logical batch size (q = batch / n)")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="tokens per physical micro-batch (memory only)")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r")] = None,
+    lora_alpha: Annotated[int | None, typer.Option("--lora-alpha")] = None,
+    lora_targets: Annotated[
+        str | None, typer.Option("--lora-targets", help="comma-separated module names")
+    ] = None,
+    uncertain: Annotated[
+        str | None, typer.Option("--uncertain", help="ones (U-Ones, default) | zeros | ignore")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="train,val,test fractions, e.g. 0.7,0.1,0.2")] = None,
+    split_seed: Annotated[int | None, typer.Option("--split-seed")] = None,
+    seed: Annotated[int | None, typer.Option(help="training seed (sampling, noise, init)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --out")] = False,
+) -> None:
+    """Train a classifier (DP-SGD by default when --epsilon is given) into a self-describing run directory."""
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from dprad.config import RunConfig
+    from dprad.train import StepInfo
+    from dprad.train import train as run_train
+
+    cfg = _load_config(config) if config else RunConfig()
+
+    def pick(section: Any, **values: Any) -> Any:
+        return replace(section, **{k: v for k, v in values.items() if v is not None})
+
+    fractions = None
+    if split is not None:
+        try:
+            fractions = tuple(float(x) for x in split.split(","))
+        except ValueError:
+            fractions = ()
+        if len(fractions) != 3:
+            raise DpradError(f"--split '{split}' must be three comma-separated fractions, e.g. 0.7,0.1,0.2")
+    cfg = RunConfig(
+        data=pick(
+            cfg.data,
+            path=str(data),
+            format=fmt,
+            schema=schema,
+            text_col=text_col,
+            id_col=id_col,
+            patient_col=patient_col,
+            split_col=split_col,
+            labels_path=str(labels) if labels else None,
+            uncertain_policy=uncertain,
+            fractions=fractions,
+            split_seed=split_seed,
+        ),
+        model=pick(cfg.model, name=model, pooling=pooling, max_length=max_length),
+        lora=pick(
+            cfg.lora,
+            r=lora_r,
+            alpha=lora_alpha,
+            target_modules=tuple(lora_targets.split(",")) if lora_targets else None,
+        ),
+        privacy=pick(
+            cfg.privacy,
+            epsilon=epsilon_,
+            delta=delta,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            accountant=accountant,
+            force_delta=force_delta or None,
+        ),
+        train=pick(
+            cfg.train,
+            mode=mode,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            seed=seed,
+            threads=threads,
+        ),
+    )
+    if cfg.data.uncertain_policy not in {"ones", "zeros", "ignore"}:
+        raise DpradError(f"--uncertain '{cfg.data.uncertain_policy}' must be ones, zeros or ignore")
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("train", total=None, info="preparing")
+
+        def show(s: StepInfo) -> None:
+            eps = f" eps {s.epsilon:.3g}" if s.epsilon is not None else ""
+            progress.update(
+                task,
+                total=s.steps,
+                completed=s.step,
+                info=f"loss {s.loss:.4f}{eps} {s.examples_per_s:.0f} ex/s",
+            )
+
+        result = run_train(cfg, out, on_step=show, overwrite=overwrite)
+    led = result.ledger
+    test = result.metrics.get("test", {}).get("threshold_0.5", {})
+    privacy = (
+        f"eps={led.epsilon:.4g} delta={led.delta:.0e} ({led.accountant})" if led.private else "NOT private"
+    )
+    console.print(f"run {out}: mode={led.mode} steps={led.steps} {privacy}")
+    if test:
+        console.print(
+            f"test: weighted F1 {test['weighted_f1']:.3f}  macro AUROC {test['macro_auroc']:.3f} (threshold 0.5)"
+        )
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="a finished run directory")],
+    data: Annotated[Path, typer.Argument(help="reports to score")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="id, one probability column per label, loss")],
+    fmt: FormatOpt = "auto",
+    text_col: TextColOpt = "text",
+    id_col: IdColOpt = "id",
+    patient_col: PatientColOpt = None,
+    labels: LabelsOpt = None,
+) -> None:
+    """Score reports with a trained run: per-label probability and per-example loss (where labels are known)."""
+    from dprad.data.table import write_table
+    from dprad.predict import load_run
+
+    predictor = load_run(run)
+    result, _, _ = _read(
+        path=data,
+        fmt=fmt,
+        schema=None,
+        text_col=text_col,
+        id_col=id_col,
+        patient_col=patient_col,
+        labels=labels,
+    )
+    preds = predictor.predict(result.reports)
+    write_table(preds.frame(predictor.schema), out)
+    console.print(f"wrote {len(preds.ids)} rows to {out}")
+
+
+ThresholdsOpt = Annotated[
+    str,
+    typer.Option(
+        "--thresholds", help="0.5, or val: the per-label thresholds fitted on the run's validation split"
+    ),
+]
+BootOpt = Annotated[int, typer.Option("--bootstrap", help="patient-level bootstrap resamples")]
+SplitOpt = Annotated[
+    str, typer.Option("--split", help="auto (the run's test split if present in DATA, else all), test or all")
+]
+MapOpt = Annotated[
+    str | None, typer.Option("--label-map", help="JSON {run label: data label} for another schema")
+]
+
+
+def _eval_options(thresholds: str, n_boot: int, split: str, label_map: str | None, **extra: Any) -> Any:
+    from dprad.evaluate import EvalOptions
+
+    if n_boot < 1:
+        raise DpradError("--bootstrap must be at least 1")
+    return EvalOptions(thresholds=thresholds, n_boot=n_boot, split=split, label_map=label_map, **extra)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="a finished run directory")],
+    data: Annotated[
+        Path, typer.Argument(help="labelled reports (the run's own data, or another institution's)")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="metrics JSON")] = None,
+    fmt: FormatOpt = "auto",
+    labels: LabelsOpt = None,
+    groups: Annotated[
+        str | None, typer.Option(help="comma-separated attributes for subgroup metrics, e.g. sex,site,age")
+    ] = None,
+    thresholds: ThresholdsOpt = "0.5",
+    n_boot: BootOpt = 1000,
+    split: SplitOpt = "auto",
+    label_map: MapOpt = None,
+    temperature: Annotated[
+        bool, typer.Option("--temperature", help="fit a temperature on the run's validation split")
+    ] = False,
+    min_group_size: Annotated[
+        int, typer.Option("--min-group-size", help="groups smaller than this are flagged")
+    ] = 30,
+) -> None:
+    """Per-label metrics with patient-level bootstrap CIs, calibration and subgroup gaps."""
+    from dprad.evaluate import evaluate_run
+    from dprad.io import write_json
+
+    opts = _eval_options(
+        thresholds,
+        n_boot,
+        split,
+        label_map,
+        temperature=temperature,
+        min_group_size=min_group_size,
+        groups=tuple(g for g in (groups or "").split(",") if g),
+    )
+    res = evaluate_run(run, data, options=opts, format=fmt, labels_path=labels)
+    if out:
+        write_json(out, res)
+    _print_eval(res)
+
+
+def _ci(d: dict[str, float]) -> str:
+    if d["estimate"] != d["estimate"]:  # NaN
+        return "n/a"
+    return f"{d['estimate']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+
+
+def _print_eval(res: dict[str, Any]) -> None:
+    out = Console(width=160)
+    led = res["privacy"]
+    priv = f"eps={led['epsilon']:.3g}, delta={led['delta']:.0e}" if led["private"] else "non-private"
+    out.print(
+        f"[bold]{res['run']}[/bold] on {res['data']} ({res['split']}: {res['reports']} reports, "
+        f"{res['patients']} patients) - {led['mode']}, {priv}; thresholds {res['thresholds']['source']}"
+    )
+    for note in res["notes"]:
+        out.print(f"note: {note}")
+    head = res["headline"]
+    out.print(
+        "  ".join(f"{k} {_ci(v)}" for k, v in head.items())
+        + f"  (95% CI, {res['bootstrap']['resamples']} patient resamples)"
+    )
+    table = Table(title="per label (95% CI)")
+    for col in (
+        "label",
+        "support",
+        "prevalence",
+        "precision",
+        "recall (sensitivity)",
+        "specificity",
+        "F1",
+        "AUROC",
+        "AUPRC",
+    ):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for r in res["per_label"]:
+        table.add_row(
+            r["label"],
+            str(r["support"]),
+            f"{r['prevalence']:.3f}",
+            _ci(r["precision"]),
+            _ci(r["recall"]),
+            _ci(r["specificity"]),
+            _ci(r["f1"]),
+            _ci(r["auroc"]),
+            _ci(r["auprc"]),
+        )
+    out.print(table)
+    cal = res["calibration"]
+    out.print(
+        f"calibration: pooled ECE {cal['pooled_ece']:.4f} ({cal['bins']} {cal['binning']} bins), Brier {cal['pooled_brier']:.4f}"
+    )
+    for attr, sub in res["subgroups"].items():
+        t = Table(title=f"subgroups by {attr} ({sub['unknown']} reports unknown)")
+        for col in ("group", "reports", "weighted F1", "macro AUROC", "flag"):
+            t.add_column(col)
+        for g, row in sub["groups"].items():
+            t.add_row(
+                g,
+                str(row["reports"]),
+                _ci(row["weighted_f1"]),
+                _ci(row["macro_auroc"]),
+                f"< {sub['min_group_size']}: small" if row["small"] else "",
+            )
+        out.print(t)
+        worst = sorted(sub["gaps"], key=lambda x: -abs(x["equal_opportunity_difference"]))[:5]
+        for gap in worst:
+            out.print(
+                f"  {gap['label']}: TPR gap {gap['equal_opportunity_difference']:.3f}, "
+                f"statistical parity difference {gap['statistical_parity_difference']:.3f}"
+            )
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="baseline run (e.g. non-private)")],
+    run_b: Annotated[Path, typer.Argument(help="run to compare (e.g. eps = 1)")],
+    data: Annotated[Path, typer.Argument(help="labelled reports")],
+    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    fmt: FormatOpt = "auto",
+    thresholds: ThresholdsOpt = "0.5",
+    n_boot: BootOpt = 1000,
+    split: SplitOpt = "auto",
+) -> None:
+    """B - A on the same reports and the same patient resamples: difference, 95% CI and p-value."""
+    from dprad.evaluate import compare_runs
+    from dprad.io import write_json
+
+    res = compare_runs(run_a, run_b, data, options=_eval_options(thresholds, n_boot, split, None), format=fmt)
+    if out:
+        write_json(out, res)
+    o = Console(width=160)
+    o.print(f"B={run_b} minus A={run_a} on {res['reports']} reports ({res['split']})")
+    t = Table()
+    for col in ("metric", "A", "B", "B - A [95% CI]", "p"):
+        t.add_column(col)
+    for k, d in res["headline"].items():
+        t.add_row(
+            k,
+            f"{d['a']:.3f}",
+            f"{d['b']:.3f}",
+            f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
+            f"{d['p_value']:.3g}",
+        )
+    for row in res["per_label"]:
+        d = row["f1"]
+        t.add_row(
+            f"F1 {row['label']}",
+            f"{d['a']:.3f}",
+            f"{d['b']:.3f}",
+            f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
+            f"{d['p_value']:.3g}",
+        )
+    o.print(t)
+
+
+def _load_config(path: Path) -> Any:
+    from dprad.config import RunConfig
+
+    if not path.is_file():
+        raise DpradError(f"--config {path}: no such file")
+    try:
+        import yaml
+
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception as err:  # noqa: BLE001
+        raise DpradError(f"--config {path}: not valid YAML/JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise DpradError(
+            f"--config {path}: expected a mapping of sections (data, model, lora, privacy, train)"
+        )
+    unknown = set(raw) - {"data", "model", "lora", "privacy", "train"}
+    if unknown:
+        raise DpradError(f"--config {path}: unknown section(s) {sorted(unknown)}")
+    return RunConfig.from_dict(raw)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -86,7 +86,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         parts = {f.name: f.type for f in fields(cls)}
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for name, sub in (
             ("data", DataConfig),
             ("model", ModelConfig),

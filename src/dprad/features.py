@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dprad.data.dataset import Encoded, collate, micro_batches
-from dprad.model import pool
+from dprad.model import hidden_size, pool
 
 
 def encoder_features(encoder: nn.Module, enc: Encoded, *, pooling: str, max_tokens: int) -> np.ndarray:
@@ -16,7 +16,7 @@ def encoder_features(encoder: nn.Module, enc: Encoded, *, pooling: str, max_toke
     The encoder is frozen and was not trained on these reports, so features are a per-report map:
     DP-SGD on top of them protects the reports exactly as DP-SGD on the whole model would.
     """
-    out = np.zeros((len(enc), int(encoder.config.hidden_size)), dtype=np.float32)
+    out = np.zeros((len(enc), hidden_size(encoder)), dtype=np.float32)
     if len(enc) == 0:
         return out
     was_training = encoder.training
@@ -30,7 +30,9 @@ def encoder_features(encoder: nn.Module, enc: Encoded, *, pooling: str, max_toke
     return out
 
 
-def public_center(encoder: nn.Module, tokenizer: object, *, pooling: str, max_length: int, max_tokens: int) -> np.ndarray:
+def public_center(
+    encoder: nn.Module, tokenizer: object, *, pooling: str, max_length: int, max_tokens: int
+) -> np.ndarray:
     """(H,) the mean feature of dprad's synthetic chest X-ray and CT corpora: public, so centring costs no privacy.
 
     Sentence embeddings share a large common direction; removing it before L2 normalisation makes the

@@ -24,7 +24,11 @@ def binarize(y_score: np.ndarray, thresholds: float | np.ndarray = 0.5) -> np.nd
 
 
 def per_label(
-    y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None, thresholds: float | np.ndarray = 0.5,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    thresholds: float | np.ndarray = 0.5,
     labels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Precision, recall (sensitivity), specificity, F1, AUROC, AUPRC, support and prevalence per label."""
@@ -39,23 +43,30 @@ def per_label(
         fn = int(((yp == 0) & (yt == 1)).sum())
         tn = int(((yp == 0) & (yt == 0)).sum())
         both = 0 < yt.sum() < len(yt)
-        out.append({
-            "label": labels[j] if labels else str(j),
-            "support": int(yt.sum()),
-            "n": int(len(yt)),
-            "prevalence": float(yt.mean()) if len(yt) else 0.0,
-            "precision": tp / (tp + fp) if tp + fp else 0.0,
-            "recall": tp / (tp + fn) if tp + fn else 0.0,
-            "specificity": tn / (tn + fp) if tn + fp else 0.0,
-            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-            "auroc": float(roc_auc_score(yt, ys)) if both else None,
-            "auprc": float(average_precision_score(yt, ys)) if both else None,
-        })
+        out.append(
+            {
+                "label": labels[j] if labels else str(j),
+                "support": int(yt.sum()),
+                "n": len(yt),
+                "prevalence": float(yt.mean()) if len(yt) else 0.0,
+                "precision": tp / (tp + fp) if tp + fp else 0.0,
+                "recall": tp / (tp + fn) if tp + fn else 0.0,
+                "specificity": tn / (tn + fp) if tn + fp else 0.0,
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+                "auroc": float(roc_auc_score(yt, ys)) if both else None,
+                "auprc": float(average_precision_score(yt, ys)) if both else None,
+            }
+        )
     return out
 
 
-def f1_scores(y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None,
-              thresholds: float | np.ndarray = 0.5) -> dict[str, float]:
+def f1_scores(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    thresholds: float | np.ndarray = 0.5,
+) -> dict[str, float]:
     """Weighted / macro / micro / samples F1 (masked entries count as negatives that are not scored)."""
     y_true = np.asarray(y_true).astype(int)
     y_pred = binarize(y_score, thresholds)
@@ -63,18 +74,27 @@ def f1_scores(y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | Non
     if w is not None:  # ignored entries: make them agree so they add neither TP, FP nor FN
         y_pred = np.where(w > 0, y_pred, 0)
         y_true = np.where(w > 0, y_true, 0)
-    return {avg: float(f1_score(y_true, y_pred, average=avg, zero_division=0))
-            for avg in ("weighted", "macro", "micro", "samples")}
+    return {
+        avg: float(f1_score(y_true, y_pred, average=avg, zero_division=0))
+        for avg in ("weighted", "macro", "micro", "samples")
+    }
 
 
-def macro_auroc(y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None) -> tuple[float, int]:
+def macro_auroc(
+    y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None
+) -> tuple[float, int]:
     """Mean AUROC over the labels that have both classes, and how many labels that is."""
     vals = [r["auroc"] for r in per_label(y_true, y_score, mask=mask) if r["auroc"] is not None]
     return (float(np.mean(vals)) if vals else float("nan")), len(vals)
 
 
-def fit_thresholds(y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None,
-                   target_recall: dict[int, float] | None = None) -> np.ndarray:
+def fit_thresholds(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    target_recall: dict[int, float] | None = None,
+) -> np.ndarray:
     """Per-label thresholds maximising F1 (or reaching a target recall for the labels given); 0.5 if no positives."""
     from sklearn.metrics import precision_recall_curve
 
@@ -94,8 +114,14 @@ def fit_thresholds(y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray 
     return th
 
 
-def summary(y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None,
-            labels: Sequence[str] | None = None, thresholds: float | np.ndarray = 0.5) -> dict[str, Any]:
+def summary(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+    thresholds: float | np.ndarray = 0.5,
+) -> dict[str, Any]:
     auroc, covered = macro_auroc(y_true, y_score, mask=mask)
     return {
         **{f"{k}_f1": v for k, v in f1_scores(y_true, y_score, mask=mask, thresholds=thresholds).items()},
@@ -105,5 +131,12 @@ def summary(y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None 
     }
 
 
-__all__ = ["binarize", "f1_scores", "fit_thresholds", "macro_auroc", "per_label", "precision_recall_fscore_support",
-           "summary"]
+__all__ = [
+    "binarize",
+    "f1_scores",
+    "fit_thresholds",
+    "macro_auroc",
+    "per_label",
+    "precision_recall_fscore_support",
+    "summary",
+]

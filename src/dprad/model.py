@@ -55,6 +55,11 @@ def load_encoder(model_dir: Path) -> nn.Module:
     return model
 
 
+def hidden_size(encoder: nn.Module) -> int:
+    """The encoder's hidden width H (works through peft wrappers)."""
+    return int(encoder.config.hidden_size)  # type: ignore[union-attr, arg-type]
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
     """(B, T, H), (B, T) -> (B, H)."""
     if how == "cls":
@@ -70,7 +75,7 @@ class ReportClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
-        hidden = int(encoder.config.hidden_size)
+        hidden = hidden_size(encoder)
         self.head = nn.Linear(hidden, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -92,14 +97,22 @@ class FeatureHead(nn.Module):
         return self.head(features)
 
 
-def attach_lora(encoder: nn.Module, *, kind: str, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...] | None) -> nn.Module:
+def attach_lora(
+    encoder: nn.Module,
+    *,
+    kind: str,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: tuple[str, ...] | None,
+) -> nn.Module:
     """Wrap the encoder with peft LoRA; only the LoRA matrices stay trainable."""
     from peft import LoraConfig, get_peft_model
 
     targets = list(target_modules or ENCODER_TYPES[kind])
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     try:
-        return get_peft_model(encoder, cfg)  # type: ignore[arg-type]
+        return get_peft_model(encoder, cfg)
     except ValueError as err:
         raise DpradError(f"--lora-targets {','.join(targets)}: {err}") from None
 

@@ -37,16 +37,28 @@ class Predictions:
 class Predictor:
     """A trained classifier ready for inference (no gradients, length-sorted micro-batches)."""
 
-    def __init__(self, model: nn.Module, *, tokenizer: Any, schema: LabelSchema, pooling: str, mode: str,
-                 max_length: int, max_tokens: int = 8192, encoder: nn.Module | None = None,
-                 uncertain_policy: UncertainPolicy = UncertainPolicy.ONES) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        tokenizer: Any,
+        schema: LabelSchema,
+        pooling: str,
+        mode: str,
+        max_length: int,
+        max_tokens: int = 8192,
+        encoder: nn.Module | None = None,
+        uncertain_policy: UncertainPolicy = UncertainPolicy.ONES,
+    ) -> None:
         self.model, self.tokenizer, self.schema = model, tokenizer, schema
         self.pooling, self.mode, self.max_length, self.max_tokens = pooling, mode, max_length, max_tokens
         self.encoder = encoder  # set for head-only runs: the frozen feature extractor
         self.uncertain_policy = uncertain_policy
 
     def predict(self, reports: Sequence[Report]) -> Predictions:
-        enc = encode(reports, self.tokenizer, self.schema, max_length=self.max_length, policy=self.uncertain_policy)
+        enc = encode(
+            reports, self.tokenizer, self.schema, max_length=self.max_length, policy=self.uncertain_policy
+        )
         logits = np.zeros((len(reports), len(self.schema)), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
@@ -70,7 +82,7 @@ class Predictor:
 def load_run(run_dir: str | Path) -> Predictor:
     """Rebuild the classifier of a finished run directory in one call."""
     from dprad.local_models import load_tokenizer
-    from dprad.model import FeatureHead, ReportClassifier, load_encoder
+    from dprad.model import FeatureHead, ReportClassifier, hidden_size, load_encoder
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "model" / "head.pt").is_file():
@@ -89,12 +101,19 @@ def load_run(run_dir: str | Path) -> Predictor:
         encoder = load_encoder(run_dir / "model" / "encoder")
     model: nn.Module
     if mode in ("dp-head", "head"):
-        model = FeatureHead(int(encoder.config.hidden_size), len(schema))
+        model = FeatureHead(hidden_size(encoder), len(schema))
         model.load_state_dict(head_state)
     else:
         model = ReportClassifier(encoder, len(schema), pooling=pooling)
         model.head.load_state_dict(head_state)
-    return Predictor(model, tokenizer=load_tokenizer(str(model_dir)), schema=schema, pooling=pooling, mode=mode,
-                     max_length=int(cfg["model"]["max_length"]), max_tokens=int(cfg["train"]["max_tokens"]),
-                     encoder=encoder if mode in ("dp-head", "head") else None,
-                     uncertain_policy=UncertainPolicy(cfg["data"]["uncertain_policy"]))
+    return Predictor(
+        model,
+        tokenizer=load_tokenizer(str(model_dir)),
+        schema=schema,
+        pooling=pooling,
+        mode=mode,
+        max_length=int(cfg["model"]["max_length"]),
+        max_tokens=int(cfg["train"]["max_tokens"]),
+        encoder=encoder if mode in ("dp-head", "head") else None,
+        uncertain_policy=UncertainPolicy(cfg["data"]["uncertain_policy"]),
+    )

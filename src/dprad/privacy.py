@@ -56,7 +56,8 @@ def _event(noise_multiplier: float, sample_rate: float, steps: int) -> Any:
     import dp_accounting
 
     return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps
+        dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)),
+        steps,
     )
 
 
@@ -94,7 +95,11 @@ def compute_epsilon(
         except Exception as err:  # noqa: BLE001 - any numerical failure falls back, and is recorded
             note = f"PRV failed ({type(err).__name__}: {err})"
         fallback = compute_epsilon(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant="pld"
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            accountant="pld",
         )
         return Accounting(fallback.epsilon, "pld", note=f"{note}; fell back to PLD")
     acc = _dp_accountant(accountant)

@@ -28,18 +28,26 @@ from dprad.data.splits import Splits, split_by_patient
 from dprad.dp_step import plain_step, private_step
 from dprad.errors import DpradError
 from dprad.features import encoder_features, head_inputs, loss_per_example, public_center
+from dprad.local_models import load_tokenizer, resolve_model_dir
 from dprad.model import (
     FeatureHead,
     ReportClassifier,
     attach_lora,
     encoder_type,
     freeze_for_dp_full,
+    hidden_size,
     load_encoder,
     resolve_pooling,
     trainable_parameters,
 )
-from dprad.local_models import load_tokenizer, resolve_model_dir
-from dprad.privacy import PrivacyLedger, calibrate_noise, compute_epsilon, default_delta, guarantee_statement, library_versions
+from dprad.privacy import (
+    PrivacyLedger,
+    calibrate_noise,
+    compute_epsilon,
+    default_delta,
+    guarantee_statement,
+    library_versions,
+)
 
 # Defaults per mode, chosen by measurement on IU X-ray (see the README's runbook):
 # (epochs, lr, expected logical batch size, max_grad_norm)
@@ -99,7 +107,9 @@ def prepare(cfg: RunConfig, reports: Sequence[Report] | None = None) -> tuple[La
     splits = split_by_patient(labelled, schema, fractions=cfg.data.fractions, seed=cfg.data.split_seed)
     if not splits.train:
         raise DpradError(f"{cfg.data.path or 'reports'}: the training split is empty")
-    y = np.array([[1 if (r.labels or {}).get(lab) in (1, -1) else 0 for lab in schema.labels] for r in splits.train])
+    y = np.array(
+        [[1 if (r.labels or {}).get(lab) in (1, -1) else 0 for lab in schema.labels] for r in splits.train]
+    )
     empty = [lab for lab, c in zip(schema.labels, y.sum(0), strict=True) if c == 0]
     if empty:
         raise DpradError(
@@ -183,6 +193,8 @@ def train(
 ) -> TrainResult:
     """Train one run into ``out``; resumes from ``out/checkpoint.pt`` when it holds the same config."""
     out = Path(out)
+    model_dir = resolve_model_dir(cfg.model.name)  # fail fast on a bad model before reading data
+    kind = encoder_type(model_dir)
     schema, splits, notes = prepare(cfg, reports)
     n = len(splits.train)
     cfg = resolve(cfg, n_train=n)
@@ -195,14 +207,26 @@ def train(
         assert p.delta is not None
         target_eps = p.epsilon
         noise = p.noise_multiplier or calibrate_noise(
-            target_epsilon=p.epsilon or 0.0, sample_rate=q, steps=steps, delta=p.delta, accountant=p.accountant
+            target_epsilon=p.epsilon or 0.0,
+            sample_rate=q,
+            steps=steps,
+            delta=p.delta,
+            accountant=p.accountant,
         )
-    model_dir = resolve_model_dir(cfg.model.name)
-    kind = encoder_type(model_dir)
     pooling = resolve_pooling(cfg.model.pooling, model_dir)
     cfg = cfg.with_(model=replace(cfg.model, pooling=pooling))
-    resolved = {**cfg.to_dict(), "derived": {"model_dir": str(model_dir), "model_type": kind, "schema": schema.name,
-                "train_size": n, "sample_rate": q, "steps": steps, "noise_multiplier": noise}}
+    resolved = {
+        **cfg.to_dict(),
+        "derived": {
+            "model_dir": str(model_dir),
+            "model_type": kind,
+            "schema": schema.name,
+            "train_size": n,
+            "sample_rate": q,
+            "steps": steps,
+            "noise_multiplier": noise,
+        },
+    }
     ckpt_path = out / "checkpoint.pt"
     if out.exists() and (out / "config.json").exists():
         previous = json.loads((out / "config.json").read_text())
@@ -212,7 +236,9 @@ def train(
         elif finished:
             raise DpradError(f"{out}: already holds a finished run (pass --overwrite to replace it)")
         elif previous != json.loads(json.dumps(resolved)):
-            raise DpradError(f"{out}: holds a checkpoint of a different config (pass --overwrite or another --out)")
+            raise DpradError(
+                f"{out}: holds a checkpoint of a different config (pass --overwrite or another --out)"
+            )
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "config.json", resolved)
 
@@ -223,21 +249,34 @@ def train(
         torch.manual_seed(t.seed)
         tokenizer = load_tokenizer(str(model_dir))
         policy = UncertainPolicy(cfg.data.uncertain_policy)
-        enc = {name: encode(reps, tokenizer, schema, max_length=cfg.model.max_length, policy=policy)
-               for name, reps in splits.as_dict().items()}
+        enc = {
+            name: encode(reps, tokenizer, schema, max_length=cfg.model.max_length, policy=policy)
+            for name, reps in splits.as_dict().items()
+        }
         encoder = load_encoder(model_dir)
         head_only = t.mode in HEAD_MODES
         if head_only:
             encoder.eval()
-            center = public_center(encoder, tokenizer, pooling=pooling, max_length=cfg.model.max_length,
-                                   max_tokens=t.max_tokens)
-            feats = {name: head_inputs(encoder_features(encoder, e, pooling=pooling, max_tokens=t.max_tokens), center)
-                     for name, e in enc.items()}
-            trainable: nn.Module = FeatureHead(int(encoder.config.hidden_size), len(schema), center=center)
+            center = public_center(
+                encoder, tokenizer, pooling=pooling, max_length=cfg.model.max_length, max_tokens=t.max_tokens
+            )
+            feats = {
+                name: head_inputs(
+                    encoder_features(encoder, e, pooling=pooling, max_tokens=t.max_tokens), center
+                )
+                for name, e in enc.items()
+            }
+            trainable: nn.Module = FeatureHead(hidden_size(encoder), len(schema), center=center)
         else:
             if t.mode in ("dp-lora", "lora"):
-                encoder = attach_lora(encoder, kind=kind, r=cfg.lora.r, alpha=cfg.lora.alpha,
-                                      dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
+                encoder = attach_lora(
+                    encoder,
+                    kind=kind,
+                    r=cfg.lora.r,
+                    alpha=cfg.lora.alpha,
+                    dropout=cfg.lora.dropout,
+                    target_modules=cfg.lora.target_modules,
+                )
             elif t.mode == "dp-full":
                 freeze_for_dp_full(encoder)
             trainable = ReportClassifier(encoder, len(schema), pooling=pooling)
@@ -279,7 +318,8 @@ def train(
                 return [idx] if len(idx) else []
             return micro_batches(idx, train_enc.lengths, max_tokens=t.max_tokens)
 
-        start, history = 0, {"step_loss": [], "epsilon_per_epoch": []}
+        start = 0
+        history: dict[str, list[Any]] = {"step_loss": [], "epsilon_per_epoch": []}
         if ckpt_path.exists() and not overwrite:
             start, history = _load_checkpoint(ckpt_path, trainable, optimizer, sampler, noise_gen)
         steps_per_epoch = 1 / q
@@ -289,48 +329,98 @@ def train(
             batches = split(idx)
             if private:
                 assert noise is not None and p.max_grad_norm is not None
-                loss = private_step(params, optimizer, batches, loss_fn, max_grad_norm=p.max_grad_norm,
-                                    noise_multiplier=noise, expected_batch_size=q * n, generator=noise_gen)
+                loss = private_step(
+                    params,
+                    optimizer,
+                    batches,
+                    loss_fn,
+                    max_grad_norm=p.max_grad_norm,
+                    noise_multiplier=noise,
+                    expected_batch_size=q * n,
+                    generator=noise_gen,
+                )
             else:
                 loss = plain_step(params, optimizer, batches, loss_fn, batch_size=len(idx))
             history["step_loss"].append(round(loss / max(len(idx), 1), 6))
             done = step + 1
             eps_now = None
-            if private and (math.floor(done / steps_per_epoch) > math.floor(step / steps_per_epoch) or done == steps):
+            if private and (
+                math.floor(done / steps_per_epoch) > math.floor(step / steps_per_epoch) or done == steps
+            ):
                 assert noise is not None and p.delta is not None
-                eps_now = compute_epsilon(noise_multiplier=noise, sample_rate=q, steps=done, delta=p.delta,
-                                          accountant=p.accountant).epsilon
-                history["epsilon_per_epoch"].append({"epoch": round(done / steps_per_epoch, 3), "step": done,
-                                                     "epsilon": eps_now})
+                eps_now = compute_epsilon(
+                    noise_multiplier=noise, sample_rate=q, steps=done, delta=p.delta, accountant=p.accountant
+                ).epsilon
+                history["epsilon_per_epoch"].append(
+                    {"epoch": round(done / steps_per_epoch, 3), "step": done, "epsilon": eps_now}
+                )
             if done % t.checkpoint_every == 0 and done < steps:
                 _save_checkpoint(ckpt_path, done, trainable, optimizer, sampler, noise_gen, history)
             if on_step is not None:
                 elapsed = time.perf_counter() - tick
-                on_step(StepInfo(done, steps, done / steps_per_epoch, history["step_loss"][-1], eps_now,
-                                 (done - start) * q * n / max(elapsed, 1e-9)))
+                on_step(
+                    StepInfo(
+                        done,
+                        steps,
+                        done / steps_per_epoch,
+                        history["step_loss"][-1],
+                        eps_now,
+                        (done - start) * q * n / max(elapsed, 1e-9),
+                    )
+                )
 
         # ---- the run is trained: account, save, evaluate ----
         accounting = None
         if private:
             assert noise is not None and p.delta is not None
-            accounting = compute_epsilon(noise_multiplier=noise, sample_rate=q, steps=steps, delta=p.delta,
-                                         accountant=p.accountant)
-        ledger = _ledger(cfg, n=n, q=q, steps=steps, noise=noise, target_eps=target_eps, accounting=accounting,
-                         sampler=sampler.name, params=trainable_parameters(trainable), model_name=str(model_dir),
-                         val_size=len(splits.val))
+            accounting = compute_epsilon(
+                noise_multiplier=noise, sample_rate=q, steps=steps, delta=p.delta, accountant=p.accountant
+            )
+        ledger = _ledger(
+            cfg,
+            n=n,
+            q=q,
+            steps=steps,
+            noise=noise,
+            target_eps=target_eps,
+            accounting=accounting,
+            sampler=sampler.name,
+            params=trainable_parameters(trainable),
+            model_name=str(model_dir),
+            val_size=len(splits.val),
+        )
         from dprad.predict import Predictor
 
-        predictor = Predictor(trainable, tokenizer=tokenizer, schema=schema, pooling=pooling, mode=t.mode,
-                              max_length=cfg.model.max_length, max_tokens=t.max_tokens,
-                              encoder=encoder if head_only else None)
+        predictor = Predictor(
+            trainable,
+            tokenizer=tokenizer,
+            schema=schema,
+            pooling=pooling,
+            mode=t.mode,
+            max_length=cfg.model.max_length,
+            max_tokens=t.max_tokens,
+            encoder=encoder if head_only else None,
+        )
         metrics = _evaluate_splits(predictor, splits, enc)
         _save_run(out, trainable, encoder, t.mode, schema, ledger, history, metrics, splits, notes)
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(out, ledger, metrics)
 
 
-def _ledger(cfg: RunConfig, *, n: int, q: float, steps: int, noise: float | None, target_eps: float | None,
-            accounting: Any, sampler: str, params: int, model_name: str, val_size: int) -> PrivacyLedger:
+def _ledger(
+    cfg: RunConfig,
+    *,
+    n: int,
+    q: float,
+    steps: int,
+    noise: float | None,
+    target_eps: float | None,
+    accounting: Any,
+    sampler: str,
+    params: int,
+    model_name: str,
+    val_size: int,
+) -> PrivacyLedger:
     t, p = cfg.train, cfg.privacy
     assert t.epochs is not None and t.batch_size is not None
     private = cfg.private
@@ -373,7 +463,9 @@ def _evaluate_splits(predictor: Any, splits: Splits, enc: dict[str, Encoded]) ->
     from dprad.metrics import fit_thresholds, summary
 
     out: dict[str, Any] = {}
-    preds = {name: predictor.predict(reps) for name, reps in splits.as_dict().items() if reps and name != "train"}
+    preds = {
+        name: predictor.predict(reps) for name, reps in splits.as_dict().items() if reps and name != "train"
+    }
     thresholds = None
     if "val" in preds:
         v = preds["val"]
@@ -381,25 +473,38 @@ def _evaluate_splits(predictor: Any, splits: Splits, enc: dict[str, Encoded]) ->
         out["thresholds"] = {"fitted_on": "val", "rule": "max F1 per label", "values": thresholds.tolist()}
     for name, pr in preds.items():
         e = enc[name]
-        out[name] = {"threshold_0.5": summary(e.targets, pr.probs, mask=e.mask, labels=predictor.schema.labels)}
+        out[name] = {
+            "threshold_0.5": summary(e.targets, pr.probs, mask=e.mask, labels=predictor.schema.labels)
+        }
         if thresholds is not None:
-            out[name]["threshold_val"] = summary(e.targets, pr.probs, mask=e.mask, labels=predictor.schema.labels,
-                                                 thresholds=thresholds)
+            out[name]["threshold_val"] = summary(
+                e.targets, pr.probs, mask=e.mask, labels=predictor.schema.labels, thresholds=thresholds
+            )
     return out
 
 
-def _save_run(out: Path, trainable: nn.Module, encoder: nn.Module, mode: str, schema: LabelSchema,
-              ledger: PrivacyLedger, history: dict[str, Any], metrics: dict[str, Any], splits: Splits,
-              notes: list[str]) -> None:
+def _save_run(
+    out: Path,
+    trainable: nn.Module,
+    encoder: nn.Module,
+    mode: str,
+    schema: LabelSchema,
+    ledger: PrivacyLedger,
+    history: dict[str, Any],
+    metrics: dict[str, Any],
+    splits: Splits,
+    notes: list[str],
+) -> None:
     model_dir = out / "model"
     model_dir.mkdir(exist_ok=True)
     # the head, plus the public feature centre for head-only runs (FeatureHead keeps it as a buffer)
-    state = trainable.state_dict() if isinstance(trainable, FeatureHead) else trainable.head.state_dict()  # type: ignore[union-attr]
+    head: nn.Module = trainable if isinstance(trainable, FeatureHead) else trainable.head  # type: ignore[assignment]
+    state = head.state_dict()
     io.write_with(model_dir / "head.pt", lambda tmp: torch.save(dict(state), tmp))
     if mode in ("dp-lora", "lora"):
-        encoder.save_pretrained(str(model_dir / "adapter"))  # peft: adapter weights + adapter_config.json
+        encoder.save_pretrained(str(model_dir / "adapter"))  # type: ignore[operator]  # peft adapter + config
     elif mode in ("dp-full", "full"):
-        encoder.save_pretrained(str(model_dir / "encoder"))
+        encoder.save_pretrained(str(model_dir / "encoder"))  # type: ignore[operator]
     io.write_json(out / "schema.json", schema.to_dict())
     io.write_json(out / "history.json", history)
     io.write_json(out / "metrics.json", metrics)
@@ -408,9 +513,15 @@ def _save_run(out: Path, trainable: nn.Module, encoder: nn.Module, mode: str, sc
     io.write_json(out / "privacy.json", ledger.to_dict())
 
 
-def _save_checkpoint(path: Path, step: int, trainable: nn.Module, optimizer: torch.optim.Optimizer,
-                     sampler: PoissonSampler | ShuffleSampler, noise_gen: torch.Generator,
-                     history: dict[str, Any]) -> None:
+def _save_checkpoint(
+    path: Path,
+    step: int,
+    trainable: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: PoissonSampler | ShuffleSampler,
+    noise_gen: torch.Generator,
+    history: dict[str, Any],
+) -> None:
     state = {
         "step": step,
         "trainable": {k: v for k, v in trainable.state_dict().items()},
@@ -424,8 +535,13 @@ def _save_checkpoint(path: Path, step: int, trainable: nn.Module, optimizer: tor
     io.write_with(path, lambda tmp: torch.save(state, tmp))
 
 
-def _load_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer,
-                     sampler: PoissonSampler | ShuffleSampler, noise_gen: torch.Generator) -> tuple[int, dict[str, Any]]:
+def _load_checkpoint(
+    path: Path,
+    trainable: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: PoissonSampler | ShuffleSampler,
+    noise_gen: torch.Generator,
+) -> tuple[int, dict[str, Any]]:
     state = torch.load(path, weights_only=False)
     trainable.load_state_dict(state["trainable"])
     optimizer.load_state_dict(state["optimizer"])

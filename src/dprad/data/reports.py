@@ -120,7 +120,7 @@ def read_table(path: Path, *, fmt: str | None = None) -> pd.DataFrame:
     if kind == "parquet":
         try:
             df = pd.read_parquet(path)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any parse failure becomes one line naming the file
             raise DpradError(f"{path}: not a readable Parquet file: {err}") from None
         if df.empty:
             raise DpradError(f"{path}: the file has no rows")

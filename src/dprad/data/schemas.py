@@ -152,7 +152,7 @@ def load_schema(name_or_path: str | LabelSchema) -> LabelSchema:
             import yaml
 
             raw = yaml.safe_load(text)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any parse failure becomes one line naming the file
         raise DpradError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from None
     if isinstance(raw, list):
         raw = {"name": path.stem, "labels": raw}
