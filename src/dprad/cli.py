@@ -160,26 +160,136 @@ def label(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="output table: id, patient_id, text, one column per label")
     ],
-    teacher: Annotated[str, typer.Option(help="gold (the dataset's own labels)")] = "gold",
+    teacher: Annotated[
+        str, typer.Option(help="rules (negation/uncertainty-aware), llm (local server) or gold")
+    ] = "rules",
     fmt: FormatOpt = "auto",
     schema: SchemaOpt = None,
     text_col: TextColOpt = "text",
     id_col: IdColOpt = "id",
     patient_col: PatientColOpt = None,
     labels: LabelsOpt = None,
+    gold_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--gold-from", help="a labelled table (id + label columns) to measure the teacher against"
+        ),
+    ] = None,
+    agreement_out: Annotated[
+        Path | None, typer.Option("--agreement-out", help="write the agreement report as JSON")
+    ] = None,
+    llm_url: Annotated[
+        str | None,
+        typer.Option("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
+    ] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model", help="model name the server knows")] = None,
+    llm_allow_host: Annotated[
+        list[str] | None,
+        typer.Option("--llm-allow-host", help="an on-premises host allowed besides loopback"),
+    ] = None,
+    llm_cache: Annotated[Path | None, typer.Option("--llm-cache", help="answer cache folder")] = None,
+    llm_concurrency: Annotated[int, typer.Option("--llm-concurrency")] = 4,
+    llm_timeout: Annotated[float, typer.Option("--llm-timeout", help="seconds per request")] = 60.0,
+    llm_retries: Annotated[int, typer.Option("--llm-retries")] = 3,
 ) -> None:
-    """Write one row per report with the teacher's labels (1 / 0 / -1 / blank)."""
-    from dprad.data.table import reports_frame, write_table
+    """Label reports with a teacher and write one row per report (1 / 0 / -1 / blank); optionally measure it."""
+    import os
 
+    from rich.progress import Progress
+
+    from dprad.data.schemas import UncertainPolicy
+    from dprad.data.table import reports_frame, write_table
+    from dprad.labeling.agreement import agreement
+
+    if teacher not in {"rules", "llm", "gold"}:
+        raise DpradError(f"--teacher '{teacher}' must be rules, llm or gold")
     result, sch, _ = _read(path, fmt, schema, text_col, id_col, patient_col, None, labels)
-    if teacher != "gold":
-        raise DpradError(f"--teacher '{teacher}' is not available (gold)")
-    if not any(r.labels is not None for r in result.reports):
-        raise DpradError(f"{path}: --teacher gold needs gold labels, and no report has any")
-    write_table(reports_frame(result.reports, sch), out)
+    reports = result.reports
+    summary: dict[str, Any] | None = None
+    if teacher == "gold":
+        if not any(r.labels is not None for r in reports):
+            raise DpradError(f"{path}: --teacher gold needs gold labels, and no report has any")
+        predicted: list[Any] = [r.labels for r in reports]
+    elif teacher == "rules":
+        from dprad.labeling.rules import label_text, rules_for
+
+        rules = rules_for(sch)
+        with Progress(console=console, disable=not console.is_terminal) as progress:
+            task = progress.add_task("rules", total=len(reports))
+            predicted = []
+            for r in reports:
+                predicted.append(label_text(r.text, rules))
+                progress.advance(task)
+    else:
+        from dprad.labeling.llm import LLMConfig, LLMTeacher
+
+        if not llm_url or not llm_model:
+            raise DpradError("--teacher llm needs --llm-url and --llm-model")
+        llm = LLMTeacher(
+            LLMConfig(
+                url=llm_url,
+                model=llm_model,
+                allow_hosts=tuple(llm_allow_host or ()),
+                timeout_s=llm_timeout,
+                max_retries=llm_retries,
+                concurrency=llm_concurrency,
+                cache_dir=str(llm_cache) if llm_cache else None,
+                api_key=os.environ.get("DPRAD_LLM_API_KEY"),
+            ),
+            sch,
+        )
+        with Progress(console=console, disable=not console.is_terminal) as progress:
+            task = progress.add_task("llm", total=len(reports))
+            predicted = llm.label(reports, progress=lambda n: progress.update(task, completed=n))
+        summary = llm.summary.to_dict()
+        console.print(
+            f"llm: {summary['answered']} answered, {summary['cached']} from cache, {summary['retries']} retries, "
+            f"{summary['failed']} failed (their label cells are left empty)"
+        )
+        for rid, why in list(summary["failures"].items())[:20]:
+            console.print(f"  failed {rid}: {why}")
+    write_table(reports_frame(reports, sch, labels=predicted), out)
     for rid, why in result.skipped:
         console.print(f"skipped {rid}: {why}")
-    console.print(f"wrote {len(result.reports)} reports ({len(result.skipped)} skipped) to {out}")
+    console.print(f"wrote {len(reports)} reports ({len(result.skipped)} skipped) to {out}")
+    gold: list[Any] | None = None
+    if gold_from is not None:
+        gres, _, _ = _read(gold_from, "auto", sch.name if schema is None else schema)
+        by_id = {r.id: r.labels for r in gres.reports}
+        gold = [by_id.get(r.id) for r in reports]
+    elif teacher != "gold" and any(r.labels is not None for r in reports):
+        gold = [r.labels for r in reports]
+    if gold is not None:
+        report = agreement(predicted, gold, sch, policy=UncertainPolicy.ONES)
+        if summary is not None:
+            report["llm"] = summary
+        if agreement_out:
+            from dprad.io import write_json
+
+            write_json(agreement_out, report)
+        _print_agreement(report, teacher)
+
+
+def _print_agreement(report: dict[str, Any], teacher: str) -> None:
+    o = Console(width=140)
+    o.print(
+        f"[bold]{teacher} vs gold[/bold] on {report['reports']} reports (uncertain as {report['uncertain_policy']}): "
+        f"weighted F1 {report['weighted_f1']:.3f}, macro F1 {report['macro_f1']:.3f}"
+    )
+    t = Table()
+    for col in ("label", "gold +", "teacher +", "precision", "recall", "F1", "kappa"):
+        t.add_column(col, justify="left" if col == "label" else "right")
+    for r in report["per_label"]:
+        t.add_row(
+            r["label"],
+            str(r["gold_positive"]),
+            str(r["teacher_positive"]),
+            f"{r['precision']:.2f}",
+            f"{r['recall']:.2f}",
+            f"{r['f1']:.2f}",
+            f"{r['kappa']:.2f}",
+        )
+    o.print(t)
 
 
 @app.command()

@@ -1,0 +1,67 @@
+"""How well a teacher's labels agree with gold labels, per label."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import cohen_kappa_score, f1_score
+
+from dprad.data.schemas import LabelSchema, UncertainPolicy
+
+STATES = {1: "positive", 0: "negative", -1: "uncertain", None: "not mentioned"}
+
+
+def _binary(v: int | None, policy: UncertainPolicy) -> int:
+    if v == 1:
+        return 1
+    if v == -1:
+        return 1 if policy is UncertainPolicy.ONES else 0
+    return 0
+
+
+def agreement(
+    teacher: Sequence[Mapping[str, int] | None],
+    gold: Sequence[Mapping[str, int] | None],
+    schema: LabelSchema,
+    *,
+    policy: UncertainPolicy = UncertainPolicy.ONES,
+) -> dict[str, Any]:
+    """Per-label precision / recall / F1 / Cohen's kappa of the teacher against gold (reports where both
+    exist), the weighted F1 over labels, and the positive / negative / uncertain / not-mentioned confusion."""
+    pairs = [(t, g) for t, g in zip(teacher, gold, strict=True) if t is not None and g is not None]
+    if not pairs:
+        raise ValueError("no report has both teacher and gold labels")
+    t_bin = np.array([[_binary(t.get(lab), policy) for lab in schema.labels] for t, _ in pairs])
+    g_bin = np.array([[_binary(g.get(lab), policy) for lab in schema.labels] for _, g in pairs])
+    rows = []
+    for j, lab in enumerate(schema.labels):
+        tp = int((t_bin[:, j] & g_bin[:, j]).sum())
+        fp = int((t_bin[:, j] & (1 - g_bin[:, j])).sum())
+        fn = int(((1 - t_bin[:, j]) & g_bin[:, j]).sum())
+        confusion: dict[str, dict[str, int]] = {}
+        for t, g in pairs:
+            gs, ts = STATES[g.get(lab)], STATES[t.get(lab)]
+            confusion.setdefault(gs, {}).setdefault(ts, 0)
+            confusion[gs][ts] += 1
+        same = len(set(t_bin[:, j].tolist()) | set(g_bin[:, j].tolist())) == 1
+        rows.append(
+            {
+                "label": lab,
+                "gold_positive": int(g_bin[:, j].sum()),
+                "teacher_positive": int(t_bin[:, j].sum()),
+                "precision": tp / (tp + fp) if tp + fp else 0.0,
+                "recall": tp / (tp + fn) if tp + fn else 0.0,
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+                "kappa": 1.0 if same else float(cohen_kappa_score(g_bin[:, j], t_bin[:, j])),
+                "confusion_gold_by_teacher": confusion,
+            }
+        )
+    return {
+        "reports": len(pairs),
+        "uncertain_policy": policy.value,
+        "weighted_f1": float(f1_score(g_bin, t_bin, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(g_bin, t_bin, average="macro", zero_division=0)),
+        "per_label": rows,
+    }
