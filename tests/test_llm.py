@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -22,14 +23,14 @@ class FakeLLM(BaseHTTPRequestHandler):
     'flaky' -> HTTP 500 twice; 'slow' -> sleeps past the client timeout once; 'broken' -> always 500;
     'fenced' -> JSON inside a code fence; 'nostructured' servers reject response_format with 400."""
 
-    calls: dict[str, int] = {}
-    bodies: list[dict] = []
-    reject_structured = False
+    calls: ClassVar[dict[str, int]] = {}
+    bodies: ClassVar[list[dict]] = []
+    reject_structured: ClassVar[bool] = False
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:  # the http.server API names it
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeLLM.bodies.append(body)
         text = body["messages"][-1]["content"]
@@ -146,7 +147,7 @@ def test_server_without_structured_output_falls_back(server: str, tmp_path: Path
     ],
 )
 def test_refuses_endpoints_off_the_premises(url: str) -> None:
-    with pytest.raises(DpradError, match="not loopback and not allow-listed|not an http"):
+    with pytest.raises(DpradError, match=r"not loopback and not allow-listed|not an http"):
         LLMTeacher(LLMConfig(url=url, model="m"), CHEXPERT14)
 
 

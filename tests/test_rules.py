@@ -70,7 +70,7 @@ def test_user_schema_terms(tmp_path: Path) -> None:
     assert label_text("A 5 mm nodule. No lung mass.", rules) == {"Nodule": 1, "Mass": 0}
     bad = tmp_path / "b.yaml"
     bad.write_text("labels: [Nodule, Mass]\nterms: {Nodule: [nodule]}\n")
-    with pytest.raises(Exception, match="needs 'terms'.*Mass"):
+    with pytest.raises(Exception, match=r"needs 'terms'.*Mass"):
         rules_for(load_schema(str(bad)))
 
 
