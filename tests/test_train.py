@@ -92,8 +92,8 @@ def test_run_directory_describes_itself_and_reloads(
     ]
     preds = predictor.predict(reports)
     assert preds.probs.shape == (len(reports), 14) and ((preds.probs >= 0) & (preds.probs <= 1)).all()
-    from dprad.metrics import summary
     from dprad.data.reports import label_matrix
+    from dprad.metrics import summary
 
     y, m = label_matrix(reports, CHEXPERT14)
     again = summary(y, preds.probs, mask=m)["weighted_f1"]
