@@ -231,3 +231,56 @@ def test_cli_train_predict_epsilon(
             ]
         )
     assert ex.value.code == 2  # a finished run is not overwritten silently
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")))
+def test_example_configs_load_and_train(example: Path, corpus: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    main(
+        [
+            "train",
+            str(corpus),
+            "--config",
+            str(example),
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--max-length",
+            "32",
+        ]
+    )
+    config = json.loads((out / "config.json").read_text())
+    import yaml
+
+    wanted = yaml.safe_load(example.read_text())
+    for section, values in wanted.items():
+        for key, value in values.items():
+            if key in {"epochs", "batch_size", "max_length", "name", "pooling"}:
+                continue  # overridden by the flags above; pooling 'auto' is resolved to what the model declares
+            got = config[section][key]
+            assert (list(got) if isinstance(got, list | tuple) else got) == value, (section, key)
+    ledger = json.loads((out / "privacy.json").read_text())
+    assert (
+        ledger["target_epsilon"] == wanted["privacy"]["epsilon"]
+        and ledger["epsilon"] <= ledger["target_epsilon"]
+    )
+
+
+def test_overwrite_leaves_no_file_of_the_earlier_run(corpus: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(cfg(corpus, tiny_bert, "dp-head"), out)
+    assert (out / "privacy.json").exists()
+
+    def crash(info: StepInfo) -> None:
+        raise RuntimeError("crash in the new run")
+
+    with pytest.raises(RuntimeError):
+        train(cfg(corpus, tiny_bert, "head"), out, overwrite=True, on_step=crash)
+    # the old ledger (a private run) must not sit beside the new, non-private config
+    assert json.loads((out / "config.json").read_text())["train"]["mode"] == "head"
+    assert not (out / "privacy.json").exists() and not (out / "model").exists()

@@ -445,10 +445,11 @@ def train(
         data=pick(
             cfg.data,
             path=str(data),
-            format=fmt,
+            # flags left at their defaults do not override a --config file
+            format=fmt if fmt != "auto" else None,
             schema=schema,
-            text_col=text_col,
-            id_col=id_col,
+            text_col=text_col if text_col != "text" else None,
+            id_col=id_col if id_col != "id" else None,
             patient_col=patient_col,
             split_col=split_col,
             labels_path=str(labels) if labels else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -60,6 +61,7 @@ MODE_DEFAULTS: dict[str, tuple[float, float, int, float]] = {
     "full": (4.0, 5e-5, 32, 1.0),
 }
 HEAD_MODES = ("dp-head", "head")
+RUN_FILES = ("privacy.json", "metrics.json", "history.json", "schema.json", "splits.json", "notes.json")
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,10 @@ def train(
                 f"{out}: holds a checkpoint of a different config (pass --overwrite or another --out)"
             )
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite or not ckpt_path.exists():  # a fresh start: no file of an earlier run may outlive it
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "model", ignore_errors=True)
     io.write_json(out / "config.json", resolved)
 
     threads = t.threads
