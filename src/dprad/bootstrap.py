@@ -22,8 +22,8 @@ def patient_weights(
     _, group = np.unique(np.asarray(patient_ids), return_inverse=True)
     n_patients = int(group.max()) + 1 if len(group) else 0
     draws = rng.integers(0, n_patients, size=(n_boot, n_patients))  # (B, P)
-    counts = np.zeros((n_boot, n_patients), dtype=np.float32)
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    flat = (np.arange(n_boot)[:, None] * n_patients + draws).ravel()  # one bincount for all rows
+    counts = np.bincount(flat, minlength=n_boot * n_patients).reshape(n_boot, n_patients).astype(np.float32)
     return counts[:, group]  # (B, N)
 
 
@@ -62,27 +62,37 @@ def weighted_label_metrics(
     return out
 
 
-def _ranking_metrics(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted AUROC and average precision for every weight row, ties handled as scikit-learn does."""
+def _ranking_metrics(
+    y: np.ndarray, s: np.ndarray, w: np.ndarray, *, chunk: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted AUROC and average precision for every weight row, ties handled as scikit-learn does.
+
+    Rows are processed in chunks so that the (chunk, N) temporaries stay in cache.
+    """
     b = w.shape[0]
     if len(y) == 0:
         return np.full(b, np.nan), np.full(b, np.nan)
     order = np.argsort(-s, kind="mergesort")  # descending score
-    s_sorted = s[order]
+    s_sorted, y_sorted = s[order], y[order].astype(np.float32)
     starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]  # first index of each tie group
-    wpos = np.add.reduceat(w[:, order] * y[order], starts, axis=1)  # (B, G) positive weight per group
-    wneg = np.add.reduceat(w[:, order] * (1 - y[order]), starts, axis=1)
-    ptot, ntot = wpos.sum(1), wneg.sum(1)  # (B,)
-    # AUROC: each positive beats the negatives in lower groups (later in descending order), ties count half
-    neg_below = ntot[:, None] - np.cumsum(wneg, axis=1)  # negatives strictly lower
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auroc = (wpos * (neg_below + 0.5 * wneg)).sum(1) / (ptot * ntot)
-        tp_cum, fp_cum = np.cumsum(wpos, axis=1), np.cumsum(wneg, axis=1)
-        precision = np.where(tp_cum + fp_cum > 0, tp_cum / (tp_cum + fp_cum), 0.0)
-        auprc = (wpos * precision).sum(1) / ptot
-    undefined = (ptot == 0) | (ntot == 0)
-    auroc[undefined] = np.nan
-    auprc[ptot == 0] = np.nan
+    ties = len(starts) < len(s_sorted)
+    auroc, auprc = np.empty(b), np.empty(b)
+    for lo in range(0, b, chunk):
+        w_sorted = w[lo : lo + chunk, order].astype(np.float32, copy=False)  # (C, N)
+        wpos = w_sorted * y_sorted  # (C, N) positive weight at each position
+        wneg = w_sorted - wpos
+        if ties:  # (C, G): weights summed over each group of equal scores
+            wpos, wneg = np.add.reduceat(wpos, starts, axis=1), np.add.reduceat(wneg, starts, axis=1)
+        ptot, ntot = wpos.sum(1), wneg.sum(1)  # (C,)
+        fp_cum = np.cumsum(wneg, axis=1)
+        tp_cum = np.cumsum(wpos, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # AUROC: each positive beats the negatives in lower groups (later in descending order), ties half
+            auroc[lo : lo + chunk] = (wpos * (ntot[:, None] - fp_cum + 0.5 * wneg)).sum(1) / (ptot * ntot)
+            precision = tp_cum / np.maximum(tp_cum + fp_cum, 1e-30)
+            auprc[lo : lo + chunk] = (wpos * precision).sum(1) / ptot
+            auroc[lo : lo + chunk][(ptot == 0) | (ntot == 0)] = np.nan
+            auprc[lo : lo + chunk][ptot == 0] = np.nan
     return auroc, auprc
 
 
