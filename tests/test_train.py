@@ -284,3 +284,13 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(corpus: Path, tiny_bert: Pa
     # the old ledger (a private run) must not sit beside the new, non-private config
     assert json.loads((out / "config.json").read_text())["train"]["mode"] == "head"
     assert not (out / "privacy.json").exists() and not (out / "model").exists()
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.1, 1.0, 10.0])
+def test_calibrated_runs_across_the_epsilon_range(
+    eps: float, corpus: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    c = cfg(corpus, tiny_bert, "dp-head").with_(privacy=PrivacyConfig(epsilon=eps, accountant="rdp"))
+    led = train(c, tmp_path / "run").ledger
+    assert led.accountant == "rdp" and 0.99 * eps <= led.epsilon <= eps  # type: ignore[operator]
+    assert led.noise_multiplier is not None and led.noise_multiplier > 0
