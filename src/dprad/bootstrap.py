@@ -108,10 +108,15 @@ def headline(per_label: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "weighted_f1": weighted,
         "macro_f1": f1.mean(1),
         "micro_f1": micro,
-        "macro_auroc": np.nanmean(np.where(np.isnan(per_label["auroc"]), np.nan, per_label["auroc"]), axis=1)
-        if not np.isnan(per_label["auroc"]).all()
-        else np.full(len(f1), np.nan),
+        "macro_auroc": _nanmean_rows(per_label["auroc"]),
     }
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Row means over the defined (non-NaN) entries; NaN where a row has none."""
+    ok = ~np.isnan(x)
+    count = ok.sum(1)
+    return np.where(count > 0, np.where(ok, x, 0.0).sum(1) / np.maximum(count, 1), np.nan)
 
 
 @dataclass(frozen=True)

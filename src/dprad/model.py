@@ -50,8 +50,15 @@ def resolve_pooling(pooling: str, model_dir: Path) -> str:
 def load_encoder(model_dir: Path) -> nn.Module:
     from transformers import AutoModel
 
+    from transformers.utils import logging as hf_logging
+
     encoder_type(model_dir)
-    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, add_pooling_layer=False)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused pooler weights are expected: dprad pools itself
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(level)
     return model
 
 
