@@ -53,12 +53,15 @@ def load_encoder(model_dir: Path) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     encoder_type(model_dir)
-    level = hf_logging.get_verbosity()
+    level, bars_off = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled() is False
     hf_logging.set_verbosity_error()  # the unused pooler weights are expected: dprad pools itself
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, add_pooling_layer=False)
     finally:
         hf_logging.set_verbosity(level)
+        if not bars_off:
+            hf_logging.enable_progress_bar()
     return model
 
 
