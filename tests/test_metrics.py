@@ -151,3 +151,13 @@ def test_subgroup_gaps_known_values() -> None:
     assert gap["statistical_parity_difference"] == pytest.approx(0.5)
     assert gap["equal_opportunity_difference"] == pytest.approx(0.5)
     assert [age_band(a) for a in (30, 45, 70, 85, None)] == ["<40", "40-59", "60-79", "80+", "unknown"]
+
+
+def test_threshold_for_a_critical_label_reaches_the_target_sensitivity() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 1)) < 0.2).astype(int)
+    s = np.clip(0.25 * y + rng.random((400, 1)) * 0.8, 0, 1)
+    th = fit_thresholds(y, s, target_recall={0: 0.9})
+    recall = ((s[:, 0] >= th[0]) & (y[:, 0] == 1)).sum() / y.sum()
+    assert recall >= 0.9
+    assert th[0] <= fit_thresholds(y, s)[0]  # asking for sensitivity lowers the threshold below max-F1's

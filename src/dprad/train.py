@@ -61,6 +61,7 @@ MODE_DEFAULTS: dict[str, tuple[float, float, int, float]] = {
     "full": (4.0, 5e-5, 32, 1.0),
 }
 HEAD_MODES = ("dp-head", "head")
+CRITICAL_SENSITIVITY = 0.9  # validation sensitivity targeted by the thresholds of a schema's critical labels
 RUN_FILES = ("privacy.json", "metrics.json", "history.json", "schema.json", "splits.json", "notes.json")
 
 
@@ -475,8 +476,15 @@ def _evaluate_splits(predictor: Any, splits: Splits, enc: dict[str, Encoded]) ->
     thresholds = None
     if "val" in preds:
         v = preds["val"]
-        thresholds = fit_thresholds(enc["val"].targets, v.probs, mask=enc["val"].mask)
-        out["thresholds"] = {"fitted_on": "val", "rule": "max F1 per label", "values": thresholds.tolist()}
+        schema = predictor.schema
+        critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
+        thresholds = fit_thresholds(enc["val"].targets, v.probs, mask=enc["val"].mask, target_recall=critical)
+        out["thresholds"] = {
+            "fitted_on": "val",
+            "rule": f"max F1 per label; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
+            "critical": list(schema.critical),
+            "values": thresholds.tolist(),
+        }
     for name, pr in preds.items():
         e = enc[name]
         out[name] = {
