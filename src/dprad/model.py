@@ -49,7 +49,6 @@ def resolve_pooling(pooling: str, model_dir: Path) -> str:
 
 def load_encoder(model_dir: Path) -> nn.Module:
     from transformers import AutoModel
-
     from transformers.utils import logging as hf_logging
 
     encoder_type(model_dir)
