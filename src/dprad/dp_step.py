@@ -13,6 +13,7 @@ own data loader; the step below is the same arithmetic as its ``clip_and_accumul
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -43,7 +44,10 @@ def private_step(
     total_loss = 0.0
     for idx in batches:
         losses = loss_fn(idx)  # (B,)
-        losses.sum().backward()
+        with warnings.catch_warnings():
+            # opacus hooks the first trainable module, whose inputs (frozen embeddings) need no gradient
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            losses.sum().backward()
         grad_samples = [p.grad_sample for p in params]  # type: ignore[attr-defined]  # [(B, *p.shape)]
         factor = (max_grad_norm / (per_sample_norms(grad_samples) + 1e-6)).clamp(max=1.0)  # (B,)
         for acc, g in zip(summed, grad_samples, strict=True):
