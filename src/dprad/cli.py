@@ -444,7 +444,7 @@ def train(
     cfg = RunConfig(
         data=pick(
             cfg.data,
-            path=str(data),
+            path=str(data.resolve()),  # absolute: the run directory must make sense from anywhere
             # flags left at their defaults do not override a --config file
             format=fmt if fmt != "auto" else None,
             schema=schema,
@@ -452,7 +452,7 @@ def train(
             id_col=id_col if id_col != "id" else None,
             patient_col=patient_col,
             split_col=split_col,
-            labels_path=str(labels) if labels else None,
+            labels_path=str(labels.resolve()) if labels else None,
             uncertain_policy=uncertain,
             fractions=fractions,
             split_seed=split_seed,

