@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -75,6 +76,11 @@ def test_run_directory_describes_itself_and_reloads(
         assert "differential privacy" in ledger["statement"] and "pre-training" in ledger["statement"]
         history = json.loads((out / "history.json").read_text())
         assert history["epsilon_per_epoch"][-1]["epsilon"] == pytest.approx(ledger["epsilon"])
+        # the sampler the run used is the one the accountant assumed: Poisson at the ledger's rate
+        sizes = np.array(history["batch_size"])
+        n, q = ledger["dataset_size"], ledger["sample_rate"]
+        assert len(sizes) == ledger["steps"] and len(set(sizes.tolist())) > 1
+        assert abs(sizes.mean() - q * n) < 4 * np.sqrt(n * q * (1 - q) / len(sizes))
     else:
         assert ledger["private"] is False and ledger["epsilon"] is None and "WITHOUT" in ledger["statement"]
     assert (out / "model" / "adapter" / "adapter_config.json").exists() == (

@@ -326,7 +326,8 @@ def train(
             return micro_batches(idx, train_enc.lengths, max_tokens=t.max_tokens)
 
         start = 0
-        history: dict[str, list[Any]] = {"step_loss": [], "epsilon_per_epoch": []}
+        # batch_size: the realised logical batch of every step, so the sampler can be checked against the ledger
+        history: dict[str, list[Any]] = {"step_loss": [], "batch_size": [], "epsilon_per_epoch": []}
         if ckpt_path.exists() and not overwrite:
             start, history = _load_checkpoint(ckpt_path, trainable, optimizer, sampler, noise_gen)
         steps_per_epoch = 1 / q
@@ -349,6 +350,7 @@ def train(
             else:
                 loss = plain_step(params, optimizer, batches, loss_fn, batch_size=len(idx))
             history["step_loss"].append(round(loss / max(len(idx), 1), 6))
+            history["batch_size"].append(len(idx))
             done = step + 1
             eps_now = None
             if private and (
