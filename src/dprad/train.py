@@ -21,7 +21,7 @@ from torch import nn
 
 from dprad import io
 from dprad.config import MODES, PRIVATE_MODES, RunConfig
-from dprad.data.dataset import Encoded, PoissonSampler, ShuffleSampler, encode, micro_batches
+from dprad.data.dataset import Encoded, PoissonSampler, ShuffleSampler, collate, encode, micro_batches
 from dprad.data.read import read_reports
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy, load_schema
@@ -314,8 +314,6 @@ def train(
                 x = torch.from_numpy(feats["train"][idx])  # (B, H)
                 logits = module(x)
             else:
-                from dprad.data.dataset import collate
-
                 input_ids, attention, _, _ = collate(train_enc, idx)
                 logits = module(input_ids, attention)  # (B, L)
             return loss_per_example(logits, train_enc.targets[idx], train_enc.mask[idx])
@@ -398,19 +396,30 @@ def train(
             model_name=str(model_dir),
             val_size=len(splits.val),
         )
-        from dprad.predict import Predictor
+        if head_only:  # the features are already computed: score them directly
 
-        predictor = Predictor(
-            trainable,
-            tokenizer=tokenizer,
-            schema=schema,
-            pooling=pooling,
-            mode=t.mode,
-            max_length=cfg.model.max_length,
-            max_tokens=t.max_tokens,
-            encoder=encoder if head_only else None,
-        )
-        metrics = _evaluate_splits(predictor, splits, enc)
+            def probs_for(name: str) -> np.ndarray:
+                trainable.eval()
+                with torch.inference_mode():
+                    return torch.sigmoid(trainable(torch.from_numpy(feats[name]))).numpy()
+
+        else:
+            from dprad.predict import Predictor
+
+            predictor = Predictor(
+                trainable,
+                tokenizer=tokenizer,
+                schema=schema,
+                pooling=pooling,
+                mode=t.mode,
+                max_length=cfg.model.max_length,
+                max_tokens=t.max_tokens,
+            )
+
+            def probs_for(name: str) -> np.ndarray:
+                return predictor.predict(splits.as_dict()[name]).probs
+
+        metrics = _evaluate_splits(probs_for, schema, splits, enc)
         _save_run(out, trainable, encoder, t.mode, schema, ledger, history, metrics, splits, notes)
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(out, ledger, metrics)
@@ -468,33 +477,32 @@ def _ledger(
     return replace(ledger, statement=guarantee_statement(ledger, model_name=model_name, val_size=val_size))
 
 
-def _evaluate_splits(predictor: Any, splits: Splits, enc: dict[str, Encoded]) -> dict[str, Any]:
+def _evaluate_splits(
+    probs_for: Callable[[str], np.ndarray], schema: LabelSchema, splits: Splits, enc: dict[str, Encoded]
+) -> dict[str, Any]:
+    """Validation-fitted thresholds, and val / test metrics at 0.5 and at those thresholds."""
     from dprad.metrics import fit_thresholds, summary
 
     out: dict[str, Any] = {}
-    preds = {
-        name: predictor.predict(reps) for name, reps in splits.as_dict().items() if reps and name != "train"
-    }
+    preds = {name: probs_for(name) for name, reps in splits.as_dict().items() if reps and name != "train"}
     thresholds = None
     if "val" in preds:
-        v = preds["val"]
-        schema = predictor.schema
         critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
-        thresholds = fit_thresholds(enc["val"].targets, v.probs, mask=enc["val"].mask, target_recall=critical)
+        thresholds = fit_thresholds(
+            enc["val"].targets, preds["val"], mask=enc["val"].mask, target_recall=critical
+        )
         out["thresholds"] = {
             "fitted_on": "val",
             "rule": f"max F1 per label; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
             "critical": list(schema.critical),
             "values": thresholds.tolist(),
         }
-    for name, pr in preds.items():
+    for name, probs in preds.items():
         e = enc[name]
-        out[name] = {
-            "threshold_0.5": summary(e.targets, pr.probs, mask=e.mask, labels=predictor.schema.labels)
-        }
+        out[name] = {"threshold_0.5": summary(e.targets, probs, mask=e.mask, labels=schema.labels)}
         if thresholds is not None:
             out[name]["threshold_val"] = summary(
-                e.targets, pr.probs, mask=e.mask, labels=predictor.schema.labels, thresholds=thresholds
+                e.targets, probs, mask=e.mask, labels=schema.labels, thresholds=thresholds
             )
     return out
 
