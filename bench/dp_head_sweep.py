@@ -14,15 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SETTINGS = [  # (eps, batch, epochs, lr, clip); eps None = non-private
-    (None, 1024, 100, 10.0, 1.0),
-    (10.0, 1024, 100, 5.0, 1.0),
-    (10.0, 1024, 40, 2.0, 1.0),
-    (10.0, 1024, 40, 10.0, 0.5),
-    (1.0, 1024, 40, 2.0, 1.0),
-    (1.0, 1024, 20, 5.0, 1.0),
-    (1.0, 2048, 100, 5.0, 1.0),
-    (1.0, 512, 20, 2.0, 1.0),
+SETTINGS = [  # (eps, batch, epochs, lr, clip, warm start on the public synthetic corpus); eps None = non-private
+    (None, 1024, 100, 10.0, 1.0, False),
+    (10.0, 1024, 100, 5.0, 1.0, False),
+    (10.0, 1024, 100, 5.0, 1.0, True),
+    (10.0, 1024, 40, 2.0, 1.0, False),
+    (10.0, 1024, 40, 10.0, 0.5, False),
+    (1.0, 1024, 40, 2.0, 1.0, False),
+    (1.0, 1024, 40, 2.0, 1.0, True),
+    (1.0, 1024, 20, 5.0, 1.0, False),
+    (1.0, 2048, 100, 5.0, 1.0, False),
+    (1.0, 512, 20, 2.0, 1.0, False),
+    (0.3, 1024, 40, 2.0, 1.0, False),
+    (0.3, 1024, 40, 2.0, 1.0, True),
 ]
 
 
@@ -32,7 +36,7 @@ def main() -> None:
     from dprad.config import DataConfig, RunConfig
     from dprad.data.dataset import PoissonSampler, encode
     from dprad.dp_step import plain_step, private_step
-    from dprad.features import encoder_features, head_inputs, loss_per_example, public_center
+    from dprad.features import encoder_features, head_inputs, loss_per_example, public_corpus, warm_start
     from dprad.local_models import load_tokenizer, resolve_model_dir
     from dprad.metrics import f1_scores, macro_auroc
     from dprad.model import FeatureHead, load_encoder
@@ -46,7 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     schema, splits, _ = prepare(RunConfig(data=DataConfig(path=args.data)))
     tok, encoder = load_tokenizer("minilm"), load_encoder(resolve_model_dir("minilm"))
-    center = public_center(encoder, tok, pooling="mean", max_length=256, max_tokens=8192)
+    public = public_corpus(encoder, tok, pooling="mean", max_length=256, max_tokens=8192)
+    center = public.center
+    x_pub, y_pub, m_pub = public.labelled[schema.name]
     enc = {
         k: encode(v, tok, schema, max_length=256) for k, v in (("train", splits.train), ("test", splits.test))
     }
@@ -58,15 +64,17 @@ def main() -> None:
     delta = default_delta(n)
     print(f"{args.data}: train {n}, test {len(enc['test'])}, delta {delta:g}")
     print(
-        f"{'eps':>5} {'batch':>6} {'epochs':>6} {'lr':>5} {'clip':>5} {'sigma':>7} {'steps':>6} {'wF1':>6} {'AUROC':>6}"
+        f"{'eps':>5} {'batch':>6} {'epochs':>6} {'lr':>5} {'clip':>5} {'warm':>5} {'sigma':>7} {'steps':>6} {'wF1':>6} {'AUROC':>6}"
     )
-    for eps, batch, epochs, lr, clip in SETTINGS:
+    for eps, batch, epochs, lr, clip, warm in SETTINGS:
         batch = min(batch, n)
         q = batch / n
         steps = max(1, round(epochs / q))
         sigma = calibrate_noise(target_epsilon=eps, sample_rate=q, steps=steps, delta=delta) if eps else 0.0
         torch.manual_seed(0)
         head = FeatureHead(hidden, len(schema))
+        if warm:
+            warm_start(head, head_inputs(x_pub, center), y_pub, m_pub)
         module = GradSampleModule(head, loss_reduction="sum") if eps else head
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
@@ -100,7 +108,7 @@ def main() -> None:
         wf1 = f1_scores(te.targets, probs, mask=te.mask)["weighted"]
         auc = macro_auroc(te.targets, probs, mask=te.mask)[0]
         print(
-            f"{eps or '-':>5} {batch:>6} {epochs:>6} {lr:>5} {clip:>5} {sigma:>7.2f} {steps:>6} {wf1:>6.3f} {auc:>6.3f}"
+            f"{eps or '-':>5} {batch:>6} {epochs:>6} {lr:>5} {clip:>5} {warm!s:>5} {sigma:>7.2f} {steps:>6} {wf1:>6.3f} {auc:>6.3f}"
         )
 
 

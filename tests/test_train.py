@@ -300,3 +300,26 @@ def test_calibrated_runs_across_the_epsilon_range(
     led = train(c, tmp_path / "run").ledger
     assert led.accountant == "rdp" and 0.99 * eps <= led.epsilon <= eps  # type: ignore[operator]
     assert led.noise_multiplier is not None and led.noise_multiplier > 0
+
+
+def test_public_warm_start_is_resolved_recorded_and_refused_where_it_does_not_apply(
+    corpus: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    from dprad.train import resolve
+
+    base = cfg(corpus, tiny_bert, "dp-head")
+    at = lambda eps: base.with_(privacy=PrivacyConfig(epsilon=eps))  # noqa: E731
+    assert resolve(at(1.0), n_train=500, schema=CHEXPERT14).train.public_warm_start is True
+    assert resolve(at(10.0), n_train=500, schema=CHEXPERT14).train.public_warm_start is False
+    with pytest.raises(DpradError, match="applies to head modes"):
+        resolve(
+            cfg(corpus, tiny_bert, "dp-lora").with_(
+                train=TrainConfig(mode="dp-lora", public_warm_start=True)
+            ),
+            n_train=500,
+            schema=CHEXPERT14,
+        )
+    out = tmp_path / "run"
+    train(at(1.0), out)
+    assert json.loads((out / "config.json").read_text())["train"]["public_warm_start"] is True
+    assert any("public synthetic reports" in n for n in json.loads((out / "notes.json").read_text()))

@@ -418,6 +418,13 @@ def train(
     seed: Annotated[int | None, typer.Option(help="training seed (sampling, noise, init)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --out")] = False,
+    public_warm_start: Annotated[
+        bool | None,
+        typer.Option(
+            "--public-warm-start/--no-public-warm-start",
+            help="head modes: start from a fit on dprad's public synthetic corpus (default: on for dp-head at eps < 4)",
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier (DP-SGD by default when --epsilon is given) into a self-describing run directory."""
     from dataclasses import replace
@@ -482,6 +489,7 @@ def train(
             max_tokens=max_tokens,
             seed=seed,
             threads=threads,
+            public_warm_start=public_warm_start,
         ),
     )
     if cfg.data.uncertain_policy not in {"ones", "zeros", "ignore"}:

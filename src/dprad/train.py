@@ -28,7 +28,7 @@ from dprad.data.schemas import LabelSchema, UncertainPolicy, load_schema
 from dprad.data.splits import Splits, split_by_patient
 from dprad.dp_step import plain_step, private_step
 from dprad.errors import DpradError
-from dprad.features import encoder_features, head_inputs, loss_per_example, public_center
+from dprad.features import encoder_features, head_inputs, loss_per_example, public_corpus, warm_start
 from dprad.local_models import load_tokenizer, resolve_model_dir
 from dprad.model import (
     FeatureHead,
@@ -122,7 +122,13 @@ def prepare(cfg: RunConfig, reports: Sequence[Report] | None = None) -> tuple[La
     return schema, splits, notes
 
 
-def resolve(cfg: RunConfig, *, n_train: int) -> RunConfig:
+def _builtin_labels(name: str) -> tuple[str, ...]:
+    from dprad.data.schemas import BUILTIN_SCHEMAS
+
+    return BUILTIN_SCHEMAS[name].labels if name in BUILTIN_SCHEMAS else ()
+
+
+def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) -> RunConfig:
     """Replace every 'let dprad choose' by the value chosen; check the privacy arguments."""
     t, p = cfg.train, cfg.privacy
     wants_dp = p.epsilon is not None or p.noise_multiplier is not None
@@ -152,11 +158,18 @@ def resolve(cfg: RunConfig, *, n_train: int) -> RunConfig:
     elif wants_dp:
         raise DpradError(f"--mode {mode} is non-private: --epsilon / --noise-multiplier need a dp-* mode")
     epochs, lr, batch, clip = MODE_DEFAULTS[mode]
-    if mode == "dp-head" and p.epsilon is not None and p.epsilon < 4:
+    small_eps = mode == "dp-head" and p.epsilon is not None and p.epsilon < 4
+    if small_eps:
         epochs, lr = 40.0, 2.0
+    warm = t.public_warm_start
+    if warm is None:
+        warm = bool(small_eps and schema is not None and tuple(schema.labels) == _builtin_labels(schema.name))
+    elif warm and mode not in HEAD_MODES:
+        raise DpradError(f"--public-warm-start applies to head modes, not --mode {mode}")
     t = replace(
         t,
         mode=mode,
+        public_warm_start=warm,
         epochs=t.epochs if t.epochs is not None else epochs,
         lr=t.lr if t.lr is not None else lr,
         batch_size=min(t.batch_size if t.batch_size is not None else batch, n_train),
@@ -200,7 +213,7 @@ def train(
     kind = encoder_type(model_dir)
     schema, splits, notes = prepare(cfg, reports)
     n = len(splits.train)
-    cfg = resolve(cfg, n_train=n)
+    cfg = resolve(cfg, n_train=n, schema=schema)
     t, p = cfg.train, cfg.privacy
     assert t.lr is not None and t.batch_size is not None and t.epochs is not None
     private = cfg.private
@@ -264,9 +277,10 @@ def train(
         head_only = t.mode in HEAD_MODES
         if head_only:
             encoder.eval()
-            center = public_center(
+            public = public_corpus(
                 encoder, tokenizer, pooling=pooling, max_length=cfg.model.max_length, max_tokens=t.max_tokens
             )
+            center = public.center
             feats = {
                 name: head_inputs(
                     encoder_features(encoder, e, pooling=pooling, max_tokens=t.max_tokens), center
@@ -274,6 +288,14 @@ def train(
                 for name, e in enc.items()
             }
             trainable: nn.Module = FeatureHead(hidden_size(encoder), len(schema), center=center)
+            if t.public_warm_start:
+                if schema.name not in public.labelled or tuple(schema.labels) != _builtin_labels(schema.name):
+                    raise DpradError(
+                        f"--public-warm-start needs a built-in schema (chexpert14, ctrate18), not '{schema.name}'"
+                    )
+                x_pub, y_pub, m_pub = public.labelled[schema.name]
+                warm_start(trainable, head_inputs(x_pub, center), y_pub, m_pub)
+                notes.append(f"head initialised on {len(x_pub)} public synthetic reports (no privacy cost)")
         else:
             if t.mode in ("dp-lora", "lora"):
                 encoder = attach_lora(
