@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 
 def _masked(y: np.ndarray, s: np.ndarray, m: np.ndarray | None, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +137,5 @@ __all__ = [
     "fit_thresholds",
     "macro_auroc",
     "per_label",
-    "precision_recall_fscore_support",
     "summary",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -136,13 +135,6 @@ def freeze_for_dp_full(encoder: nn.Module) -> None:
 
 def trainable_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def encoder_info(model_dir: Path) -> dict[str, Any]:
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    return {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size, "layers": cfg.num_hidden_layers}
 
 
 __all__ = [

@@ -165,7 +165,6 @@ class PrivacyLedger:
     expected_batch_size: float | None
     logical_batch_size: str | None
     steps: int
-    planned_steps: int
     epochs: float
     sampler: str
     accountant: str | None

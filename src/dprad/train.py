@@ -484,9 +484,8 @@ def _ledger(
         expected_batch_size=q * n if private else None,
         logical_batch_size=(f"Poisson, expected {q * n:.1f}" if private else f"fixed {t.batch_size}"),
         steps=steps,
-        planned_steps=steps,
         epochs=round(steps * q, 4),
-        sampler="poisson" if private else "shuffle",
+        sampler=sampler,
         accountant=accounting.accountant if accounting else None,
         accountant_note=accounting.note if accounting else "",
         mode=t.mode,
@@ -495,7 +494,6 @@ def _ledger(
         not_protected=not_protected,
         library_versions=library_versions(),
     )
-    assert ledger.sampler == sampler
     return replace(ledger, statement=guarantee_statement(ledger, model_name=model_name, val_size=val_size))
 
 

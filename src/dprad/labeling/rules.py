@@ -11,10 +11,8 @@ were written from radiology usage, not fitted to the benchmark files.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from dprad.data.reports import Report
 from dprad.data.schemas import CHEXPERT14, CTRATE18, LabelSchema
 from dprad.errors import DpradError
 from dprad.labeling.context import Mention, Status, classify, combine, sentences
@@ -94,10 +92,6 @@ def label_text(text: str, rules: RuleSet) -> dict[str, int]:
         if not blocking and other not in (Status.POSITIVE, Status.UNCERTAIN):
             labels[nf] = 1
     return labels
-
-
-def label_reports(reports: Sequence[Report], rules: RuleSet) -> list[dict[str, int]]:
-    return [label_text(r.text, rules) for r in reports]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -506,8 +500,3 @@ def _phrase(term: str) -> str:
     """A user phrase as a regex: case-insensitive words, flexible whitespace, plural-tolerant ending."""
     words = [re.escape(w) for w in term.lower().split()]
     return r"\s+".join(words) + r"\w*"
-
-
-def labels_for(reports: Iterable[Report], schema: LabelSchema) -> list[dict[str, int]]:
-    rules = rules_for(schema)
-    return [label_text(r.text, rules) for r in reports]
