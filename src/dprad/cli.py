@@ -252,6 +252,11 @@ def label(
     for rid, why in result.skipped:
         console.print(f"skipped {rid}: {why}")
     console.print(f"wrote {len(reports)} reports ({len(result.skipped)} skipped) to {out}")
+    no_labels = sum(lab is None for lab in predicted)
+    if no_labels:
+        console.print(
+            f"{no_labels} reports have no labels (column 'labelled' = 0): training and evaluation leave them out"
+        )
     gold: list[Any] | None = None
     if gold_from is not None:
         gres, _, _ = _read(gold_from, "auto", sch.name if schema is None else schema)
@@ -344,10 +349,88 @@ def epsilon(
         )
 
 
+def _fractions(split: str) -> tuple[float, ...]:
+    try:
+        fractions = tuple(float(x) for x in split.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3:
+        raise DpradError(f"--split '{split}' must be three comma-separated fractions, e.g. 0.7,0.1,0.2")
+    return fractions
+
+
+def _abs(p: Path | None) -> str | None:
+    return str(p.resolve()) if p is not None else None
+
+
+# CLI parameter -> (config section, field, conversion): a flag the user typed overrides --config, whatever
+# its value; a flag left out never does (click records where each value came from)
+TRAIN_FLAGS: dict[str, tuple[str, str, Any]] = {
+    "fmt": ("data", "format", None),
+    "schema": ("data", "schema", None),
+    "text_col": ("data", "text_col", None),
+    "id_col": ("data", "id_col", None),
+    "patient_col": ("data", "patient_col", None),
+    "split_col": ("data", "split_col", None),
+    "labels": ("data", "labels_path", _abs),
+    "uncertain": ("data", "uncertain_policy", None),
+    "split": ("data", "fractions", _fractions),
+    "split_seed": ("data", "split_seed", None),
+    "model": ("model", "name", None),
+    "pooling": ("model", "pooling", None),
+    "max_length": ("model", "max_length", None),
+    "lora_r": ("lora", "r", None),
+    "lora_alpha": ("lora", "alpha", None),
+    "lora_targets": ("lora", "target_modules", lambda v: tuple(v.split(",")) if v else None),
+    "epsilon_": ("privacy", "epsilon", None),
+    "delta": ("privacy", "delta", None),
+    "noise_multiplier": ("privacy", "noise_multiplier", None),
+    "max_grad_norm": ("privacy", "max_grad_norm", None),
+    "accountant": ("privacy", "accountant", None),
+    "force_delta": ("privacy", "force_delta", None),
+    "mode": ("train", "mode", None),
+    "epochs": ("train", "epochs", None),
+    "lr": ("train", "lr", None),
+    "batch_size": ("train", "batch_size", None),
+    "max_tokens": ("train", "max_tokens", None),
+    "seed": ("train", "seed", None),
+    "threads": ("train", "threads", None),
+    "public_warm_start": ("train", "public_warm_start", None),
+    "rule_prior": ("train", "rule_prior", None),
+    "feature_cache": ("train", "feature_cache", _abs),
+}
+
+
+TYPED = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # click's ParameterSource names (typer may vendor click)
+
+
+def typed_by_user(ctx: typer.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name in TYPED
+
+
+def config_from_flags(ctx: typer.Context, base: Any, values: dict[str, Any]) -> Any:
+    """``base`` (a RunConfig) with every flag the user typed applied on top, and nothing else."""
+    from dataclasses import replace
+
+    sections: dict[str, dict[str, Any]] = {}
+    for param, (section, key, convert) in TRAIN_FLAGS.items():
+        if typed_by_user(ctx, param):
+            v = values[param]
+            sections.setdefault(section, {})[key] = convert(v) if convert is not None and v is not None else v
+    return base.with_(**{sec: replace(getattr(base, sec), **kv) for sec, kv in sections.items()})
+
+
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="training reports (all splits are made from it, by patient)")],
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory to write (or resume)")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            help="training reports (all splits are made from it, by patient); default: --config's"
+        ),
+    ] = None,
     fmt: FormatOpt = "auto",
     schema: SchemaOpt = None,
     text_col: TextColOpt = "text",
@@ -358,15 +441,16 @@ def train(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="YAML/JSON RunConfig (sections data/model/lora/privacy/train); flags override"
+            "--config",
+            help="YAML/JSON RunConfig (sections data/model/lora/privacy/train), or a run's config.json; flags you type override it",
         ),
     ] = None,
     mode: Annotated[
-        str | None,
+        str,
         typer.Option(
-            help="auto | dp-head | dp-lora | dp-full | head | lora | full (auto: dp-head under 20k reports when private, else dp-lora; lora when non-private)"
+            help="auto | head | lora | full (auto: head under 20k reports when private, else lora; lora when non-private). --epsilon or --noise-multiplier makes any mode private; dp-head / dp-lora / dp-full are accepted aliases"
         ),
-    ] = None,
+    ] = "auto",
     epsilon_: Annotated[
         float | None,
         typer.Option(
@@ -388,45 +472,61 @@ def train(
     max_grad_norm: Annotated[
         float | None, typer.Option("--max-grad-norm", help="per-report clipping norm C")
     ] = None,
-    accountant: Annotated[str | None, typer.Option(help="pld (default), rdp or prv")] = None,
-    force_delta: Annotated[bool, typer.Option("--force-delta", help="allow delta >= 1/n")] = False,
+    accountant: Annotated[str, typer.Option(help="pld (default), rdp or prv")] = "pld",
+    force_delta: Annotated[
+        bool, typer.Option("--force-delta/--no-force-delta", help="allow delta >= 1/n")
+    ] = False,
     model: Annotated[
-        str | None, typer.Option("--model", help="minilm (packaged default) or a local HF model directory")
-    ] = None,
-    pooling: Annotated[str | None, typer.Option(help="auto | mean | cls")] = None,
-    max_length: Annotated[
-        int | None, typer.Option("--max-length", help="tokens per report (truncation)")
-    ] = None,
+        str, typer.Option("--model", help="minilm (packaged default) or a local HF model directory")
+    ] = "minilm",
+    pooling: Annotated[str, typer.Option(help="auto | mean | cls")] = "auto",
+    max_length: Annotated[int, typer.Option("--max-length", help="tokens per report (truncation)")] = 256,
     epochs: Annotated[float | None, typer.Option(help="epochs (expected passes over the data)")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="expected logical batch size (q = batch / n)")
     ] = None,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="tokens per physical micro-batch (memory only)")
-    ] = None,
-    lora_r: Annotated[int | None, typer.Option("--lora-r")] = None,
-    lora_alpha: Annotated[int | None, typer.Option("--lora-alpha")] = None,
+        int, typer.Option("--max-tokens", help="tokens per physical micro-batch (memory only)")
+    ] = 8192,
+    lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha")] = 16,
     lora_targets: Annotated[
         str | None, typer.Option("--lora-targets", help="comma-separated module names")
     ] = None,
     uncertain: Annotated[
-        str | None, typer.Option("--uncertain", help="ones (U-Ones, default) | zeros | ignore")
-    ] = None,
-    split: Annotated[str | None, typer.Option(help="train,val,test fractions, e.g. 0.7,0.1,0.2")] = None,
-    split_seed: Annotated[int | None, typer.Option("--split-seed")] = None,
-    seed: Annotated[int | None, typer.Option(help="training seed (sampling, noise, init)")] = None,
+        str, typer.Option("--uncertain", help="ones (U-Ones, default) | zeros | ignore")
+    ] = "ones",
+    split: Annotated[
+        str, typer.Option(help="train,val,test fractions, e.g. 0.7,0.1,0.2 (1,0,0: train on everything)")
+    ] = "0.7,0.1,0.2",
+    split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
+    seed: Annotated[int, typer.Option(help="training seed (sampling, noise, init)")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --out")] = False,
     public_warm_start: Annotated[
         bool | None,
         typer.Option(
             "--public-warm-start/--no-public-warm-start",
-            help="head modes: start from a fit on dprad's public synthetic corpus (default: on for dp-head at eps < 4)",
+            help="head modes: start from a fit on dprad's public synthetic corpus (default: on for private heads at eps < 4)",
+        ),
+    ] = None,
+    rule_prior: Annotated[
+        bool | None,
+        typer.Option(
+            "--rule-prior/--no-rule-prior",
+            help="head modes: the rule teacher's reading of each report as extra, privacy-free inputs (default: on where the schema has rule vocabulary)",
+        ),
+    ] = None,
+    feature_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--feature-cache",
+            help="head modes: reuse encoder features from this folder across runs (as sensitive as the reports)",
         ),
     ] = None,
 ) -> None:
-    """Train a classifier (DP-SGD by default when --epsilon is given) into a self-describing run directory."""
+    """Train a classifier (DP-SGD when --epsilon or --noise-multiplier is given) into a self-describing run directory."""
     from dataclasses import replace
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -435,63 +535,12 @@ def train(
     from dprad.train import StepInfo
     from dprad.train import train as run_train
 
-    cfg = _load_config(config) if config else RunConfig()
-
-    def pick(section: Any, **values: Any) -> Any:
-        return replace(section, **{k: v for k, v in values.items() if v is not None})
-
-    fractions = None
-    if split is not None:
-        try:
-            fractions = tuple(float(x) for x in split.split(","))
-        except ValueError:
-            fractions = ()
-        if len(fractions) != 3:
-            raise DpradError(f"--split '{split}' must be three comma-separated fractions, e.g. 0.7,0.1,0.2")
-    cfg = RunConfig(
-        data=pick(
-            cfg.data,
-            path=str(data.resolve()),  # absolute: the run directory must make sense from anywhere
-            # flags left at their defaults do not override a --config file
-            format=fmt if fmt != "auto" else None,
-            schema=schema,
-            text_col=text_col if text_col != "text" else None,
-            id_col=id_col if id_col != "id" else None,
-            patient_col=patient_col,
-            split_col=split_col,
-            labels_path=str(labels.resolve()) if labels else None,
-            uncertain_policy=uncertain,
-            fractions=fractions,
-            split_seed=split_seed,
-        ),
-        model=pick(cfg.model, name=model, pooling=pooling, max_length=max_length),
-        lora=pick(
-            cfg.lora,
-            r=lora_r,
-            alpha=lora_alpha,
-            target_modules=tuple(lora_targets.split(",")) if lora_targets else None,
-        ),
-        privacy=pick(
-            cfg.privacy,
-            epsilon=epsilon_,
-            delta=delta,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            accountant=accountant,
-            force_delta=force_delta or None,
-        ),
-        train=pick(
-            cfg.train,
-            mode=mode,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            seed=seed,
-            threads=threads,
-            public_warm_start=public_warm_start,
-        ),
-    )
+    base = _load_config(config) if config else RunConfig()
+    cfg = config_from_flags(ctx, base, dict(locals()))
+    if data is not None:  # absolute: the run directory must make sense from anywhere
+        cfg = cfg.with_(data=replace(cfg.data, path=str(data.resolve())))
+    elif not cfg.data.path:
+        raise DpradError("dprad train: give the training data (DATA) or a --config that names data.path")
     if cfg.data.uncertain_policy not in {"ones", "zeros", "ignore"}:
         raise DpradError(f"--uncertain '{cfg.data.uncertain_policy}' must be ones, zeros or ignore")
     with Progress(
@@ -752,10 +801,19 @@ def _load_config(path: Path) -> Any:
         raise DpradError(
             f"--config {path}: expected a mapping of sections (data, model, lora, privacy, train)"
         )
-    unknown = set(raw) - {"data", "model", "lora", "privacy", "train"}
-    if unknown:
-        raise DpradError(f"--config {path}: unknown section(s) {sorted(unknown)}")
-    return RunConfig.from_dict(raw)
+    return RunConfig.from_dict(raw, source=f"--config {path}")
+
+
+def _register_commands() -> None:
+    """Jobs that live in their own packages add their commands here (each owns its module)."""
+    from dprad.report.commands import register as register_report
+    from dprad.serve.commands import register as register_serve
+
+    register_serve(app)
+    register_report(app)
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -768,11 +826,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as ex:
         raise SystemExit(ex.exit_code) from None
     except Exception as err:
-        import click
-
-        if isinstance(err, click.exceptions.Abort):
+        # typer may vendor its own click: recognise click's exceptions by class name, not by module
+        kinds = {k.__name__ for k in type(err).__mro__}
+        if "Abort" in kinds:
             raise SystemExit(130) from None
-        if isinstance(err, click.ClickException):
-            err.show()
-            raise SystemExit(err.exit_code) from None
+        if "ClickException" in kinds:
+            err.show()  # type: ignore[attr-defined]
+            raise SystemExit(err.exit_code) from None  # type: ignore[attr-defined]
         raise

@@ -1,7 +1,9 @@
 """Typed, frozen configuration: one dataclass per concern, combined into a RunConfig.
 
-``None`` means "let dprad choose"; :func:`dprad.train.resolve` replaces every ``None`` by the value it
-chose, and that resolved config is what a run directory's ``config.json`` holds.
+``None`` means "let dprad choose"; :func:`dprad.stages.plan.plan_run` replaces every ``None`` by the value
+it chose, and that resolved config is what a run directory's ``config.json`` holds. ``config.json`` loads
+back (its informational ``derived`` section is recomputed and checked, not read), so
+``dprad train --config RUN/config.json`` reproduces the run.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from typing import Any, TypeVar
 
 from dprad.errors import DpradError
 
-MODES = ("auto", "dp-head", "dp-lora", "dp-full", "head", "lora", "full")
-PRIVATE_MODES = ("dp-head", "dp-lora", "dp-full")
+# Privacy is a switch (--epsilon or --noise-multiplier), not a mode; "dp-<mode>" stays accepted as an
+# alias that also demands one of them.
+MODE_ALIASES = {"dp-head": "head", "dp-lora": "lora", "dp-full": "full"}
+SECTIONS = ("data", "model", "lora", "privacy", "train")
+INFORMATIONAL = ("derived",)  # written by runs into config.json; recomputed on load, never an input
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,12 @@ class TrainConfig:
     # head modes: start the head from a fit on dprad's public synthetic corpus (no privacy cost).
     # None: on for dp-head with a built-in schema at eps < 4, where it was measured to help.
     public_warm_start: bool | None = None
+    # head modes: the rule teacher's reading of each report (a public function of its text) as extra
+    # inputs; None: on where the schema has rule vocabulary
+    rule_prior: bool | None = None
+    # head modes: keep encoder features in this folder and reuse them across runs (sweeps); they are
+    # derived from the reports, so as sensitive as the reports. None: no cache.
+    feature_cache: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,13 +92,19 @@ class RunConfig:
 
     @property
     def private(self) -> bool:
-        return self.train.mode in PRIVATE_MODES
+        """A run is private when it has a privacy target: an epsilon or a fixed noise multiplier."""
+        return self.privacy.epsilon is not None or self.privacy.noise_multiplier is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> RunConfig:
+        unknown = set(d) - set(SECTIONS) - set(INFORMATIONAL)
+        if unknown:
+            raise DpradError(
+                f"{source}: unknown section(s) {sorted(unknown)} (expected {', '.join(SECTIONS)})"
+            )
         parts = {f.name: f.type for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for name, sub in (
@@ -97,7 +114,7 @@ class RunConfig:
             ("privacy", PrivacyConfig),
             ("train", TrainConfig),
         ):
-            kwargs[name] = _build(sub, d.get(name) or {}, section=name)
+            kwargs[name] = _build(sub, d.get(name) or {}, section=name, source=source)
         assert set(kwargs) == set(parts)
         return cls(**kwargs)
 
@@ -108,10 +125,12 @@ class RunConfig:
 T = TypeVar("T")
 
 
-def _build(cls: type[T], d: dict[str, Any], *, section: str) -> T:
+def _build(cls: type[T], d: dict[str, Any], *, section: str, source: str = "config") -> T:
+    if not isinstance(d, dict):
+        raise DpradError(f"{source}: section '{section}' must be a mapping, not {type(d).__name__}")
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = set(d) - known
     if unknown:
-        raise DpradError(f"config section '{section}': unknown key(s) {sorted(unknown)}")
+        raise DpradError(f"{source}: section '{section}': unknown key(s) {sorted(unknown)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return cls(**values)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from dprad import io
 from dprad.data.dataset import Encoded, collate, micro_batches
+from dprad.data.reports import Report
 from dprad.model import hidden_size, pool
 
 
@@ -41,6 +46,14 @@ class PublicCorpus:
     labelled: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # schema -> raw (N, H), targets, mask
 
 
+def public_reports(modality: str, *, n_patients: int = 400) -> list[Report]:
+    """dprad's public synthetic reports: their own seed stream, which `dprad synth` cannot produce, so
+    they share no report with a user's synthetic corpus (a test checks the defaults of both modalities)."""
+    from dprad.data.synth import PUBLIC_STREAM, SynthConfig, generate_reports
+
+    return generate_reports(SynthConfig(modality=modality, n_patients=n_patients, stream=PUBLIC_STREAM))
+
+
 def public_corpus(
     encoder: nn.Module,
     tokenizer: object,
@@ -55,11 +68,10 @@ def public_corpus(
     during development on IU X-ray at eps = 10 (40 epochs): weighted F1 0.627 without centring, 0.692 with."""
     from dprad.data.dataset import encode
     from dprad.data.schemas import CHEXPERT14, CTRATE18
-    from dprad.data.synth import SynthConfig, generate_reports
 
     labelled = {}
     for modality, schema in (("cxr", CHEXPERT14), ("ct", CTRATE18)):
-        reports = generate_reports(SynthConfig(modality=modality, n_patients=n_patients, seed=0))
+        reports = public_reports(modality, n_patients=n_patients)
         enc = encode(reports, tokenizer, schema, max_length=max_length)
         labelled[schema.name] = (
             encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens),
@@ -101,3 +113,44 @@ def loss_per_example(logits: torch.Tensor, targets: np.ndarray, mask: np.ndarray
     m = torch.from_numpy(mask).to(logits.dtype)  # (B, L)
     bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")  # (B, L)
     return (bce * m).sum(-1)
+
+
+def feature_key(*, model_dir: str, pooling: str, max_length: int, texts: Sequence[str]) -> str:
+    """A content key for a feature pass: same encoder, pooling, truncation and texts -> same features."""
+    h = hashlib.sha256(f"{model_dir}\0{pooling}\0{max_length}\0".encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def cached_features(
+    encoder: nn.Module,
+    enc: Encoded,
+    *,
+    pooling: str,
+    max_tokens: int,
+    cache_dir: str | None,
+    key: str,
+) -> np.ndarray:
+    """:func:`encoder_features`, reused from ``cache_dir/<key>.npy`` when an earlier run computed them.
+
+    The cache holds features derived from the reports: it is as sensitive as the reports themselves and
+    lives only where the user puts it (``--feature-cache``); nothing is cached by default.
+    """
+    if not cache_dir:
+        return encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)
+    path = Path(cache_dir) / f"{key}.npy"
+    if path.is_file():
+        x = np.load(path)
+        if x.shape == (len(enc), hidden_size(encoder)):
+            return x
+    x = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare temp name
+            np.save(f, x)
+
+    io.write_with(path, write)
+    return x

@@ -1,8 +1,10 @@
 """Classification metrics as pure functions: ``f(y_true, y_score, *, ...)``, numpy in, plain values out.
 
-Built on scikit-learn. A label with no positives in the evaluated set is reported as such (AUROC/AUPRC
-``None``, F1 0 with support 0), never silently dropped from an average: macro averages state how many
-labels they cover.
+One engine computes them all: :func:`dprad.bootstrap.weighted_label_metrics` (weighted counts, so the
+bootstrap is the same computation with resampling weights); a point estimate here is its unweighted case,
+so training-time metrics, ``dprad evaluate``'s point estimates and the teacher agreement cannot drift apart.
+A label with no positives in the evaluated set is reported as such (AUROC/AUPRC ``None``, F1 0 with
+support 0), never silently dropped from an average: macro averages state how many labels they cover.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from dprad.bootstrap import headline, weighted_label_metrics
 
 
 def _masked(y: np.ndarray, s: np.ndarray, m: np.ndarray | None, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +26,19 @@ def binarize(y_score: np.ndarray, thresholds: float | np.ndarray = 0.5) -> np.nd
     return (y_score >= np.asarray(thresholds)).astype(int)
 
 
+def point_metrics(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    thresholds: float | np.ndarray = 0.5,
+) -> dict[str, np.ndarray]:
+    """The engine's per-label arrays with unit weights: each (1, L)."""
+    y_true = np.asarray(y_true).astype(int)
+    ones = np.ones((1, len(y_true)), dtype=np.float32)
+    return weighted_label_metrics(y_true, np.asarray(y_score), binarize(y_score, thresholds), ones, mask)
+
+
 def per_label(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -32,29 +48,22 @@ def per_label(
     labels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Precision, recall (sensitivity), specificity, F1, AUROC, AUPRC, support and prevalence per label."""
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = binarize(y_score, thresholds)
+    pm = point_metrics(y_true, y_score, mask=mask, thresholds=thresholds)
+    y_true = np.asarray(y_true)
+    n = (np.ones_like(y_true) if mask is None else (mask > 0)).sum(0)
     out = []
     for j in range(y_true.shape[1]):
-        yt, ys = _masked(y_true, y_score, mask, j)
-        yp = _masked(y_true, y_pred, mask, j)[1]
-        tp = int(((yp == 1) & (yt == 1)).sum())
-        fp = int(((yp == 1) & (yt == 0)).sum())
-        fn = int(((yp == 0) & (yt == 1)).sum())
-        tn = int(((yp == 0) & (yt == 0)).sum())
-        both = 0 < yt.sum() < len(yt)
+        support = int(pm["support"][0, j])
+        auroc, auprc = float(pm["auroc"][0, j]), float(pm["auprc"][0, j])
         out.append(
             {
                 "label": labels[j] if labels else str(j),
-                "support": int(yt.sum()),
-                "n": len(yt),
-                "prevalence": float(yt.mean()) if len(yt) else 0.0,
-                "precision": tp / (tp + fp) if tp + fp else 0.0,
-                "recall": tp / (tp + fn) if tp + fn else 0.0,
-                "specificity": tn / (tn + fp) if tn + fp else 0.0,
-                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-                "auroc": float(roc_auc_score(yt, ys)) if both else None,
-                "auprc": float(average_precision_score(yt, ys)) if both else None,
+                "support": support,
+                "n": int(n[j]),
+                "prevalence": support / int(n[j]) if n[j] else 0.0,
+                **{k: float(pm[k][0, j]) for k in ("precision", "recall", "specificity", "f1")},
+                "auroc": None if np.isnan(auroc) else auroc,
+                "auprc": None if np.isnan(auprc) or np.isnan(auroc) else auprc,
             }
         )
     return out
@@ -67,25 +76,18 @@ def f1_scores(
     mask: np.ndarray | None = None,
     thresholds: float | np.ndarray = 0.5,
 ) -> dict[str, float]:
-    """Weighted / macro / micro / samples F1 (masked entries count as negatives that are not scored)."""
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = binarize(y_score, thresholds)
-    w = None if mask is None else mask
-    if w is not None:  # ignored entries: make them agree so they add neither TP, FP nor FN
-        y_pred = np.where(w > 0, y_pred, 0)
-        y_true = np.where(w > 0, y_true, 0)
-    return {
-        avg: float(f1_score(y_true, y_pred, average=avg, zero_division=0))
-        for avg in ("weighted", "macro", "micro", "samples")
-    }
+    """Weighted / macro / micro F1 (masked entries are not scored)."""
+    h = headline(point_metrics(y_true, y_score, mask=mask, thresholds=thresholds))
+    return {avg: float(h[f"{avg}_f1"][0]) for avg in ("weighted", "macro", "micro")}
 
 
 def macro_auroc(
     y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None
 ) -> tuple[float, int]:
     """Mean AUROC over the labels that have both classes, and how many labels that is."""
-    vals = [r["auroc"] for r in per_label(y_true, y_score, mask=mask) if r["auroc"] is not None]
-    return (float(np.mean(vals)) if vals else float("nan")), len(vals)
+    auroc = point_metrics(y_true, y_score, mask=mask)["auroc"][0]
+    ok = ~np.isnan(auroc)
+    return (float(auroc[ok].mean()) if ok.any() else float("nan")), int(ok.sum())
 
 
 def fit_thresholds(
@@ -96,7 +98,7 @@ def fit_thresholds(
     target_recall: dict[int, float] | None = None,
 ) -> np.ndarray:
     """Per-label thresholds maximising F1 (or reaching a target recall for the labels given); 0.5 if no positives."""
-    from sklearn.metrics import precision_recall_curve
+    from sklearn.metrics import precision_recall_curve  # threshold search, not a metric
 
     y_true = np.asarray(y_true).astype(int)
     th = np.full(y_true.shape[1], 0.5)

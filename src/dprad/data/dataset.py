@@ -33,10 +33,13 @@ def encode(
     max_length: int,
     policy: UncertainPolicy = UncertainPolicy.ONES,
 ) -> Encoded:
-    enc = tokenizer([r.text for r in reports], truncation=True, max_length=max_length)["input_ids"]
+    texts = [r.text for r in reports]
+    enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
     ids = [np.asarray(x, dtype=np.int64) for x in enc]
     y, mask = label_matrix(reports, schema, policy=policy)
-    return Encoded(ids, np.array([len(x) for x in ids]), y, mask, int(tokenizer.pad_token_id or 0))
+    return Encoded(
+        ids, np.array([len(x) for x in ids], dtype=np.int64), y, mask, int(tokenizer.pad_token_id or 0)
+    )
 
 
 def micro_batches(indices: np.ndarray, lengths: np.ndarray, *, max_tokens: int) -> list[np.ndarray]:

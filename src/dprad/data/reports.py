@@ -231,12 +231,22 @@ def read_generic(
         if patient_col and not pid:
             raise DpradError(f"{path}: row {row}: column '{patient_col}': empty patient id")
         labels: dict[str, int] | None = None
-        if label_cols:
+        unlabelled = LABELLED_COL in df.columns and _cell_str(rec[LABELLED_COL]) in {
+            "0",
+            "0.0",
+            "false",
+            "False",
+        }
+        if label_cols and not unlabelled:
             labels = {}
             for col in label_cols:
                 v = parse_label_value(rec[col], where=f"{path}: row {row}: column '{col}'")
                 if v is not None:
                     labels[col] = v
+        if unlabelled and any(_cell_str(rec[c]) for c in label_cols):
+            raise DpradError(
+                f"{path}: row {row}: column '{LABELLED_COL}' is 0 (no labels) but a label cell is filled"
+            )
         attrs: dict[str, Any] = {}
         for col in ATTR_COLUMNS:
             if col in df.columns:
@@ -259,6 +269,11 @@ def read_generic(
     if not reports:
         raise DpradError(f"{path}: no report has text in column '{text_col}'")
     return ReadResult(reports=reports, skipped=skipped, notes=notes, schema=schema)
+
+
+# "labelled": 1 when the row's blank label cells mean "not mentioned", 0 when the report has no labels
+# at all (e.g. IU's 'No Indexing' reports, or a teacher that failed): dprad's own tables always write it
+LABELLED_COL = "labelled"
 
 
 def schema_from_columns(columns: Iterable[object]) -> LabelSchema:

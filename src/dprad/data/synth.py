@@ -239,6 +239,12 @@ class SynthConfig:
     negation_rate: float = 0.3  # share of absent findings written as negated
     history_rate: float = 0.08  # share of absent findings mentioned as history only
     seed: int = 0
+    # 0: the user stream (`dprad synth --seed S`); PUBLIC_STREAM: dprad's public corpus, which no
+    # `dprad synth` option can produce, so that "public" data never coincide with a user's synthetic data
+    stream: int = 0
+
+
+PUBLIC_STREAM = 0x50554250  # "PUBP": the public corpus's own seed stream
 
 
 def schema_for(modality: str) -> LabelSchema:
@@ -249,7 +255,7 @@ def generate_reports(config: SynthConfig = SynthConfig()) -> list[Report]:
     """Deterministic for a given config (the seed is part of it)."""
     if config.modality not in {"cxr", "ct"}:
         raise ValueError(f"modality must be 'cxr' or 'ct', not {config.modality!r}")
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed if config.stream == 0 else [config.stream, config.seed])
     schema = schema_for(config.modality)
     terms = CXR_TERMS if config.modality == "cxr" else CT_TERMS
     prevalence = {**(CXR_PREVALENCE if config.modality == "cxr" else CT_PREVALENCE), **config.prevalence}

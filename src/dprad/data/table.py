@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dprad.data.reports import ATTR_COLUMNS, Report
+from dprad.data.reports import ATTR_COLUMNS, LABELLED_COL, Report
 from dprad.data.schemas import LabelSchema
 from dprad.io import write_with
 
@@ -18,7 +18,8 @@ def reports_frame(
     *,
     labels: Sequence[Mapping[str, int] | None] | None = None,
 ) -> pd.DataFrame:
-    """One row per report; label cells are 1 / 0 / -1 or empty (not mentioned / no labels)."""
+    """One row per report; label cells are 1 / 0 / -1 or empty (not mentioned), and a ``labelled`` column
+    (0: the report has no labels at all), so that reading the table back is lossless."""
     rows = []
     for i, r in enumerate(reports):
         lab = labels[i] if labels is not None else r.labels
@@ -26,6 +27,7 @@ def reports_frame(
         for name in schema.labels:
             v = None if lab is None else lab.get(name)
             row[name] = "" if v is None else str(v)
+        row[LABELLED_COL] = 0 if lab is None else 1  # blank cells of an unlabelled report mean "no labels"
         for col in ATTR_COLUMNS:
             if col in r.attrs:
                 v = r.attrs[col]

@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score, f1_score
+from sklearn.metrics import cohen_kappa_score
 
 from dprad.data.schemas import LabelSchema, UncertainPolicy
+from dprad.metrics import f1_scores, per_label
 
 STATES = {1: "positive", 0: "negative", -1: "uncertain", None: "not mentioned"}
 
@@ -36,10 +37,9 @@ def agreement(
     t_bin = np.array([[_binary(t.get(lab), policy) for lab in schema.labels] for t, _ in pairs])
     g_bin = np.array([[_binary(g.get(lab), policy) for lab in schema.labels] for _, g in pairs])
     rows = []
+    # the teacher's binary reading is scored like a classifier's decisions at threshold 0.5
+    point = per_label(g_bin, t_bin.astype(float), labels=schema.labels)
     for j, lab in enumerate(schema.labels):
-        tp = int((t_bin[:, j] & g_bin[:, j]).sum())
-        fp = int((t_bin[:, j] & (1 - g_bin[:, j])).sum())
-        fn = int(((1 - t_bin[:, j]) & g_bin[:, j]).sum())
         confusion: dict[str, dict[str, int]] = {}
         for t, g in pairs:
             gs, ts = STATES[g.get(lab)], STATES[t.get(lab)]
@@ -51,17 +51,16 @@ def agreement(
                 "label": lab,
                 "gold_positive": int(g_bin[:, j].sum()),
                 "teacher_positive": int(t_bin[:, j].sum()),
-                "precision": tp / (tp + fp) if tp + fp else 0.0,
-                "recall": tp / (tp + fn) if tp + fn else 0.0,
-                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+                **{k: point[j][k] for k in ("precision", "recall", "f1")},
                 "kappa": 1.0 if same else float(cohen_kappa_score(g_bin[:, j], t_bin[:, j])),
                 "confusion_gold_by_teacher": confusion,
             }
         )
+    f1 = f1_scores(g_bin, t_bin.astype(float))
     return {
         "reports": len(pairs),
         "uncertain_policy": policy.value,
-        "weighted_f1": float(f1_score(g_bin, t_bin, average="weighted", zero_division=0)),
-        "macro_f1": float(f1_score(g_bin, t_bin, average="macro", zero_division=0)),
+        "weighted_f1": f1["weighted"],
+        "macro_f1": f1["macro"],
         "per_label": rows,
     }

@@ -11,7 +11,9 @@ were written from radiology usage, not fitted to the benchmark files.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from dprad.data.schemas import CHEXPERT14, CTRATE18, LabelSchema
 from dprad.errors import DpradError
@@ -32,25 +34,22 @@ class RuleSet:
     rules: tuple[LabelRule, ...]
     # abnormalities outside the schema that still make a report abnormal (block No Finding)
     other_findings: tuple[str, ...] = ()
-    _compiled: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, int]] = field(
-        default_factory=dict, repr=False
+
+    # compiled once at construction, read-only (a frozen value holds no mutable cache)
+    _compiled: Mapping[str, tuple[re.Pattern[str], re.Pattern[str] | None, int]] = field(
+        init=False, repr=False, compare=False
     )
 
-    def compiled(self) -> dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, int]]:
-        if not self._compiled:
-            for r in self.rules:
-                veto = re.compile("|".join(f"(?:{v})" for v in r.veto)) if r.veto else None
-                self._compiled[r.label] = (
-                    re.compile(r"\b(?:" + "|".join(r.mentions) + r")"),
-                    veto,
-                    r.veto_window,
-                )
-            if self.other_findings:
-                self._compiled["__other__"] = (
-                    re.compile(r"\b(?:" + "|".join(self.other_findings) + r")"),
-                    None,
-                    0,
-                )
+    def __post_init__(self) -> None:
+        out: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, int]] = {}
+        for r in self.rules:
+            veto = re.compile("|".join(f"(?:{v})" for v in r.veto)) if r.veto else None
+            out[r.label] = (re.compile(r"\b(?:" + "|".join(r.mentions) + r")"), veto, r.veto_window)
+        if self.other_findings:
+            out["__other__"] = (re.compile(r"\b(?:" + "|".join(self.other_findings) + r")"), None, 0)
+        object.__setattr__(self, "_compiled", MappingProxyType(out))
+
+    def compiled(self) -> Mapping[str, tuple[re.Pattern[str], re.Pattern[str] | None, int]]:
         return self._compiled
 
 

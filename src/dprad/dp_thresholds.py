@@ -1,0 +1,288 @@
+"""Per-label decision thresholds chosen on the validation split under differential privacy, and the
+composition of their privacy cost with training's for the ledger.
+
+Thresholds fitted on private validation reports are a release like the weights. The mechanism here
+releases, once, two noisy histograms per label of the model's scores on the validation split over a fixed
+public grid g_1 < ... < g_G: positives and negatives per bin [g_b, g_b+1) (bin 0 below g_1, bin G from g_G
+up). Adding or removing one report moves, for each label it is scored on, exactly one count by 1, so the
+whole release (2 L (G+1) counts) has L2 sensitivity sqrt(L), independent of the grid size; one Gaussian
+mechanism of std ``noise_multiplier * sqrt(L)`` per count covers it. (Releasing TP / FP at every grid
+point directly would cost sensitivity sqrt(L G).) Everything after is post-processing of the noisy
+histograms: TP and FP at grid point k are the noisy counts of bins >= k, P the noisy number of positives,
+F1_k = 2 TP_k / (TP_k + FP_k + P); each label takes its max-F1 grid point (the first on ties) among the
+points that beat 0.5 with bootstrap confidence (``select_thresholds``), a critical label the highest grid
+point whose noisy recall TP_k / P reaches its target (the lowest grid point if none).
+
+Accounting: Gaussian mechanisms compose into one Gaussian (1 / sigma^2 adds up), whose epsilon at delta
+is exact (``GaussianPrivacyLoss`` of dp-accounting); any other event (DP-SGD's Poisson-sampled steps) is
+composed with it by dp-accounting's PLD accountant (``compose_epsilon``). Training and thresholds use
+different splits, but the split itself depends on every report's labels (stratification), so dprad
+composes them sequentially (their epsilons add up in the worst case) rather than in parallel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dprad.errors import DpradError
+
+# 0.1, 0.2, ..., 0.9: a coarse grid keeps the noisy tail sums short (see bench/head_trainers.py)
+DEFAULT_GRID: tuple[float, ...] = tuple(float(g) for g in np.round(np.arange(0.1, 0.91, 0.1), 2))
+THRESHOLD_SHARE = 0.1  # default share of a run's epsilon spent on thresholds
+FALLBACK = 0.5  # threshold of a label whose noisy positive count is below one
+
+
+@dataclass(frozen=True)
+class DpThresholds:
+    values: np.ndarray  # (L,) one threshold per label, each a grid point (or FALLBACK)
+    event: Any  # dp_accounting.DpEvent (NonPrivateDpEvent when epsilon is inf)
+    epsilon: float  # the event's epsilon at delta (inf when not private)
+    delta: float
+    rule: str
+    noise_multiplier: float  # std / sensitivity of each count (0 when not private)
+
+
+# --------------------------------------------------------------------------------------------------------
+# accounting
+
+
+def gaussian_epsilon(noise_multiplier: float, *, delta: float) -> float:
+    """Exact epsilon at ``delta`` of one Gaussian mechanism with std / sensitivity ``noise_multiplier``."""
+    from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
+
+    if noise_multiplier <= 0:
+        return math.inf
+    loss = GaussianPrivacyLoss(noise_multiplier, sensitivity=1.0)
+    lo, hi = 0.0, 1.0
+    while loss.get_delta_for_epsilon(hi) > delta:
+        lo, hi = hi, hi * 2
+    if loss.get_delta_for_epsilon(lo) <= delta:
+        return lo
+    for _ in range(100):  # smallest epsilon with delta(epsilon) <= delta; hi always satisfies it
+        mid = 0.5 * (lo + hi)
+        if loss.get_delta_for_epsilon(mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-9 * hi:
+            break
+    return hi
+
+
+def gaussian_noise_multiplier(*, epsilon: float, delta: float) -> float:
+    """The smallest noise multiplier of one Gaussian mechanism spending at most ``epsilon`` at ``delta``."""
+    from dp_accounting.pld.common import DifferentialPrivacyParameters
+    from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
+
+    if not epsilon > 0 or not math.isfinite(epsilon):
+        raise DpradError(f"--epsilon {epsilon} must be a positive number")
+    if not 0 < delta < 1:
+        raise DpradError(f"--delta {delta} must be in (0, 1)")
+    sigma = float(
+        GaussianPrivacyLoss.from_privacy_guarantee(
+            DifferentialPrivacyParameters(epsilon, delta), sensitivity=1.0
+        ).standard_deviation
+    )
+    while gaussian_epsilon(sigma, delta=delta) > epsilon:  # guard the search's tolerance: never overspend
+        sigma *= 1.0 + 1e-6
+    return sigma
+
+
+def _flatten(event: Any, count: int = 1) -> list[tuple[Any, int]]:
+    import dp_accounting
+
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return [x for e in event.events for x in _flatten(e, count)]
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return _flatten(event.event, count * event.count)
+    return [(event, count)]
+
+
+def compose_epsilon(events: Sequence[Any], delta: float) -> float:
+    """Epsilon at ``delta`` of the sequential composition of dp-accounting events (training's, the
+    thresholds', ...). Gaussian parts merge exactly into one Gaussian; the rest goes through PLD."""
+    import dp_accounting
+    from dp_accounting import pld
+
+    if not 0 < delta < 1:
+        raise DpradError(f"--delta {delta} must be in (0, 1)")
+    inv_var, others = 0.0, []
+    for event, count in (x for e in events for x in _flatten(e)):
+        if isinstance(event, dp_accounting.NoOpDpEvent) or count == 0:
+            continue
+        if isinstance(event, dp_accounting.NonPrivateDpEvent):
+            return math.inf
+        if isinstance(event, dp_accounting.GaussianDpEvent):
+            if event.noise_multiplier <= 0:
+                return math.inf
+            inv_var += count / event.noise_multiplier**2
+        else:
+            others.append(dp_accounting.SelfComposedDpEvent(event, count) if count > 1 else event)
+    sigma = 1.0 / math.sqrt(inv_var) if inv_var > 0 else 0.0
+    if not others:
+        return gaussian_epsilon(sigma, delta=delta) if inv_var > 0 else 0.0
+    acc = pld.PLDAccountant()
+    for event in others:
+        acc.compose(event)
+    if inv_var > 0:
+        acc.compose(dp_accounting.GaussianDpEvent(sigma))
+    return float(acc.get_epsilon(delta))
+
+
+# --------------------------------------------------------------------------------------------------------
+# the mechanism
+
+
+def _check_grid(grid: Sequence[float]) -> np.ndarray:
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 1 or len(g) == 0 or not np.all(np.diff(g) > 0) or g[0] <= 0 or g[-1] >= 1:
+        raise DpradError("--threshold-grid must be increasing numbers strictly between 0 and 1")
+    return g
+
+
+def score_histograms(
+    y: np.ndarray, probs: np.ndarray, mask: np.ndarray | None, grid: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of positives and negatives per label and grid bin: two (L, G+1) arrays (exact, private)."""
+    g = _check_grid(grid)
+    y = np.asarray(y)
+    m = np.ones_like(y, dtype=bool) if mask is None else np.asarray(mask) > 0
+    bins = np.searchsorted(g, np.asarray(probs, dtype=np.float64), side="right")  # (N, L) in 0..G
+    n_labels, n_bins = y.shape[1], len(g) + 1
+    pos = np.zeros((n_labels, n_bins))
+    neg = np.zeros((n_labels, n_bins))
+    for j in range(n_labels):
+        keep = m[:, j]
+        pos[j] = np.bincount(bins[keep & (y[:, j] > 0), j], minlength=n_bins)
+        neg[j] = np.bincount(bins[keep & (y[:, j] <= 0), j], minlength=n_bins)
+    return pos, neg
+
+
+def _curves(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Histograms (..., G+1) -> TP (..., G), FP (..., G) at each grid point and P (...,), counts >= 0."""
+    pos, neg = np.maximum(pos, 0.0), np.maximum(neg, 0.0)
+    tp = np.cumsum(pos[..., ::-1], axis=-1)[..., ::-1][..., 1:]  # positives scored >= g_k
+    fp = np.cumsum(neg[..., ::-1], axis=-1)[..., ::-1][..., 1:]
+    return tp, fp, pos.sum(-1)
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return 2 * tp / np.maximum(tp + fp + p[..., None], 1e-12)
+
+
+def select_thresholds(
+    pos: np.ndarray,
+    neg: np.ndarray,
+    grid: Sequence[float],
+    *,
+    critical: Mapping[int, float] | None = None,
+    noise_std: float = 0.0,
+    rng: np.random.Generator | None = None,
+    confidence: float = 0.9,
+    replicates: int = 200,
+) -> np.ndarray:
+    """Post-processing of (noisy) histograms (L, G+1) -> per-label thresholds (L,).
+
+    Exact counts (``noise_std`` 0): max F1 per label. Noisy counts: a label moves away from the grid point
+    nearest 0.5 only to a point whose F1 beats it in at least ``confidence`` of ``replicates`` parametric
+    bootstrap draws (fresh noise of the same, public, std added to the released counts): with little data
+    or budget the thresholds stay at 0.5 rather than follow the noise. Uses only released values.
+    """
+    g = _check_grid(grid)
+    tp, fp, p = _curves(pos, neg)  # (L, G), (L, G), (L,)
+    base = int(np.argmin(np.abs(g - FALLBACK)))
+    if noise_std > 0:
+        if rng is None:
+            raise DpradError("noisy thresholds need a random generator for their bootstrap")
+        draws = rng.normal(0.0, noise_std, size=(replicates, *pos.shape))  # (R, L, G+1)
+        draws_neg = rng.normal(0.0, noise_std, size=(replicates, *neg.shape))
+        f1_rep = _f1(*_curves(pos[None] + draws, neg[None] + draws_neg))  # (R, L, G)
+        wins = (f1_rep > f1_rep[:, :, [base]]).mean(0)  # (L, G) share of draws where point k beats 0.5
+    out = np.full(pos.shape[0], FALLBACK)
+    for j in range(pos.shape[0]):
+        if p[j] < 1:
+            continue
+        if critical and j in critical:
+            ok = np.flatnonzero(tp[j] / p[j] >= critical[j])
+            out[j] = g[ok[-1]] if len(ok) else g[0]
+            continue
+        f1 = _f1(tp[j], fp[j], p[j])
+        if noise_std > 0:
+            allowed = wins[j] >= confidence
+            allowed[base] = True
+            f1 = np.where(allowed, f1, -np.inf)
+        out[j] = g[int(np.argmax(f1))]
+    return out
+
+
+def dp_thresholds(
+    y: np.ndarray,
+    probs: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    epsilon: float,
+    delta: float,
+    rng: np.random.Generator,
+    grid: Sequence[float] = DEFAULT_GRID,
+    critical: Mapping[int, float] | None = None,
+) -> DpThresholds:
+    """Per-label thresholds from noisy validation histograms; ``epsilon`` inf: exact counts, not private.
+
+    y (N, L) in {0, 1}, probs (N, L) scores, mask (N, L) or None; ``critical`` maps a label index to the
+    sensitivity (recall) its threshold must reach.
+    """
+    import dp_accounting
+
+    y, probs = np.asarray(y), np.asarray(probs)
+    if y.shape != probs.shape or y.ndim != 2 or (mask is not None and np.shape(mask) != y.shape):
+        raise DpradError(f"thresholds: labels {y.shape}, scores {probs.shape} and mask do not fit together")
+    for j, target in (critical or {}).items():
+        if not 0 <= j < y.shape[1] or not 0 < target <= 1:
+            raise DpradError(f"critical label {j}: target sensitivity {target} must be in (0, 1]")
+    pos, neg = score_histograms(y, probs, mask, grid)
+    n_labels = y.shape[1]
+    what = f"max F1 over a {len(grid)}-point grid" + (
+        f", critical labels at their target sensitivity ({len(critical)})" if critical else ""
+    )
+    if math.isinf(epsilon) and epsilon > 0:
+        values = select_thresholds(pos, neg, grid, critical=critical)
+        return DpThresholds(
+            values,
+            dp_accounting.NonPrivateDpEvent(),
+            math.inf,
+            delta,
+            f"validation, NOT private: {what}",
+            0.0,
+        )
+    sigma = gaussian_noise_multiplier(epsilon=epsilon, delta=delta)
+    std = sigma * math.sqrt(n_labels)  # L2 sensitivity of the whole release: sqrt(L)
+    noisy_pos = pos + rng.normal(0.0, std, size=pos.shape)
+    noisy_neg = neg + rng.normal(0.0, std, size=neg.shape)
+    values = select_thresholds(noisy_pos, noisy_neg, grid, critical=critical, noise_std=std, rng=rng)
+    event = dp_accounting.GaussianDpEvent(sigma)
+    return DpThresholds(
+        values,
+        event,
+        gaussian_epsilon(sigma, delta=delta),
+        delta,
+        f"validation, DP (noisy score histograms, Gaussian): {what}",
+        sigma,
+    )
+
+
+__all__ = [
+    "DEFAULT_GRID",
+    "THRESHOLD_SHARE",
+    "DpThresholds",
+    "compose_epsilon",
+    "dp_thresholds",
+    "gaussian_epsilon",
+    "gaussian_noise_multiplier",
+    "score_histograms",
+    "select_thresholds",
+]

@@ -1,0 +1,96 @@
+"""What a training mode is: a strategy that builds the trainable model for a plan, feeds the loop its
+losses and micro-batches, scores splits, saves itself and loads back. Privacy is not a mode's business:
+the privacy object wraps whatever module the mode builds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from dprad.config import RunConfig
+from dprad.data.reports import Report
+from dprad.data.schemas import LabelSchema
+from dprad.errors import DpradError
+
+if TYPE_CHECKING:
+    from dprad.predict import Predictor
+    from dprad.stages.plan import RunPlan
+
+
+@dataclass(frozen=True)
+class ModeDefaults:
+    """Hyper-parameters a mode uses when the user leaves them to dprad (see the README's runbook)."""
+
+    epochs: float
+    lr: float
+    batch_size: int
+    max_grad_norm: float = 1.0
+
+
+class Mode(ABC):
+    """One way to train: head on frozen features, LoRA, full fine-tuning."""
+
+    name: ClassVar[str]
+    private_defaults: ClassVar[ModeDefaults]
+    plain_defaults: ClassVar[ModeDefaults]
+
+    @classmethod
+    def defaults(cls, *, private: bool, epsilon: float | None) -> ModeDefaults:
+        del epsilon
+        return cls.private_defaults if private else cls.plain_defaults
+
+    @classmethod
+    def resolve(cls, cfg: RunConfig, *, schema: LabelSchema | None) -> RunConfig:
+        """Resolve the mode's own choices (and refuse settings it cannot honour) while planning."""
+        del schema
+        if cfg.train.public_warm_start:
+            raise DpradError(f"--public-warm-start applies to head modes, not --mode {cls.name}")
+        if cfg.train.rule_prior:
+            raise DpradError(f"--rule-prior applies to head modes, not --mode {cls.name}")
+        return cfg
+
+    def __init__(self, plan: RunPlan, *, notes: list[str]) -> None:
+        self.plan = plan
+        self.notes = notes  # the run's notes: a mode appends what a reader of the run should know
+
+    @abstractmethod
+    def build(self) -> nn.Module:
+        """Load the encoder, prepare the inputs, and return the module whose trainable parameters train."""
+
+    @abstractmethod
+    def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer: ...
+
+    @abstractmethod
+    def loss_fn(self, module: nn.Module) -> Any:
+        """idx (indices into the training split) -> per-example loss (B,), through ``module``."""
+
+    @abstractmethod
+    def batches(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Physical micro-batches of one logical batch (memory only: never changes the step's maths)."""
+
+    @abstractmethod
+    def probs(self, split: str) -> np.ndarray:
+        """(N, L) probabilities for one of the plan's splits."""
+
+    @abstractmethod
+    def score(self, reports: Sequence[Report]) -> np.ndarray:
+        """(N, L) probabilities for any reports (e.g. audit canaries)."""
+
+    @abstractmethod
+    def save(self, model_dir: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def load(cls, run_dir: Path, config: dict[str, Any], schema: LabelSchema) -> Predictor: ...
+
+    @property
+    @abstractmethod
+    def trainable(self) -> nn.Module: ...

@@ -1,0 +1,146 @@
+"""What LoRA and full fine-tuning share: the encoder runs inside every step, on length-sorted
+micro-batches with dynamic padding; a linear head reads the pooled output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dprad.data.dataset import collate, encode, micro_batches
+from dprad.data.reports import Report
+from dprad.data.schemas import LabelSchema, UncertainPolicy
+from dprad.features import loss_per_example
+from dprad.modes.base import Mode
+
+if TYPE_CHECKING:
+    from dprad.predict import Predictor
+
+
+class EncoderMode(Mode):
+    """A mode that trains (part of) the encoder; subclasses say which part (``adapt``) and how to save it."""
+
+    def adapt(self, encoder: nn.Module) -> nn.Module:
+        """Make the right parameters trainable (LoRA: wrap with peft; full: leave or freeze some)."""
+        return encoder
+
+    def build(self) -> nn.Module:
+        from dprad.local_models import load_tokenizer
+        from dprad.model import ReportClassifier, load_encoder
+
+        plan, cfg = self.plan, self.plan.cfg
+        self.tokenizer = load_tokenizer(plan.model_dir)
+        policy = UncertainPolicy(cfg.data.uncertain_policy)
+        self.enc = {
+            name: encode(reps, self.tokenizer, plan.schema, max_length=cfg.model.max_length, policy=policy)
+            for name, reps in plan.splits.as_dict().items()
+        }
+        self.encoder = self.adapt(load_encoder(Path(plan.model_dir)))
+        self.model = ReportClassifier(self.encoder, len(plan.schema), pooling=cfg.model.pooling)
+        self.model.train()
+        return self.model
+
+    @property
+    def trainable(self) -> nn.Module:
+        return self.model
+
+    def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        t = self.plan.cfg.train
+        assert t.lr is not None
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def loss_fn(self, module: nn.Module) -> Any:
+        enc = self.enc["train"]
+
+        def loss(idx: np.ndarray) -> torch.Tensor:
+            input_ids, attention, _, _ = collate(enc, idx)  # (B, T), (B, T)
+            logits = module(input_ids, attention)  # (B, L)
+            return loss_per_example(logits, enc.targets[idx], enc.mask[idx])  # (B,)
+
+        return loss
+
+    def batches(self, idx: np.ndarray) -> list[np.ndarray]:
+        return micro_batches(idx, self.enc["train"].lengths, max_tokens=self.plan.cfg.train.max_tokens)
+
+    def probs(self, split: str) -> np.ndarray:
+        return self.score(self.plan.splits.as_dict()[split])
+
+    def score(self, reports: Sequence[Report]) -> np.ndarray:
+        cfg = self.plan.cfg
+        was_training = self.model.training
+        pred = encoder_predictor(
+            self.model,
+            tokenizer=self.tokenizer,
+            schema=self.plan.schema,
+            max_length=cfg.model.max_length,
+            max_tokens=cfg.train.max_tokens,
+            policy=UncertainPolicy(cfg.data.uncertain_policy),
+            mode=self.name,
+        )
+        probs = pred.predict(reports).probs
+        self.model.train(was_training)
+        return probs
+
+    def save(self, model_dir: Path) -> None:
+        from dprad import io
+
+        state = dict(self.model.head.state_dict())
+        io.write_with(model_dir / "head.pt", lambda tmp: torch.save(state, tmp))
+        self.save_encoder(model_dir)
+
+    def save_encoder(self, model_dir: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load_encoder(cls, run_dir: Path, model_dir: Path) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, run_dir: Path, config: dict[str, Any], schema: LabelSchema) -> Predictor:
+        from dprad.local_models import load_tokenizer
+        from dprad.model import ReportClassifier
+
+        model_dir = Path(config["derived"]["model_dir"])
+        model = ReportClassifier(
+            cls.load_encoder(run_dir, model_dir), len(schema), pooling=config["model"]["pooling"]
+        )
+        model.head.load_state_dict(torch.load(run_dir / "model" / "head.pt", weights_only=True))
+        return encoder_predictor(
+            model,
+            tokenizer=load_tokenizer(str(model_dir)),
+            schema=schema,
+            max_length=int(config["model"]["max_length"]),
+            max_tokens=int(config["train"]["max_tokens"]),
+            policy=UncertainPolicy(config["data"]["uncertain_policy"]),
+            mode=cls.name,
+        )
+
+
+def encoder_predictor(
+    model: nn.Module,
+    *,
+    tokenizer: Any,
+    schema: LabelSchema,
+    max_length: int,
+    max_tokens: int,
+    policy: UncertainPolicy,
+    mode: str,
+) -> Predictor:
+    """Reports -> length-sorted micro-batches -> the whole classifier -> logits."""
+    from dprad.predict import Predictor
+
+    def logits(reports: Sequence[Report]) -> tuple[np.ndarray, Any]:
+        enc = encode(reports, tokenizer, schema, max_length=max_length, policy=policy)
+        out = np.zeros((len(reports), len(schema)), dtype=np.float32)  # (N, L)
+        model.eval()
+        with torch.inference_mode():
+            for idx in micro_batches(np.arange(len(enc)), enc.lengths, max_tokens=max_tokens):
+                input_ids, attention, _, _ = collate(enc, idx)
+                out[idx] = model(input_ids, attention).float().numpy()
+        return out, enc
+
+    return Predictor(logits, schema=schema, mode=mode, tokenizer=tokenizer)

@@ -1,0 +1,220 @@
+"""Privacy accounting and noise calibration over dp-accounting events.
+
+One DP-SGD step on a Poisson sample (each unit in with probability ``q``) with per-unit clipping to ``C``
+and Gaussian noise of std ``sigma * C`` is the dp-accounting event ``PoissonSampled(q, Gaussian(sigma))``;
+a run is that event composed ``steps`` times. Accountants are looked up by name:
+
+- ``pld`` (default): privacy-loss distributions, Google's dp-accounting. Tight.
+- ``rdp``: Rényi DP with orders extended to 20,000, so that eps = 0.01 is reachable (opacus's default
+  orders stop at 63, which bottoms out near eps = 0.1 at delta = 1e-5; eps = 0.01 wants orders near 2,000).
+  Large orders are integers: dp-accounting's series for fractional orders fails to converge there.
+- ``prv``: opacus's PRV accountant (DP-SGD events only). It can fail numerically at some
+  (sigma, q, steps, delta); dprad then falls back to PLD and the ledger says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dprad.errors import DpradError
+
+RDP_ORDERS = tuple(
+    float(x)
+    for x in np.concatenate(
+        [np.linspace(1.1, 10.9, 50), np.arange(11, 100), np.unique(np.geomspace(100, 20_000, 24).astype(int))]
+    )
+)
+
+
+def _pld() -> Any:
+    from dp_accounting import pld
+
+    return pld.PLDAccountant()
+
+
+def _rdp() -> Any:
+    from dp_accounting import rdp
+
+    return rdp.RdpAccountant(orders=list(RDP_ORDERS))
+
+
+# name -> a fresh dp-accounting accountant; "prv" is opacus's and is handled in compute_epsilon
+DP_ACCOUNTANTS: dict[str, Callable[[], Any]] = {"pld": _pld, "rdp": _rdp}
+ACCOUNTANTS = (*DP_ACCOUNTANTS, "prv")
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """An epsilon together with the accountant that actually produced it."""
+
+    epsilon: float
+    accountant: str
+    note: str = ""
+
+
+def check_accountant(name: str) -> str:
+    if name not in ACCOUNTANTS:
+        raise DpradError(f"--accountant '{name}' is not one of {', '.join(ACCOUNTANTS)}")
+    return name
+
+
+def _check(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> None:
+    if not 0 < sample_rate <= 1:
+        raise DpradError(f"sample rate q={sample_rate} must be in (0, 1]")
+    if not 0 < delta < 1:
+        raise DpradError(f"--delta {delta} must be in (0, 1)")
+    if steps < 0:
+        raise DpradError(f"steps={steps} must be >= 0")
+    if noise_multiplier < 0:
+        raise DpradError(f"--noise-multiplier {noise_multiplier} must be >= 0")
+
+
+def dpsgd_event(*, noise_multiplier: float, sample_rate: float, steps: int) -> Any:
+    """The dp-accounting event of ``steps`` Poisson-sampled Gaussian steps."""
+    import dp_accounting
+
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)),
+        steps,
+    )
+
+
+def event_to_dict(event: Any) -> dict[str, Any]:
+    """A dp-accounting event as plain JSON: {"type": class name, field: value | nested event}."""
+    import attr
+
+    out: dict[str, Any] = {"type": type(event).__name__}
+    for f in attr.fields(type(event)):
+        v = getattr(event, f.name)
+        if attr.has(type(v)):
+            out[f.name] = event_to_dict(v)
+        elif isinstance(v, list | tuple):
+            out[f.name] = [event_to_dict(x) if attr.has(type(x)) else x for x in v]
+        else:
+            out[f.name] = v
+    return out
+
+
+def event_from_dict(d: dict[str, Any]) -> Any:
+    """Inverse of :func:`event_to_dict`, so that a ledger's event can be re-accounted."""
+    import dp_accounting
+
+    cls = getattr(dp_accounting, d["type"], None) or getattr(dp_accounting.dp_event, d["type"])
+    kwargs: dict[str, Any] = {}
+    for k, v in d.items():
+        if k == "type":
+            continue
+        if isinstance(v, dict) and "type" in v:
+            kwargs[k] = event_from_dict(v)
+        elif isinstance(v, list):
+            kwargs[k] = [event_from_dict(x) if isinstance(x, dict) else x for x in v]
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+def epsilon_of(event: Any, *, delta: float, accountant: str = "pld") -> float:
+    """Epsilon of any dp-accounting event under the named dp-accounting accountant."""
+    if accountant not in DP_ACCOUNTANTS:
+        raise DpradError(f"accountant '{accountant}' cannot account general events (use pld or rdp)")
+    acc = DP_ACCOUNTANTS[accountant]()
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
+
+
+def compute_epsilon(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "pld"
+) -> Accounting:
+    """Epsilon spent by ``steps`` Poisson-sampled Gaussian steps at ``delta``."""
+    _check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+    check_accountant(accountant)
+    if steps == 0:
+        return Accounting(0.0, accountant)
+    if noise_multiplier == 0:
+        return Accounting(math.inf, accountant)
+    if accountant == "prv":
+        from opacus.accountants import PRVAccountant
+
+        try:
+            prv = PRVAccountant()
+            prv.history = [(noise_multiplier, sample_rate, steps)]
+            eps = float(prv.get_epsilon(delta=delta))
+            if math.isfinite(eps) and eps >= 0:
+                return Accounting(eps, "prv")
+            note = f"PRV returned {eps}"
+        except Exception as err:  # noqa: BLE001 - any numerical failure falls back, and is recorded
+            note = f"PRV failed ({type(err).__name__}: {err})"
+        fallback = compute_epsilon(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
+        )
+        return Accounting(fallback.epsilon, "pld", note=f"{note}; fell back to PLD")
+    event = dpsgd_event(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+    return Accounting(epsilon_of(event, delta=delta, accountant=accountant), accountant)
+
+
+def calibrate_noise(
+    *, target_epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str = "pld"
+) -> float:
+    """The smallest noise multiplier whose run spends at most ``target_epsilon`` (and within 1% of it).
+
+    PLD and RDP use dp-accounting's own ``calibrate_dp_mechanism`` over the DP-SGD event; PRV (opacus)
+    is bisected on log(sigma) with the same accounting call the ledger makes.
+    """
+    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
+        raise DpradError(f"--epsilon {target_epsilon} must be a positive number")
+    _check(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=delta)
+    check_accountant(accountant)
+    if steps == 0:
+        raise DpradError("the run has 0 planned steps: nothing to calibrate")
+
+    def eps(sigma: float) -> float:
+        return compute_epsilon(
+            noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+        ).epsilon
+
+    hi = 1.0
+    while eps(hi) > target_epsilon:
+        hi *= 4
+        if hi > 1e6:
+            raise DpradError(f"--epsilon {target_epsilon} is out of reach: sigma would exceed 1e6")
+    lo = hi / 4
+    while eps(lo) <= target_epsilon:  # bracket from below; tiny sigmas are costly for PLD, so stop early
+        if lo < 0.05:
+            return lo
+        lo, hi = lo / 4, lo
+    if accountant in DP_ACCOUNTANTS:
+        import dp_accounting
+
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                DP_ACCOUNTANTS[accountant],
+                lambda s: dpsgd_event(noise_multiplier=s, sample_rate=sample_rate, steps=steps),
+                target_epsilon,
+                delta,
+                bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
+                tol=1e-4 * lo,
+            )
+        )
+    # bisection on log(sigma): eps(sigma) is decreasing; stop when eps is within 0.5% below the target
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        e = eps(mid)
+        if e > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+            if e >= target_epsilon * 0.995:
+                break
+    return hi
+
+
+def default_delta(n: int) -> float:
+    """The largest power of ten at most 1/(10 n): comfortably below 1/n, as the DP literature asks."""
+    if n < 1:
+        raise DpradError("the training split is empty: no delta can be chosen")
+    return float(10 ** math.floor(math.log10(0.1 / n)))

@@ -1,0 +1,77 @@
+"""The privacy ledger: what ``privacy.json`` says about one run, and the board's plain-language statement."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PrivacyLedger:
+    """What ``privacy.json`` says about one run. Every number is the run's own."""
+
+    private: bool
+    privacy_unit: str
+    dataset_size: int
+    target_epsilon: float | None
+    epsilon: float | None
+    delta: float | None
+    noise_multiplier: float | None
+    max_grad_norm: float | None
+    sample_rate: float | None
+    expected_batch_size: float | None
+    logical_batch_size: str | None
+    steps: int
+    epochs: float
+    sampler: str
+    accountant: str | None
+    accountant_note: str
+    mode: str
+    trainable_parameters: int
+    protected: list[str] = field(default_factory=list)
+    not_protected: list[str] = field(default_factory=list)
+    library_versions: dict[str, str] = field(default_factory=dict)
+    statement: str = ""
+    # the dp-accounting event the epsilon was computed from (event_to_dict), so anyone can recompute it
+    event: dict[str, Any] | None = None
+    # the releases that make up the total epsilon, e.g. [{"part": "training", "epsilon": ...}, ...]
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    canaries: int = 0  # audit canaries mixed into the training split (never in reported metrics)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("dprad", "torch", "transformers", "peft", "opacus", "dp-accounting", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def guarantee_statement(ledger: PrivacyLedger, *, model_name: str, val_size: int) -> str:
+    """One plain-language paragraph for a governance board."""
+    if not ledger.private:
+        return (
+            f"This model was trained WITHOUT differential privacy on {ledger.dataset_size} reports. "
+            "It carries no formal privacy guarantee: it may memorise and reveal details of the reports it was "
+            "trained on, and should not be shared outside the institution that holds them."
+        )
+    return (
+        f"This model was trained with DP-SGD ({ledger.mode}) on {ledger.dataset_size} reports and satisfies "
+        f"({ledger.epsilon:.4g}, {ledger.delta:.1e})-differential privacy with respect to the addition or "
+        f"removal of any single report in its training split: each of the {ledger.steps} steps drew a Poisson "
+        f"sample (each report in with probability {ledger.sample_rate:.4g}), clipped every report's gradient to "
+        f"norm {ledger.max_grad_norm:g} and added Gaussian noise of standard deviation "
+        f"{ledger.noise_multiplier:.4g} x {ledger.max_grad_norm:g}; the {ledger.accountant.upper() if ledger.accountant else ''} "
+        f"accountant computed epsilon. The unit of privacy is one report: a patient with k reports is protected "
+        f"at roughly k times that epsilon (group privacy). Not covered: the base model {model_name} and its own "
+        f"pre-training data, the {val_size} validation reports (used without DP for model selection and "
+        "thresholds), and the label schema and hyper-parameters chosen by people who had seen the data."
+    )

@@ -1,0 +1,164 @@
+"""The privacy object a run trains with: it owns the sampler, the per-sample-gradient wrapping, the step
+and the dp-accounting event, so that "the sampler used is the sampler the accountant assumed" holds by
+construction: the event is built from the same ``sample_rate`` the sampler draws with, and epsilon is
+computed from that event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from dprad.data.dataset import PoissonSampler, ShuffleSampler
+from dprad.dp_step import LossFn, plain_step, private_step
+from dprad.privacy.accounting import Accounting, compute_epsilon, dpsgd_event, event_to_dict
+
+
+class Sampler(Protocol):
+    name: str
+    rng: np.random.Generator
+
+    def sample(self) -> np.ndarray: ...
+
+
+class Privacy(Protocol):
+    """What the training loop needs from a privacy regime (private or not)."""
+
+    private: bool
+    steps: int
+
+    def sampler(self, rng: np.random.Generator) -> Sampler: ...
+
+    def wrap(self, module: nn.Module) -> nn.Module: ...
+
+    def step(
+        self,
+        params: Sequence[nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        batches: Sequence[np.ndarray],
+        loss_fn: LossFn,
+        *,
+        generator: torch.Generator,
+        realised: int,
+    ) -> float: ...
+
+    def accounting(self, steps: int | None = None) -> Accounting | None: ...
+
+
+@dataclass(frozen=True)
+class DpSgd:
+    """DP-SGD: Poisson sampling at ``sample_rate`` over ``n`` units, per-unit clipping to
+    ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``, ``steps`` steps."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    delta: float
+    n: int
+    accountant: str = "pld"
+    unit: str = "report"
+    private: bool = True
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.sample_rate * self.n
+
+    def sampler(self, rng: np.random.Generator) -> PoissonSampler:
+        return PoissonSampler(self.n, self.sample_rate, rng)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        from opacus import GradSampleModule
+
+        return GradSampleModule(module, batch_first=True, loss_reduction="sum")
+
+    def step(
+        self,
+        params: Sequence[nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        batches: Sequence[np.ndarray],
+        loss_fn: LossFn,
+        *,
+        generator: torch.Generator,
+        realised: int,
+    ) -> float:
+        del realised  # the private step divides by the *expected* batch size: the realised one would leak
+        return private_step(
+            params,
+            optimizer,
+            batches,
+            loss_fn,
+            max_grad_norm=self.max_grad_norm,
+            noise_multiplier=self.noise_multiplier,
+            expected_batch_size=self.expected_batch_size,
+            generator=generator,
+        )
+
+    def event(self, steps: int | None = None) -> Any:
+        return dpsgd_event(
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=self.steps if steps is None else steps,
+        )
+
+    def event_dict(self) -> dict[str, Any]:
+        return event_to_dict(self.event())
+
+    def accounting(self, steps: int | None = None) -> Accounting:
+        return compute_epsilon(
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=self.steps if steps is None else steps,
+            delta=self.delta,
+            accountant=self.accountant,
+        )
+
+
+@dataclass(frozen=True)
+class NonPrivate:
+    """Ordinary mini-batch training: fixed-size batches from a reshuffled permutation, no clipping or noise."""
+
+    batch_size: int
+    steps: int
+    n: int
+    private: bool = False
+
+    def sampler(self, rng: np.random.Generator) -> ShuffleSampler:
+        return ShuffleSampler(self.n, self.batch_size, rng)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def step(
+        self,
+        params: Sequence[nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        batches: Sequence[np.ndarray],
+        loss_fn: LossFn,
+        *,
+        generator: torch.Generator,
+        realised: int,
+    ) -> float:
+        del generator
+        return plain_step(params, optimizer, batches, loss_fn, batch_size=realised)
+
+    def accounting(self, steps: int | None = None) -> None:
+        return None
+
+
+def check_sampler(sampler: object, *, private: bool) -> None:
+    """The accountant assumes Poisson sampling: a private run with any other sampler is refused."""
+    from dprad.errors import DpradError
+
+    if private and not isinstance(sampler, PoissonSampler):
+        raise DpradError(
+            f"a private run must use Poisson sampling (the accountant assumes it), not '{getattr(sampler, 'name', sampler)}'"
+        )
+
+
+__all__ = ["DpSgd", "NonPrivate", "Privacy", "Sampler", "check_sampler"]

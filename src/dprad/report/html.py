@@ -1,0 +1,452 @@
+"""One self-contained HTML report over run directories: figures embedded as PNG data URIs, no external
+resource (a Content-Security-Policy in the page forbids any), so it opens offline in any browser.
+
+Rendering only: every number shown is read from the runs' files by :mod:`dprad.report.collect`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dprad.errors import DpradError
+from dprad.io import write_text
+from dprad.report import plots
+from dprad.report.collect import (
+    Audit,
+    Evaluation,
+    Interval,
+    Run,
+    Selection,
+    SweepTable,
+    find_selection,
+    read_runs,
+    read_sweep_table,
+)
+
+DEFAULT_TITLE = "dprad privacy-utility report"
+
+
+# ---------------------------------------------------------------------------------------------------
+# number formatting (shared with the model card)
+
+
+def fmt_num(x: float | int | None, spec: str = ".3g") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    return format(x, spec)
+
+
+def fmt_interval(iv: Interval, spec: str = ".3f") -> str:
+    """'0.812 [0.790, 0.833]', or '0.812 (no CI)' for a point estimate, or '—'."""
+    if not iv.known:
+        return "—"
+    if iv.has_ci:
+        return f"{fmt_num(iv.estimate, spec)} [{fmt_num(iv.low, spec)}, {fmt_num(iv.high, spec)}]"
+    return f"{fmt_num(iv.estimate, spec)} (no CI)"
+
+
+def fmt_eps(run: Run) -> str:
+    """The eps a reader should quote: the target when the run spent at most it, with the spent value."""
+    led = run.ledger
+    if not led.private:
+        return "∞ (non-private)"
+    if led.target_epsilon is not None and led.epsilon <= led.target_epsilon:
+        target, spent = fmt_num(led.target_epsilon, "g"), fmt_num(led.epsilon, ".4g")
+        return target if spent == target else f"{target} (spent {spent})"
+    return fmt_num(led.epsilon, ".4g")
+
+
+def eval_source(ev: Evaluation | None) -> str:
+    if ev is None:
+        return "no metrics"
+    name = Path(ev.source).name
+    if ev.has_ci:
+        boot = f", {ev.bootstrap_resamples} patient resamples" if ev.bootstrap_resamples else ""
+        return f"{name}{boot}"
+    return f"{name} (point estimates, no CI)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the first screen: one sentence per run
+
+
+@dataclass(frozen=True)
+class Headline:
+    name: str
+    who: str
+    text: str
+    private: bool
+
+
+def reference_for(run: Run, runs: Sequence[Run]) -> Run | None:
+    """The non-private run to compare a private one with: same data and model, same mode family and seed
+    where there is one."""
+    refs = [
+        r
+        for r in runs
+        if not r.ledger.private and r.dataset == run.dataset and r.model == run.model and r.evaluation
+    ]
+    if not refs:
+        return None
+    refs.sort(key=lambda r: (r.family != run.family, r.seed != run.seed, r.name))
+    return refs[0]
+
+
+def headline(run: Run, runs: Sequence[Run]) -> Headline:
+    who = f"{run.mode}, {run.model}, trained on {run.dataset}"
+    ev = run.evaluation
+    f1 = fmt_interval(ev.metric("weighted_f1")) if ev else "not evaluated"
+    if not run.ledger.private:
+        text = (
+            f"Without differential privacy, weighted F1 {f1}. A reference point: this model has no formal "
+            "privacy guarantee and should not leave the institution."
+        )
+        return Headline(run.name, who, text, False)
+    led = run.ledger
+    delta = fmt_num(led.delta, ".0e")
+    text = f"At ε = {fmt_eps(run)}, δ = {delta} per {led.privacy_unit}: weighted F1 {f1}"
+    ref = reference_for(run, runs)
+    if ref is not None and ref.evaluation is not None:
+        text += (
+            f" vs {fmt_interval(ref.evaluation.metric('weighted_f1'))} non-private ({ref.name}, {ref.mode})."
+        )
+    else:
+        text += "; no non-private run of this model on this data to compare with."
+    if led.selection_epsilon is not None:
+        text += (
+            f" Choosing its thresholds under DP is accounted as ε = {fmt_num(led.selection_epsilon, '.3g')}"
+            f" ({led.selection_note})."
+        )
+    return Headline(run.name, who, text, True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# tables
+
+
+def _dp_row(r: Run) -> dict[str, str]:
+    led = r.ledger
+    return {
+        "run": r.name,
+        "mode": led.mode,
+        "private": "yes" if led.private else "no",
+        "ε spent": fmt_num(led.epsilon, ".4g") if led.private else "∞",
+        "target ε": fmt_num(led.target_epsilon, "g"),
+        "δ": fmt_num(led.delta, ".1e"),
+        "unit": led.privacy_unit,
+        "noise σ": fmt_num(led.noise_multiplier, ".4g"),
+        "clip C": fmt_num(led.max_grad_norm, "g"),
+        "sample rate q": fmt_num(led.sample_rate, ".4g"),
+        "expected batch": fmt_num(led.expected_batch_size, ".4g"),
+        "steps": fmt_num(led.steps, "d"),
+        "epochs": fmt_num(led.epochs, ".3g"),
+        "sampler": led.sampler or "—",
+        "accountant": (led.accountant or "—") + (f" ({led.accountant_note})" if led.accountant_note else ""),
+        "train reports": fmt_num(led.dataset_size, "d"),
+        "trainable params": fmt_num(led.trainable_parameters, ",d"),
+        "selection ε": fmt_num(led.selection_epsilon, ".3g")
+        + (f" ({led.selection_note})" if led.selection_note else ""),
+        "ε parts": "; ".join(f"{name} {fmt_num(eps, '.4g')}" for name, eps in led.parts) or "—",
+        "canaries": fmt_num(led.canaries, "d"),
+    }
+
+
+def _metrics_row(r: Run) -> dict[str, str]:
+    ev = r.evaluation
+    row = {"run": r.name, "data": r.dataset, "mode": r.mode, "ε": fmt_eps(r)}
+    for key, name in (
+        ("weighted_f1", "weighted F1"),
+        ("macro_f1", "macro F1"),
+        ("micro_f1", "micro F1"),
+        ("macro_auroc", "macro AUROC"),
+    ):
+        row[name] = fmt_interval(ev.metric(key)) if ev else "—"
+    if ev is not None:
+        size = f", {ev.reports} reports / {ev.patients} patients" if ev.reports else ""
+        row["evaluated on"] = f"{Path(ev.data).name if ev.data else '?'} ({ev.split or '?'}{size})"
+        row["thresholds"] = ev.thresholds or "—"
+    else:
+        row["evaluated on"] = row["thresholds"] = "—"
+    row["source"] = eval_source(ev)
+    return row
+
+
+def _rare_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
+    out = []
+    for r in runs:
+        if r.evaluation is None:
+            continue
+        for lr in r.evaluation.per_label:
+            if lr.rare:
+                out.append(
+                    {
+                        "run": r.name,
+                        "ε": fmt_eps(r),
+                        "label": lr.label + (" (critical)" if lr.critical else ""),
+                        "positives in test": fmt_num(lr.support, "d"),
+                        "F1": fmt_interval(lr.f1),
+                        "recall": fmt_interval(lr.recall),
+                    }
+                )
+    return out
+
+
+def _calibration_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
+    out = []
+    for r in runs:
+        cal = r.evaluation.calibration if r.evaluation else None
+        if cal is None:
+            continue
+        worst = max(cal.per_label_ece, key=lambda t: t[1], default=None)
+        out.append(
+            {
+                "run": r.name,
+                "ε": fmt_eps(r),
+                "pooled ECE": fmt_num(cal.pooled_ece, ".3f"),
+                "pooled Brier": fmt_num(cal.pooled_brier, ".3f"),
+                "worst label ECE": f"{worst[0]}: {worst[1]:.3f}" if worst else "—",
+                "bins": f"{fmt_num(cal.n_bins, 'd')} {cal.binning}".strip(),
+            }
+        )
+    return out
+
+
+def _subgroup_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
+    out = []
+    for r in runs:
+        if r.evaluation is None:
+            continue
+        for s in r.evaluation.subgroups:
+            gap = (
+                f"{s.largest_tpr_gap:.3f} ({s.largest_tpr_gap_label})"
+                if s.largest_tpr_gap is not None
+                else "—"
+            )
+            for g in s.groups:
+                out.append(
+                    {
+                        "run": r.name,
+                        "ε": fmt_eps(r),
+                        "attribute": s.attribute,
+                        "group": g.name,
+                        "reports": fmt_num(g.reports, "d"),
+                        "weighted F1": fmt_interval(g.weighted_f1),
+                        "small group": "yes" if g.small else "",
+                        "largest TPR gap (label)": gap,
+                    }
+                )
+    return out
+
+
+def _transfer_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
+    out = []
+    for r in runs:
+        evs = [e for e in (r.evaluation, *r.extra_evaluations) if e is not None and e.domain_transfer]
+        home = r.evaluation if r.evaluation and not r.evaluation.domain_transfer else None
+        for ev in evs:
+            out.append(
+                {
+                    "run": r.name,
+                    "ε": fmt_eps(r),
+                    "trained on": r.dataset,
+                    "evaluated on": Path(ev.data).name if ev.data else "?",
+                    "reports": fmt_num(ev.reports, "d"),
+                    "weighted F1": fmt_interval(ev.metric("weighted_f1")),
+                    "macro AUROC": fmt_interval(ev.metric("macro_auroc")),
+                    "in-domain weighted F1": fmt_interval(home.metric("weighted_f1")) if home else "—",
+                    "notes": "; ".join(ev.notes),
+                }
+            )
+    return out
+
+
+ATTACK_NAMES = {"lira_online": "LiRA online", "lira_offline": "LiRA offline", "rmia": "RMIA"}
+ATTACK_NAMES |= {"rmia_offline": "RMIA offline"}
+
+
+def _mia_text(a: Audit) -> str:
+    m = a.mia
+    if m is None:
+        return "—"
+    if m.attacks:
+        return "; ".join(f"{ATTACK_NAMES.get(x.name, x.name)} {fmt_interval(x.auc)}" for x in m.attacks)
+    return fmt_num(m.auc, ".3f")
+
+
+def _audit_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
+    out = []
+    for r in runs:
+        a = r.audit
+        if a is None:
+            continue
+        c = a.canary
+        verdict = "—"
+        if c is not None and c.exceeds_ledger is not None:
+            verdict = "ABOVE the ledger's ε: a privacy bug" if c.exceeds_ledger else "consistent"
+        out.append(
+            {
+                "run": r.name,
+                "ε (ledger)": fmt_eps(r),
+                "empirical ε lower bound": fmt_num(c.epsilon_lower_bound, ".3g") if c else "not run",
+                "canary guesses right": f"{fmt_num(c.correct, 'd')} / {fmt_num(c.guesses, 'd')}"
+                if c
+                else "—",
+                "audit ceiling": fmt_num(c.ceiling, ".3g") if c else "—",
+                "bound vs ledger": verdict,
+                "membership inference AUC [95% CI]": _mia_text(a),
+                "source": Path(a.source).name,
+            }
+        )
+    return out
+
+
+def _selection_rows(sel: Selection | None) -> list[dict[str, str]]:
+    out = []
+    for g in sel.groups if sel else ():
+        for c in g.costs:
+            out.append(
+                {
+                    "dataset": g.dataset,
+                    "choosing among": f"{g.scope} ({len(g.candidates)} runs)",
+                    "compared on": g.compared_on,
+                    "bound": c.method,
+                    "ε of the chosen run": fmt_num(c.epsilon, ".4g"),
+                    "δ": fmt_num(c.delta, ".1e"),
+                    "largest single run's ε": fmt_num(c.largest_single_epsilon, ".4g"),
+                    "holds when": c.assumption,
+                }
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class Table:
+    id: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def table(id_: str, rows: Sequence[dict[str, str]]) -> Table | None:
+    if not rows:
+        return None
+    columns = tuple(rows[0])
+    return Table(id_, columns, tuple(tuple(row.get(c, "") for c in columns) for row in rows))
+
+
+def _sweep(t: SweepTable | None) -> Table | None:
+    return Table("table-sweep", t.columns, t.rows) if t is not None and t.rows else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the page
+
+
+PLAIN_NOT_COVERED = (
+    "the base model's own pre-training data (it was trained by others, before dprad saw it)",
+    "the validation reports, where thresholds or the best run were chosen on them without DP "
+    "(the table of DP parameters shows a selection ε where one was paid)",
+    "a patient with several reports, beyond about k × ε for k reports, when the unit is one report",
+    "the reports people send to the model for classification, and what its answers reveal about them: "
+    "the guarantee covers the training reports, for any number of queries to this fixed model",
+    "non-private runs (ε = ∞): no guarantee at all",
+)
+
+
+def build_context(
+    runs: Sequence[Run],
+    *,
+    sweep: SweepTable | None,
+    title: str,
+    skipped: Sequence[str],
+    selection: Selection | None = None,
+) -> dict[str, Any]:
+    ordered = sorted(runs, key=plots.run_order)
+    datasets = list(dict.fromkeys(r.dataset for r in ordered))
+    figures = {
+        "utility": plots.privacy_utility(ordered),
+        "labels": [
+            p for i, d in enumerate(datasets) if (p := plots.label_heatmap(ordered, d, i)) is not None
+        ],
+        "reliability": plots.reliability(ordered),
+        "subgroups": plots.subgroup_gap(ordered),
+        "audit": plots.audit(ordered),
+    }
+    ledger_items = list(dict.fromkeys(x for r in ordered for x in r.ledger.not_protected))
+    private_by_data = {d: sum(r.ledger.private for r in ordered if r.dataset == d) for d in datasets}
+    no_ci = [r.name for r in ordered if r.evaluation is not None and not r.evaluation.has_ci]
+    selection_cols = [c for c in (sweep.columns if sweep else ()) if "select" in c.lower()]
+    return {
+        "title": title,
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "n_runs": len(ordered),
+        "n_private": sum(r.ledger.private for r in ordered),
+        "datasets": datasets,
+        "headlines": [headline(r, ordered) for r in ordered],
+        "figures": figures,
+        "tables": {
+            "headline": table("table-headline", [_metrics_row(r) for r in ordered]),
+            "rare": table("table-rare", _rare_rows(ordered)),
+            "calibration": table("table-calibration", _calibration_rows(ordered)),
+            "subgroups": table("table-subgroups", _subgroup_rows(ordered)),
+            "transfer": table("table-transfer", _transfer_rows(ordered)),
+            "audit": table("table-audit", _audit_rows(ordered)),
+            "dp": table("table-dp", [_dp_row(r) for r in ordered]),
+            "selection": table("table-selection", _selection_rows(selection)),
+            "sweep": _sweep(sweep),
+        },
+        "sweep": sweep,
+        "selection": selection,
+        "selection_cols": selection_cols,
+        "several_private": any(n > 1 for n in private_by_data.values()),
+        "selection_paid": any(r.ledger.selection_epsilon is not None for r in ordered),
+        "no_ci": no_ci,
+        "not_covered": PLAIN_NOT_COVERED,
+        "ledger_not_covered": ledger_items,
+        "statements": [(r.name, r.ledger.statement) for r in ordered if r.ledger.statement],
+        "skipped": list(skipped),
+        "runs": ordered,
+    }
+
+
+def render(context: dict[str, Any]) -> str:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("dprad.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"], default_for_string=True, default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template("report.html.j2").render(**context)
+
+
+def write_report(
+    runs: Sequence[Path],
+    out: Path,
+    *,
+    sweep_table: Path | None = None,
+    title: str = DEFAULT_TITLE,
+) -> Path:
+    """Read the run directories (a folder of runs stands for the finished runs below it), the sweep table
+    and the sweep's selection.json beside it, and write one self-contained HTML page to ``out``
+    (atomically). Returns ``out``."""
+    if not runs:
+        raise DpradError("dprad report: give at least one run directory")
+    found, skipped = read_runs(runs)
+    sweep = read_sweep_table(sweep_table) if sweep_table is not None else None
+    # a sweep writes selection.json beside its results table: what choosing among its cells costs
+    places = [Path(sweep_table).parent] if sweep_table is not None else []
+    places += [Path(p) for p in runs if Path(p).is_dir() and not (Path(p) / "privacy.json").is_file()]
+    selection = find_selection(places)
+    html = render(build_context(found, sweep=sweep, title=title, skipped=skipped, selection=selection))
+    out = Path(out)
+    write_text(out, html)
+    return out

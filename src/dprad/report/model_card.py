@@ -1,0 +1,321 @@
+"""MODEL_CARD.md for one run: what it is for, what it was trained on, its privacy guarantee in plain words
+and in numbers, its metrics with intervals, its known limits, and what differential privacy does not
+protect. Every number is read from the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dprad.io import write_text
+from dprad.report.collect import RARE_SUPPORT, Run, read_run
+from dprad.report.html import eval_source, fmt_eps, fmt_interval, fmt_num
+
+ECE_WARN = 0.05  # a pooled ECE above this gets a plain-words warning
+
+
+def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(map(esc, columns)) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _intended_use(run: Run) -> list[str]:
+    labels = ", ".join(run.labels) if run.labels else "the labels in schema.json"
+    lines = [
+        "## Intended use",
+        "",
+        f"Multi-label classification of free-text radiology reports into the {len(run.labels) or '?'} findings of "
+        f"the `{run.schema}` schema ({labels}), to support cohort building, triage of report worklists, "
+        "audit and research at the institution that trained it, or at another one that receives the model.",
+        "",
+        "Not intended for: diagnosing individual patients without a clinician reading the report; images "
+        "(the model reads report text only); report styles, languages or label definitions unlike the "
+        "training data without first evaluating it there (`dprad evaluate`).",
+    ]
+    if run.critical:
+        rule = (
+            run.metrics.get("thresholds", {}).get("rule")
+            if isinstance(run.metrics.get("thresholds"), dict)
+            else None
+        )
+        lines += [
+            "",
+            f"Critical findings: {', '.join(run.critical)}. "
+            + (f"Validation-fitted thresholds: {rule}. " if rule else "")
+            + "Check their recall below before relying on the model to flag them.",
+        ]
+    return lines
+
+
+def _data(run: Run) -> list[str]:
+    d = run.config.get("data", {}) if isinstance(run.config.get("data"), dict) else {}
+    split = ", ".join(f"{k} {v}" for k, v in run.splits.items()) or "unknown"
+    uncertain = d.get("uncertain_policy", "?")
+    lines = [
+        "## Data, labels and teacher",
+        "",
+        f"- Training data: `{run.data_path or 'unknown'}` (format `{d.get('format', '?')}`).",
+        f"- Reports per split (by patient, no patient in two splits): {split}.",
+        f"- Label schema: `{run.schema}`, {len(run.labels)} labels"
+        + (f"; critical: {', '.join(run.critical)}" if run.critical else "")
+        + ".",
+        f"- Uncertain mentions (-1) trained as: `{uncertain}`.",
+        "- Teacher: the labels are the ones in the training file. The run does not record which teacher wrote "
+        "them (gold labels, `dprad label --teacher rules`, or a local LLM); state it here before sharing. "
+        "Teacher errors are learned as truth, and the metrics below measure agreement with the same labels.",
+        f"- Encoder: `{run.model}` ({run.mode}).",
+    ]
+    lines += [f"- Note from training: {n}" for n in run.notes]
+    return lines
+
+
+def _privacy(run: Run) -> list[str]:
+    led = run.ledger
+    lines = ["## Privacy guarantee", ""]
+    if not led.private:
+        lines += [
+            "**None.** This model was trained without differential privacy (ε = ∞). It may memorise and reveal "
+            "details of its training reports; keep it inside the institution that holds them.",
+            "",
+        ]
+    else:
+        unit = led.privacy_unit
+        lines += [
+            f"**In plain words.** Whether or not any one {unit} was in the training data changes what this model "
+            f"can do by at most a factor of e^ε = e^{fmt_num(led.epsilon, '.3g')} in probability (plus a chance "
+            f"of δ = {fmt_num(led.delta, '.1e')} that this bound fails). Smaller ε is stronger privacy; a value "
+            "near 1 or below is generally called strong, around 10 moderate.",
+            "",
+        ]
+    rows = [
+        ["private", "yes" if led.private else "no"],
+        ["ε (spent)", fmt_num(led.epsilon, ".4g") if led.private else "∞"],
+        ["target ε", fmt_num(led.target_epsilon, "g")],
+        ["δ", fmt_num(led.delta, ".1e")],
+        ["unit of privacy", led.privacy_unit],
+        ["noise multiplier σ", fmt_num(led.noise_multiplier, ".4g")],
+        ["clipping norm C", fmt_num(led.max_grad_norm, "g")],
+        ["sample rate q (Poisson)", fmt_num(led.sample_rate, ".4g")],
+        ["expected batch size", fmt_num(led.expected_batch_size, ".4g")],
+        ["steps", fmt_num(led.steps, "d")],
+        ["epochs", fmt_num(led.epochs, ".3g")],
+        ["sampler", led.sampler or "—"],
+        [
+            "accountant",
+            (led.accountant or "—") + (f" ({led.accountant_note})" if led.accountant_note else ""),
+        ],
+        ["training reports", fmt_num(led.dataset_size, "d")],
+        ["trainable parameters", fmt_num(led.trainable_parameters, ",d")],
+    ]
+    if led.selection_epsilon is not None:
+        rows.append(
+            [
+                "threshold / model selection ε",
+                fmt_num(led.selection_epsilon, ".3g")
+                + (f" ({led.selection_note})" if led.selection_note else ""),
+            ]
+        )
+    if led.parts:
+        rows.append(["ε made of", "; ".join(f"{n} {fmt_num(e, '.4g')}" for n, e in led.parts)])
+    if led.canaries:
+        rows.append(["audit canaries in the training split", fmt_num(led.canaries, "d")])
+    lines += ["**In numbers** (from `privacy.json`):", "", *_md_table(["parameter", "value"], rows)]
+    if led.statement:
+        lines += ["", f"> {led.statement}"]
+    c = run.audit.canary if run.audit else None
+    if c is not None and c.epsilon_lower_bound is not None:
+        verdict = " ABOVE the ledger's ε: a privacy bug to investigate." if c.exceeds_ledger else ""
+        lines += [
+            "",
+            f"**Audit** (`audit.json`): the canary audit's empirical lower bound is ε ≥ "
+            f"{c.epsilon_lower_bound:.3g} ({fmt_num(c.correct, 'd')} of {fmt_num(c.guesses, 'd')} guesses right; "
+            f"the most this audit could show is {fmt_num(c.ceiling, '.3g')}).{verdict}",
+        ]
+    return lines
+
+
+def _metrics(run: Run) -> list[str]:
+    ev = run.evaluation
+    lines = ["## Metrics", ""]
+    if ev is None:
+        return [*lines, "No metrics: the run has neither evaluation.json nor metrics.json."]
+    if ev.has_ci:
+        lines.append(
+            f"From `{Path(ev.source).name}`: {ev.split or '?'} split of `{ev.data}`, {ev.reports} reports from "
+            f"{ev.patients} patients, thresholds `{ev.thresholds}`; brackets are 95% intervals from "
+            f"{ev.bootstrap_resamples or '?'} patient-level bootstrap resamples."
+        )
+    else:
+        lines.append(
+            "From `metrics.json` (test split, threshold 0.5): **point estimates only, no confidence interval** "
+            "(this run has no evaluation.json; run `dprad evaluate RUN DATA --out RUN/evaluation.json`)."
+        )
+    lines.append("")
+    head = [
+        [name, fmt_interval(ev.metric(key))]
+        for key, name in (
+            ("weighted_f1", "weighted F1"),
+            ("macro_f1", "macro F1"),
+            ("micro_f1", "micro F1"),
+            ("macro_auroc", "macro AUROC"),
+        )
+    ]
+    lines += _md_table(["metric", "value"], head)
+    if ev.per_label:
+        lines += ["", "Per label:", ""]
+        rows = [
+            [
+                lr.label + (" (critical)" if lr.critical else ""),
+                fmt_num(lr.support, "d"),
+                fmt_interval(lr.f1),
+                fmt_interval(lr.recall),
+                fmt_interval(lr.specificity),
+                fmt_interval(lr.auroc),
+            ]
+            for lr in ev.per_label
+        ]
+        lines += _md_table(["label", "positives", "F1", "recall", "specificity", "AUROC"], rows)
+    for extra in run.extra_evaluations:
+        lines += [
+            "",
+            f"On `{extra.data}` ({eval_source(extra)}): weighted F1 {fmt_interval(extra.metric('weighted_f1'))}, "
+            f"macro AUROC {fmt_interval(extra.metric('macro_auroc'))}.",
+        ]
+    return lines
+
+
+def _limits(run: Run) -> list[str]:
+    ev = run.evaluation
+    lines = ["## Known limits", ""]
+    if ev is None:
+        return [*lines, "- Not evaluated: no limits can be stated from this run directory."]
+    rare = [lr for lr in ev.per_label if lr.rare]
+    if rare:
+        names = ", ".join(f"{lr.label} ({lr.support})" for lr in rare)
+        lines.append(
+            f"- **Rare labels** (fewer than {RARE_SUPPORT} positive test reports): {names}. Their F1 and recall "
+            "rest on very few reports; treat them as unmeasured, not as measured well."
+        )
+    else:
+        lines.append(f"- Every label has at least {RARE_SUPPORT} positive test reports.")
+    if ev.subgroups:
+        for s in ev.subgroups:
+            groups = "; ".join(
+                f"{g.name}: {fmt_interval(g.weighted_f1)}{' (small group)' if g.small else ''}"
+                for g in s.groups
+            )
+            gap = (
+                f" Largest sensitivity (TPR) gap between groups: {s.largest_tpr_gap:.3f} ({s.largest_tpr_gap_label})."
+                if s.largest_tpr_gap is not None
+                else ""
+            )
+            lines.append(f"- **Subgroups by {s.attribute}** (weighted F1): {groups}.{gap}")
+    else:
+        lines.append(
+            "- **Subgroups**: not evaluated (run `dprad evaluate ... --groups sex,site,age`); performance may "
+            "differ between patient groups and sites."
+        )
+    crit = [lr for lr in ev.per_label if lr.critical]
+    if crit:
+        values = "; ".join(f"{lr.label} {fmt_interval(lr.recall)}" for lr in crit)
+        lines.append(f"- **Recall of the critical findings** (thresholds `{ev.thresholds}`): {values}.")
+    cal = ev.calibration
+    if cal is not None and cal.pooled_ece is not None:
+        worst = max(cal.per_label_ece, key=lambda t: t[1], default=None)
+        warn = (
+            " The scores are not calibrated probabilities: do not read 0.8 as an 80% chance."
+            if cal.pooled_ece > ECE_WARN
+            else ""
+        )
+        lines.append(
+            f"- **Calibration**: pooled ECE {cal.pooled_ece:.3f} ({cal.n_bins} {cal.binning} bins)"
+            + (f"; worst label {worst[0]} ({worst[1]:.3f})" if worst else "")
+            + f".{warn}"
+        )
+    else:
+        lines.append("- **Calibration**: not evaluated.")
+    if any(e.domain_transfer for e in (ev, *run.extra_evaluations)):
+        lines.append("- Evaluated on another dataset too: see the metrics above; expect a drop elsewhere.")
+    else:
+        lines.append(
+            "- Evaluated only on data from the training source: performance at another institution is unknown."
+        )
+    return lines
+
+
+def _not_protected(run: Run) -> list[str]:
+    led = run.ledger
+    lines = ["## What differential privacy does not protect", ""]
+    if not led.private:
+        lines.append(
+            "- Nothing: this run is not private. Every item below applies, and the training reports too."
+        )
+    lines.append(
+        f"- **The base model `{run.model}` and its own pre-training data**: they were trained by others, "
+        "without this guarantee."
+    )
+    if led.selection_epsilon is None:
+        lines.append(
+            f"- **The validation split** ({run.splits.get('val', '?')} reports): thresholds (and any choice of "
+            "run or ε made by looking at validation or test scores) were fitted on it without DP, so it is not "
+            "covered; the thresholds are part of every output."
+        )
+    else:
+        lines.append(
+            f"- The validation split is covered only through the selection ε = {fmt_num(led.selection_epsilon, '.3g')} "
+            "recorded in the ledger; choices made by people after seeing other scores are not."
+        )
+    lines.append(
+        "- **Outputs under unlimited querying**: for the training reports, the guarantee holds for any number of "
+        "queries to this fixed model. It does not cover the reports people send to the model, nor what its "
+        "answers reveal about them, nor a model retrained or fine-tuned on those queries."
+    )
+    if led.privacy_unit != "patient":
+        lines.append(
+            f"- **Patients with several reports**: the unit of privacy is one {led.privacy_unit}. A patient with "
+            "k reports in the training data is protected only at about k × ε (with a larger δ): group privacy."
+        )
+    for item in led.not_protected:
+        lines.append(f"- From the ledger: {item}.")
+    return lines
+
+
+def model_card_markdown(run: Run) -> str:
+    led = run.ledger
+    guarantee = f"ε = {fmt_eps(run)}, δ = {fmt_num(led.delta, '.1e')}" if led.private else "no DP (ε = ∞)"
+    ev = run.evaluation
+    f1 = fmt_interval(ev.metric("weighted_f1")) if ev else "not evaluated"
+    lines = [
+        f"# Model card: {run.name}",
+        "",
+        f"{run.mode} classifier of `{run.schema}` findings in radiology reports, encoder `{run.model}`, "
+        f"trained on `{run.dataset}`. Privacy: {guarantee} per {led.privacy_unit}. "
+        f"Weighted F1 on the test split: {f1}.",
+        "",
+        *_intended_use(run),
+        "",
+        *_data(run),
+        "",
+        *_privacy(run),
+        "",
+        *_metrics(run),
+        "",
+        *_limits(run),
+        "",
+        *_not_protected(run),
+        "",
+        f"_Written by dprad from `{run.path}`; every number is read from the run directory._",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: Path, out: Path | None = None) -> Path:
+    """Write RUN/MODEL_CARD.md (or ``out``) atomically; returns its path."""
+    run = read_run(run_dir)
+    target = Path(out) if out is not None else Path(run_dir) / "MODEL_CARD.md"
+    write_text(target, model_card_markdown(run))
+    return target

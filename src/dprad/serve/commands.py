@@ -1,0 +1,187 @@
+"""CLI commands for deployment: ``serve``, ``audit-log summarize`` and ``monitor``.
+
+``register(app)`` adds them to a Typer app (dprad's own, or one a test builds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dprad.errors import DpradError
+
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(app: typer.Typer) -> None:
+    audit_app = typer.Typer(no_args_is_help=True, help="Read the server's audit log.")
+    app.add_typer(audit_app, name="audit-log")
+    err = Console(stderr=True)
+
+    @app.command()
+    def serve(
+        run: Annotated[Path, typer.Argument(help="a finished run directory")],
+        keys: Annotated[
+            Path, typer.Option("--keys", help="API keys YAML (ids, hashed keys, roles, budgets)")
+        ],
+        host: Annotated[
+            str, typer.Option(help="address to bind; anything but loopback is reachable by others")
+        ] = ("127.0.0.1"),
+        port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+        state_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--state-dir", help="budgets database and audit log (default: RUN.serve beside RUN)"
+            ),
+        ] = None,
+        record_reference: Annotated[
+            Path | None,
+            typer.Option(
+                "--record-reference", help="write monitor reference statistics of live traffic here"
+            ),
+        ] = None,
+        max_reports: Annotated[int, typer.Option(help="reports per request")] = 256,
+        max_chars: Annotated[int, typer.Option(help="characters per report")] = 20_000,
+        max_body_bytes: Annotated[int, typer.Option(help="bytes per request body")] = 1_000_000,
+    ) -> None:
+        """Serve a run over HTTP: POST /v1/classify, GET /v1/model, /healthz, /metrics."""
+        import uvicorn
+
+        from dprad.serve.app import ServeLimits, create_app
+
+        if not 0 < port < 65536:
+            raise DpradError(f"--port {port} must be between 1 and 65535")
+        if min(max_reports, max_chars, max_body_bytes) < 1:
+            raise DpradError("--max-reports, --max-chars and --max-body-bytes must be at least 1")
+        if not _is_loopback(host):
+            err.print(
+                f"[bold yellow]warning:[/] binding {host}: the API is reachable from other machines. "
+                "Put it behind TLS and a firewall; report texts travel in the request bodies."
+            )
+        state = state_dir or run.parent / f"{run.name}.serve"
+        limits = ServeLimits(
+            max_body_bytes=max_body_bytes, max_reports_per_request=max_reports, max_report_chars=max_chars
+        )
+        api = create_app(
+            run, keys_path=keys, state_dir=state, limits=limits, record_reference=record_reference
+        )
+        err.print(f"serving {run} on http://{host}:{port} (state in {state}; audit log {state / 'audit'})")
+        uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
+
+    @audit_app.command("summarize")
+    def audit_summarize(
+        log_dir: Annotated[Path, typer.Argument(help="the audit folder (STATE_DIR/audit)")],
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    ) -> None:
+        """Usage per key: requests, refusals, reports scored, latency."""
+        from dprad.serve.auditlog import summarize
+
+        df = summarize(log_dir)
+        if as_json:
+            print(json.dumps(df.to_dict(orient="records"), indent=2))
+            return
+        table = Table(title=f"audit log {log_dir}")
+        for col in df.columns:
+            table.add_column(str(col), justify="left" if col in {"key_id", "first", "last"} else "right")
+        for row in df.itertuples(index=False):
+            table.add_row(*(str(v) for v in row))
+        Console().print(table)
+
+    @app.command()
+    def monitor(
+        run: Annotated[Path, typer.Argument(help="a finished run directory")],
+        new_data: Annotated[Path, typer.Argument(help="new reports (any format dprad reads)")],
+        labels: Annotated[
+            bool,
+            typer.Option("--labels/--no-labels", help="NEW_DATA has labels: check per-label sensitivity"),
+        ] = False,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="write the result as JSON")] = None,
+        fmt: Annotated[str, typer.Option("--format", "-f", help="input format (as in dprad train)")] = "auto",
+        text_col: Annotated[str, typer.Option("--text-col", help="text column of a plain table")] = "text",
+        id_col: Annotated[str, typer.Option("--id-col", help="report id column of a plain table")] = "id",
+        as_json: Annotated[
+            bool, typer.Option("--json", help="print JSON on stdout instead of a table")
+        ] = False,
+    ) -> None:
+        """Drift and rare-label sensitivity of NEW_DATA against the run's reference; exit code 1 on an alert."""
+        from dprad.io import write_json
+        from dprad.monitor import monitor_run
+
+        result = monitor_run(run, new_data, use_labels=labels, format=fmt, text_col=text_col, id_col=id_col)
+        d = result.to_dict()
+        if out is not None:
+            write_json(out, d)
+        if as_json:
+            print(json.dumps(d, indent=2))
+        else:
+            _print_monitor(result)
+        if result.alerted:
+            raise typer.Exit(1)
+
+
+def _print_monitor(result: object) -> None:
+    from dprad.monitor import MonitorResult
+
+    assert isinstance(result, MonitorResult)
+    con = Console()
+    con.print(
+        f"[bold]{result.run}[/] vs {result.data}: {result.n_new} new reports, reference "
+        f"{result.n_reference} ({result.reference_source}); thresholds: {result.threshold_rule}"
+    )
+    for note in result.notes:
+        con.print(f"note: {note}")
+    sens = {c.label: c for c in result.sensitivity}
+    t = Table()
+    for col in (
+        "label",
+        "PSI",
+        "KS p (adj)",
+        "prevalence ref -> new",
+        "diff (95% CI)",
+        "sensitivity ref -> new",
+        "flag",
+    ):
+        t.add_column(col, justify="left" if col in {"label", "flag"} else "right")
+    for d in result.labels:
+        c = sens.get(d.label)
+        s = ""
+        if c is not None:
+            ref = f"{c.reference.estimate:.2f}" if c.reference and c.reference.n else "-"
+            new = f"{c.new.estimate:.2f} ({c.new.k}/{c.new.n})" if c.new.n else "-"
+            s = f"{ref} -> {new}"
+        flags = [x for x in (d.score_severity, d.prevalence_severity, c.severity if c else "ok") if x != "ok"]
+        t.add_row(
+            d.label,
+            f"{d.psi:.3f}",
+            f"{d.ks_p_adj:.2g}",
+            f"{d.reference_prevalence.estimate:.3f} -> {d.new_prevalence.estimate:.3f}",
+            f"{d.prevalence_diff:+.3f} ({d.prevalence_diff_low:+.3f}, {d.prevalence_diff_high:+.3f})",
+            s,
+            ", ".join(sorted(set(flags))) or "ok",
+        )
+    con.print(t)
+    for f in (result.length, result.oov):
+        con.print(
+            f"{f.name}: mean {f.reference_mean:.3g} -> {f.new_mean:.3g}, PSI {f.psi:.3f}, "
+            f"KS p (adj) {f.ks_p_adj:.2g}: {f.severity}"
+        )
+    if not result.alerts:
+        con.print("[green]no alert[/]")
+    for a in result.alerts:
+        colour = "red" if a.severity == "alert" else "yellow"
+        con.print(f"[{colour}]{a.severity}[/] {a.kind}: {a.message}")

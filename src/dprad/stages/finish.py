@@ -1,0 +1,157 @@
+"""Stage 3, finishing: account, choose thresholds, score the splits, write the ledger, metrics and model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dprad.data.schemas import LabelSchema
+from dprad.data.splits import Splits
+from dprad.model import trainable_parameters
+from dprad.modes.base import Mode
+from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, guarantee_statement, library_versions
+from dprad.stages.fit import Fitted
+from dprad.stages.plan import RunPlan
+from dprad.stages.rundir import RunDir
+
+CRITICAL_SENSITIVITY = 0.9  # validation sensitivity targeted by the thresholds of a schema's critical labels
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    ledger: PrivacyLedger
+    metrics: dict[str, Any]
+
+
+def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, params: int) -> PrivacyLedger:
+    cfg = plan.cfg
+    n_val = len(plan.splits.val)
+    n_canaries = 0 if plan.canaries is None else int(np.sum(plan.canaries.included))
+    not_protected = [
+        f"the base model {plan.model_dir} and its pre-training data",
+        f"the {n_val} validation reports: used without DP to pick thresholds",
+        "history.json: per-step training losses computed without noise (keep inside the institution)",
+        "splits.json: which report ids were in which split",
+    ]
+    common: dict[str, Any] = dict(
+        dataset_size=plan.n,
+        steps=plan.steps,
+        epochs=round(plan.steps * plan.sample_rate, 4),
+        sampler=fitted.sampler,
+        mode=plan.display_mode,
+        trainable_parameters=params,
+        not_protected=not_protected,
+        library_versions=library_versions(),
+        canaries=n_canaries,
+    )
+    if isinstance(privacy, DpSgd):
+        acc = privacy.accounting()
+        ledger = PrivacyLedger(
+            private=True,
+            privacy_unit=privacy.unit,
+            target_epsilon=cfg.privacy.epsilon,
+            epsilon=acc.epsilon,
+            delta=privacy.delta,
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            sample_rate=privacy.sample_rate,
+            expected_batch_size=privacy.expected_batch_size,
+            logical_batch_size=f"Poisson, expected {privacy.expected_batch_size:.1f}",
+            accountant=acc.accountant,
+            accountant_note=acc.note,
+            protected=[f"the training split's {privacy.unit}s (each {privacy.unit} is the unit of privacy)"],
+            event=privacy.event_dict(),
+            parts=[{"part": "training (DP-SGD)", "epsilon": acc.epsilon}],
+            **common,
+        )
+    else:
+        ledger = PrivacyLedger(
+            private=False,
+            privacy_unit="report",
+            target_epsilon=None,
+            epsilon=None,
+            delta=None,
+            noise_multiplier=None,
+            max_grad_norm=None,
+            sample_rate=None,
+            expected_batch_size=None,
+            logical_batch_size=f"fixed {cfg.train.batch_size}",
+            accountant=None,
+            accountant_note="",
+            **common,
+        )
+    return replace(ledger, statement=guarantee_statement(ledger, model_name=plan.model_dir, val_size=n_val))
+
+
+def split_metrics(
+    probs_for: Callable[[str], np.ndarray], schema: LabelSchema, splits: Splits, plan: RunPlan
+) -> dict[str, Any]:
+    """Validation-fitted thresholds, and val / test metrics at 0.5 and at those thresholds."""
+    from dprad.data.reports import label_matrix
+    from dprad.data.schemas import UncertainPolicy
+    from dprad.metrics import fit_thresholds, summary
+
+    policy = UncertainPolicy(plan.cfg.data.uncertain_policy)
+    out: dict[str, Any] = {}
+    data = {}
+    for name, reps in splits.as_dict().items():
+        if reps and name != "train":
+            y, m = label_matrix(reps, schema, policy=policy)
+            data[name] = (y, m, probs_for(name))
+    thresholds = None
+    if "val" in data:
+        y, m, p = data["val"]
+        critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
+        thresholds = fit_thresholds(y, p, mask=m, target_recall=critical)
+        out["thresholds"] = {
+            "fitted_on": "val",
+            "rule": f"max F1 per label; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
+            "critical": list(schema.critical),
+            "values": thresholds.tolist(),
+        }
+    else:
+        out["thresholds"] = {
+            "fitted_on": None,
+            "rule": "0.5 for every label (no validation split to fit thresholds on)",
+            "critical": list(schema.critical),
+            "values": [0.5] * len(schema),
+        }
+    for name, (y, m, p) in data.items():
+        out[name] = {"threshold_0.5": summary(y, p, mask=m, labels=schema.labels)}
+        if thresholds is not None:
+            out[name]["threshold_val"] = summary(y, p, mask=m, labels=schema.labels, thresholds=thresholds)
+    return out
+
+
+def finish(
+    plan: RunPlan, mode: Mode, privacy: DpSgd | NonPrivate, fitted: Fitted, run_dir: RunDir, notes: list[str]
+) -> TrainResult:
+    ledger = build_ledger(plan, privacy, fitted, trainable_parameters(mode.trainable))
+    splits = plan.splits
+    if plan.canaries is not None:  # canaries are training data for the audit only: never in metrics
+        splits = replace(splits, train=[r for r in splits.train if not r.id.startswith("canary-")])
+    probs: dict[str, np.ndarray] = {}
+
+    def probs_for(split: str) -> np.ndarray:  # each split scored once
+        if split not in probs:
+            probs[split] = mode.probs(split)
+        return probs[split]
+
+    metrics = split_metrics(probs_for, plan.schema, splits, plan)
+    mode.save(run_dir.model_dir)
+    run_dir.write_json("schema.json", plan.schema.to_dict())
+    run_dir.write_json("history.json", fitted.history)
+    run_dir.write_json("metrics.json", metrics)
+    run_dir.write_json("splits.json", {k: [r.id for r in v] for k, v in plan.splits.as_dict().items()})
+    run_dir.write_json("notes.json", notes)
+    if splits.test:  # the monitor's reference: test-split scores and statistics, no report text
+        from dprad.monitor import write_reference
+
+        write_reference(run_dir.path, splits.test, probs_for("test"))
+    run_dir.write_json("privacy.json", ledger.to_dict())  # last: its presence marks a finished run
+    return TrainResult(run_dir.path, ledger, metrics)

@@ -1,0 +1,99 @@
+"""Stage 2, the loop: sample, micro-batch, step, account, checkpoint. No mode or privacy branches here:
+the mode says how to compute a loss, the privacy object how to turn losses into a step."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dprad.modes.base import Mode
+from dprad.privacy.mechanism import DpSgd, NonPrivate, check_sampler
+from dprad.stages.plan import RunPlan
+from dprad.stages.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int
+    steps: int
+    epoch: float
+    loss: float
+    epsilon: float | None
+    examples_per_s: float
+
+
+@dataclass(frozen=True)
+class Fitted:
+    history: dict[str, Any]  # step_loss, batch_size (realised, per step), epsilon_per_epoch
+    sampler: str  # the sampler the loop drew with (the ledger records it)
+
+
+def fit(
+    plan: RunPlan,
+    mode: Mode,
+    privacy: DpSgd | NonPrivate,
+    *,
+    run_dir: RunDir | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> Fitted:
+    t = plan.cfg.train
+    module = privacy.wrap(mode.trainable)  # per-sample gradient hooks when private
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = mode.optimizer(params)
+    sampler = privacy.sampler(np.random.default_rng(t.seed))
+    check_sampler(sampler, private=privacy.private)
+    noise_gen = torch.Generator().manual_seed(t.seed + 1)
+    loss_fn = mode.loss_fn(module)
+    history: dict[str, Any] = {"step_loss": [], "batch_size": [], "epsilon_per_epoch": []}
+    start = 0
+    if run_dir is not None and run_dir.checkpoint.exists():
+        state = run_dir.load_checkpoint()
+        mode.trainable.load_state_dict(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.rng.bit_generator.state = state["sampler_rng"]
+        if state["sampler_perm"] is not None:
+            sampler._perm = state["sampler_perm"]  # type: ignore[union-attr]
+        noise_gen.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history = int(state["step"]), state["history"]
+    per_epoch = 1 / plan.sample_rate
+    tick = time.perf_counter()
+    for step in range(start, plan.steps):
+        idx = sampler.sample()  # (B,) indices into the training split; B varies under Poisson sampling
+        loss = privacy.step(
+            params, optimizer, mode.batches(idx), loss_fn, generator=noise_gen, realised=len(idx)
+        )
+        history["step_loss"].append(round(loss / max(len(idx), 1), 6))
+        history["batch_size"].append(len(idx))
+        done = step + 1
+        eps_now = None
+        if privacy.private and (
+            math.floor(done / per_epoch) > math.floor(step / per_epoch) or done == plan.steps
+        ):
+            eps_now = privacy.accounting(done).epsilon  # type: ignore[union-attr]
+            history["epsilon_per_epoch"].append(
+                {"epoch": round(done / per_epoch, 3), "step": done, "epsilon": eps_now}
+            )
+        if run_dir is not None and done % t.checkpoint_every == 0 and done < plan.steps:
+            run_dir.save_checkpoint(
+                {
+                    "step": done,
+                    "trainable": dict(mode.trainable.state_dict()),
+                    "optimizer": optimizer.state_dict(),
+                    "sampler_rng": sampler.rng.bit_generator.state,
+                    "sampler_perm": getattr(sampler, "_perm", None),
+                    "noise_rng": noise_gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                }
+            )
+        if on_step is not None:
+            rate = (done - start) * plan.sample_rate * plan.n / max(time.perf_counter() - tick, 1e-9)
+            on_step(StepInfo(done, plan.steps, done / per_epoch, history["step_loss"][-1], eps_now, rate))
+    return Fitted(history, sampler.name)

@@ -1,0 +1,251 @@
+"""Stage 1, planning: read and split the data, resolve every default, plan the steps and calibrate the
+noise, once. The result is a frozen :class:`RunPlan`; ``config.json`` is ``plan.to_dict()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from dprad.config import MODE_ALIASES, RunConfig
+from dprad.data.read import read_reports
+from dprad.data.reports import Report
+from dprad.data.schemas import BUILTIN_SCHEMAS, LabelSchema, load_schema
+from dprad.data.splits import Splits, split_by_patient
+from dprad.errors import DpradError
+from dprad.local_models import resolve_model_dir
+from dprad.privacy import DpSgd, NonPrivate, calibrate_noise, default_delta
+from dprad.privacy.accounting import check_accountant
+
+# A few thousand reports: a private linear head on frozen features beats private LoRA (runbook).
+AUTO_LORA_FROM = 20_000
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything decided before training: resolved config, data, n, q, steps, sigma, delta."""
+
+    cfg: RunConfig
+    schema: LabelSchema
+    splits: Splits
+    model_dir: str
+    model_type: str
+    n: int  # training units (reports)
+    sample_rate: float  # Poisson q (private) or batch / n (non-private)
+    steps: int
+    noise_multiplier: float | None
+    notes: tuple[str, ...] = ()
+    canaries: Any = None  # an audit CanarySet mixed into the training split, or None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def private(self) -> bool:
+        return self.cfg.private
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.train.mode
+
+    @property
+    def display_mode(self) -> str:
+        """The mode as the ledger names it: ``dp-head`` for a private head, ``head`` otherwise."""
+        return f"dp-{self.mode}" if self.private else self.mode
+
+    def privacy(self) -> DpSgd | NonPrivate:
+        """The privacy object the loop trains with; the same numbers go into the ledger's event."""
+        p, t = self.cfg.privacy, self.cfg.train
+        if self.private:
+            assert self.noise_multiplier is not None and p.max_grad_norm is not None and p.delta is not None
+            return DpSgd(
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=p.max_grad_norm,
+                sample_rate=self.sample_rate,
+                steps=self.steps,
+                delta=p.delta,
+                n=self.n,
+                accountant=p.accountant,
+            )
+        assert t.batch_size is not None
+        return NonPrivate(batch_size=t.batch_size, steps=self.steps, n=self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``config.json``: the resolved config, plus a ``derived`` section recomputed on every load."""
+        return {
+            **self.cfg.to_dict(),
+            "derived": {
+                "model_dir": self.model_dir,
+                "model_type": self.model_type,
+                "schema": self.schema.name,
+                "train_size": self.n,
+                "sample_rate": self.sample_rate,
+                "steps": self.steps,
+                "noise_multiplier": self.noise_multiplier,
+                "canaries": 0 if self.canaries is None else len(self.canaries.reports),
+            },
+        }
+
+
+def prepare(cfg: RunConfig, reports: Sequence[Report] | None = None) -> tuple[LabelSchema, Splits, list[str]]:
+    """Read, split by patient, and keep only labelled reports for training; notes say what was dropped."""
+    notes: list[str] = []
+    schema = load_schema(cfg.data.schema) if cfg.data.schema else None
+    if reports is None:
+        result, schema, _ = read_reports(
+            cfg.data.path,
+            format=cfg.data.format,
+            schema=schema,
+            text_col=cfg.data.text_col,
+            id_col=cfg.data.id_col,
+            patient_col=cfg.data.patient_col,
+            split_col=cfg.data.split_col,
+            labels_path=cfg.data.labels_path,
+        )
+        reports = result.reports
+        notes += result.notes
+        if result.skipped:
+            notes.append(f"{len(result.skipped)} reports skipped by the reader (see dprad data inspect)")
+    if schema is None:
+        raise DpradError("--schema is required when passing reports directly")
+    unlabelled = [r for r in reports if r.labels is None]
+    if unlabelled:
+        notes.append(f"{len(unlabelled)} reports without labels are left out of training and evaluation")
+    labelled = [r for r in reports if r.labels is not None]
+    splits = split_by_patient(labelled, schema, fractions=cfg.data.fractions, seed=cfg.data.split_seed)
+    if not splits.train:
+        raise DpradError(f"{cfg.data.path or 'reports'}: the training split is empty")
+    for name in ("val", "test"):
+        if not getattr(splits, name):
+            notes.append(
+                f"the {name} split is empty: "
+                + (
+                    "thresholds stay at 0.5 (no data to fit them on)"
+                    if name == "val"
+                    else "no test metrics (evaluate on other data with dprad evaluate)"
+                )
+            )
+    y = np.array(
+        [[1 if (r.labels or {}).get(lab) in (1, -1) else 0 for lab in schema.labels] for r in splits.train]
+    )
+    empty = [lab for lab, c in zip(schema.labels, y.sum(0), strict=True) if c == 0]
+    if empty:
+        raise DpradError(
+            f"label(s) {', '.join(repr(x) for x in empty)} of schema '{schema.name}' have no positive report in the "
+            f"training split ({len(splits.train)} reports): drop them from the schema or add data"
+        )
+    return schema, splits, notes
+
+
+def builtin_schema(schema: LabelSchema) -> bool:
+    """The schema is one of dprad's own (same name and labels), for which public synthetic data exist."""
+    return schema.name in BUILTIN_SCHEMAS and tuple(schema.labels) == BUILTIN_SCHEMAS[schema.name].labels
+
+
+def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) -> RunConfig:
+    """Replace every 'let dprad choose' by the value chosen; check the privacy arguments."""
+    from dprad.modes import get_mode
+
+    t, p = cfg.train, cfg.privacy
+    wants_dp = cfg.private
+    mode = t.mode
+    if mode in MODE_ALIASES:
+        if not wants_dp:
+            raise DpradError(f"--mode {mode} needs exactly one of --epsilon and --noise-multiplier")
+        mode = MODE_ALIASES[mode]
+    if mode == "auto":
+        mode = ("head" if n_train < AUTO_LORA_FROM else "lora") if wants_dp else "lora"
+    mode_cls = get_mode(mode)
+    if wants_dp:
+        if p.epsilon is not None and p.noise_multiplier is not None:
+            raise DpradError(f"--mode {mode} needs exactly one of --epsilon and --noise-multiplier")
+        if p.epsilon is not None and not (p.epsilon > 0 and math.isfinite(p.epsilon)):
+            raise DpradError(f"--epsilon {p.epsilon} must be a positive number")
+        if p.noise_multiplier is not None and not p.noise_multiplier > 0:
+            raise DpradError(f"--noise-multiplier {p.noise_multiplier} must be > 0")
+        check_accountant(p.accountant)
+        delta = p.delta if p.delta is not None else default_delta(n_train)
+        if not 0 < delta < 1:
+            raise DpradError(f"--delta {delta} must be in (0, 1)")
+        if delta >= 1 / n_train and not p.force_delta:
+            raise DpradError(
+                f"--delta {delta:g} is >= 1/n = 1/{n_train}: such a delta allows leaking whole reports; "
+                "choose a smaller one or pass --force-delta"
+            )
+        p = replace(p, delta=delta)
+    d = mode_cls.defaults(private=wants_dp, epsilon=p.epsilon)
+    t = replace(
+        t,
+        mode=mode,
+        epochs=t.epochs if t.epochs is not None else d.epochs,
+        lr=t.lr if t.lr is not None else d.lr,
+        batch_size=min(t.batch_size if t.batch_size is not None else d.batch_size, n_train),
+    )
+    if wants_dp:
+        p = replace(p, max_grad_norm=p.max_grad_norm if p.max_grad_norm is not None else d.max_grad_norm)
+        if not p.max_grad_norm or p.max_grad_norm <= 0:
+            raise DpradError(f"--max-grad-norm {p.max_grad_norm} must be > 0")
+    assert t.epochs is not None and t.lr is not None and t.batch_size is not None
+    if t.epochs <= 0 or t.lr <= 0 or t.batch_size < 1:
+        raise DpradError("--epochs, --lr and --batch-size must be positive")
+    cfg = cfg.with_(train=t, privacy=p)
+    return mode_cls.resolve(cfg, schema=schema)
+
+
+def planned_steps(cfg: RunConfig, n_train: int) -> tuple[float, int]:
+    """(sample rate q, steps). Poisson: q = batch / n and an epoch is 1/q steps."""
+    assert cfg.train.batch_size is not None and cfg.train.epochs is not None
+    q = cfg.train.batch_size / n_train
+    return q, max(1, round(cfg.train.epochs / q))
+
+
+# (train reports, schema, rng) -> (the training split to use, the canary set): the audit's hook
+CanaryHook = Callable[[list[Report], LabelSchema], tuple[list[Report], Any]]
+
+
+def plan_run(
+    cfg: RunConfig, reports: Sequence[Report] | None = None, *, canaries: CanaryHook | None = None
+) -> RunPlan:
+    """Prepare + resolve + step planning + noise calibration + pooling, once."""
+    from dprad.model import encoder_type, resolve_pooling
+
+    model_dir = resolve_model_dir(cfg.model.name)  # fail fast on a bad model before reading data
+    kind = encoder_type(model_dir)
+    schema, splits, notes = prepare(cfg, reports)
+    canary_set = None
+    if canaries is not None:  # the audit swaps canaries into the training split before n is counted
+        train, canary_set = canaries(list(splits.train), schema)
+        splits = replace(splits, train=train)
+    n = len(splits.train)
+    cfg = resolve(cfg, n_train=n, schema=schema)
+    q, steps = planned_steps(cfg, n)
+    p = cfg.privacy
+    noise = None
+    if cfg.private:
+        assert p.delta is not None
+        noise = p.noise_multiplier or calibrate_noise(
+            target_epsilon=p.epsilon or 0.0,
+            sample_rate=q,
+            steps=steps,
+            delta=p.delta,
+            accountant=p.accountant,
+        )
+    cfg = cfg.with_(model=replace(cfg.model, pooling=resolve_pooling(cfg.model.pooling, model_dir)))
+    return RunPlan(
+        cfg=cfg,
+        schema=schema,
+        splits=splits,
+        model_dir=str(model_dir),
+        model_type=kind,
+        n=n,
+        sample_rate=q,
+        steps=steps,
+        noise_multiplier=noise,
+        notes=tuple(notes),
+        canaries=canary_set,
+    )
+
+
+__all__ = ["RunPlan", "builtin_schema", "plan_run", "planned_steps", "prepare", "resolve"]

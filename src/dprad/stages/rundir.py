@@ -1,0 +1,74 @@
+"""The run directory's life cycle: open (fresh, resume or refuse), checkpoint, save, close."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dprad import io
+from dprad.errors import DpradError
+
+RUN_FILES = (
+    "privacy.json",
+    "metrics.json",
+    "history.json",
+    "schema.json",
+    "splits.json",
+    "notes.json",
+    "audit.json",
+    "reference.json",
+)
+
+
+class RunDir:
+    """A self-describing run directory: ``config.json`` first, the rest when the run finishes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoint = self.path / "checkpoint.pt"
+
+    def open(self, config: dict[str, Any], *, overwrite: bool) -> bool:
+        """Prepare the directory for ``config``; True when an interrupted run of it will resume."""
+        if (self.path / "config.json").exists():
+            previous = json.loads((self.path / "config.json").read_text())
+            finished = (self.path / "privacy.json").exists() and not self.checkpoint.exists()
+            if overwrite:
+                self.checkpoint.unlink(missing_ok=True)
+            elif finished:
+                raise DpradError(
+                    f"{self.path}: already holds a finished run (pass --overwrite to replace it)"
+                )
+            elif previous != json.loads(json.dumps(config)):
+                raise DpradError(
+                    f"{self.path}: holds a checkpoint of a different config (pass --overwrite or another --out)"
+                )
+        self.path.mkdir(parents=True, exist_ok=True)
+        resume = self.checkpoint.exists()
+        if not resume:  # a fresh start: no file of an earlier run may outlive it
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / "model", ignore_errors=True)
+        io.write_json(self.path / "config.json", config)
+        return resume
+
+    @property
+    def model_dir(self) -> Path:
+        d = self.path / "model"
+        d.mkdir(exist_ok=True)
+        return d
+
+    def write_json(self, name: str, obj: Any) -> None:
+        io.write_json(self.path / name, obj)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        io.write_with(self.checkpoint, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return dict(torch.load(self.checkpoint, weights_only=False))
+
+    def close(self) -> None:
+        self.checkpoint.unlink(missing_ok=True)

@@ -1,0 +1,118 @@
+"""DP thresholds: noisy score histograms over a public grid, and the ledger's composition."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting import pld
+
+from dprad.dp_thresholds import (
+    DEFAULT_GRID,
+    compose_epsilon,
+    dp_thresholds,
+    gaussian_epsilon,
+    score_histograms,
+)
+from dprad.errors import DpradError
+from dprad.metrics import per_label
+from dprad.privacy import dpsgd_event
+
+
+def _scores(n: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, n_labels)) < rng.uniform(0.05, 0.5, n_labels)).astype(np.float32)
+    probs = 1 / (1 + np.exp(-(2.5 * (2 * y - 1) + rng.normal(0, 1.5, y.shape) - 1)))
+    mask = (rng.random(y.shape) > 0.05).astype(np.float32)
+    return y, probs, mask
+
+
+def _brute_force(y, probs, mask, grid, critical):  # type: ignore[no-untyped-def]
+    """The non-private grid search, written independently: per-label metrics at every grid point."""
+    out = np.full(y.shape[1], 0.5)
+    for j in range(y.shape[1]):
+        rows = [per_label(y[:, [j]], probs[:, [j]], mask=mask[:, [j]], thresholds=g)[0] for g in grid]
+        if rows[0]["support"] == 0:
+            continue
+        if j in critical:
+            ok = [k for k, r in enumerate(rows) if r["recall"] >= critical[j]]
+            out[j] = grid[ok[-1]] if ok else grid[0]
+        else:
+            out[j] = grid[int(np.argmax([r["f1"] for r in rows]))]
+    return out
+
+
+@pytest.mark.parametrize("grid", [DEFAULT_GRID, (0.1, 0.3, 0.5, 0.7, 0.9)])
+def test_noise_free_limit_is_the_grid_search(grid: tuple[float, ...]) -> None:
+    y, probs, mask = _scores(400, 5, 0)
+    critical = {2: 0.9}
+    th = dp_thresholds(
+        y,
+        probs,
+        mask,
+        epsilon=math.inf,
+        delta=1e-5,
+        rng=np.random.default_rng(0),
+        grid=grid,
+        critical=critical,
+    )
+    np.testing.assert_array_equal(th.values, _brute_force(y, probs, mask, grid, critical))
+    assert th.epsilon == math.inf and "NOT private" in th.rule
+    assert isinstance(th.event, dp_accounting.NonPrivateDpEvent)
+
+
+def test_private_thresholds_converge_and_account() -> None:
+    y, probs, mask = _scores(3000, 4, 1)
+    exact = dp_thresholds(y, probs, mask, epsilon=math.inf, delta=1e-5, rng=np.random.default_rng(0))
+    noisy = dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(0))
+    assert np.abs(noisy.values - exact.values).max() <= 0.2  # close at eps 1 with 3000 reports
+    assert noisy.epsilon <= 1.0 and noisy.epsilon == pytest.approx(1.0, rel=1e-3)
+    assert noisy.event == dp_accounting.GaussianDpEvent(noisy.noise_multiplier)
+    acc = pld.PLDAccountant()  # recompute from the event with an independent accountant
+    acc.compose(noisy.event)
+    assert acc.get_epsilon(1e-5) == pytest.approx(noisy.epsilon, rel=0.02)
+    assert compose_epsilon([noisy.event], 1e-5) == pytest.approx(noisy.epsilon, rel=1e-9)
+    assert set(noisy.values) <= set(DEFAULT_GRID) | {0.5}
+
+
+def test_histogram_sensitivity_is_sqrt_labels() -> None:
+    y, probs, mask = _scores(60, 6, 2)
+    mask[:] = 1
+    pos, neg = score_histograms(y, probs, mask, DEFAULT_GRID)
+    assert pos.sum() + neg.sum() == y.size
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        p2, n2 = score_histograms(y[keep], probs[keep], mask[keep], DEFAULT_GRID)
+        assert math.sqrt(((pos - p2) ** 2).sum() + ((neg - n2) ** 2).sum()) == pytest.approx(math.sqrt(6))
+
+
+def test_ledger_total_composes_training_and_thresholds() -> None:
+    delta = 1e-5
+    training = dpsgd_event(noise_multiplier=1.1, sample_rate=0.1, steps=50)
+    th = dp_thresholds(*_scores(500, 3, 3), epsilon=0.5, delta=delta, rng=np.random.default_rng(0))
+    total = compose_epsilon([training, th.event], delta)
+    acc = pld.PLDAccountant()
+    acc.compose(training)
+    eps_training = acc.get_epsilon(delta)
+    acc.compose(th.event)
+    assert total == pytest.approx(acc.get_epsilon(delta), rel=0.01)  # dp-accounting's own composition
+    assert max(eps_training, th.epsilon) < total <= eps_training + th.epsilon + 1e-6
+    # Gaussians merge exactly: two of sigma s compose to one of sigma s / sqrt(2)
+    two = compose_epsilon([dp_accounting.GaussianDpEvent(4.0), dp_accounting.GaussianDpEvent(4.0)], delta)
+    assert two == pytest.approx(gaussian_epsilon(4.0 / math.sqrt(2), delta=delta), rel=1e-12)
+    assert compose_epsilon([training, dp_accounting.NonPrivateDpEvent()], delta) == math.inf
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    y, probs, mask = _scores(50, 2, 4)
+    rng = np.random.default_rng(0)
+    with pytest.raises(DpradError, match="grid"):
+        dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, rng=rng, grid=(0.5, 0.2))
+    with pytest.raises(DpradError, match="do not fit"):
+        dp_thresholds(y[:10], probs, mask, epsilon=1.0, delta=1e-5, rng=rng)
+    with pytest.raises(DpradError, match="critical"):
+        dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, rng=rng, critical={5: 0.9})
+    with pytest.raises(DpradError, match="epsilon"):
+        dp_thresholds(y, probs, mask, epsilon=-1.0, delta=1e-5, rng=rng)
