@@ -78,7 +78,7 @@ def test_run_directory_describes_itself_and_reloads(
         history = json.loads((out / "history.json").read_text())
         assert history["epsilon_per_epoch"][-1]["epsilon"] == pytest.approx(ledger["epsilon"])
         # the sampler the run used is the one the accountant assumed: Poisson at the ledger's rate
-        sizes = np.array(history["batch_size"])
+        sizes = np.array(history["batch_units"])  # patients or reports: the units the accountant counts
         n, q = ledger["dataset_size"], ledger["sample_rate"]
         assert len(sizes) == ledger["steps"] and len(set(sizes.tolist())) > 1
         assert abs(sizes.mean() - q * n) < 4 * np.sqrt(n * q * (1 - q) / len(sizes))

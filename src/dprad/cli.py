@@ -382,12 +382,16 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any]] = {
     "lora_r": ("lora", "r", None),
     "lora_alpha": ("lora", "alpha", None),
     "lora_targets": ("lora", "target_modules", lambda v: tuple(v.split(",")) if v else None),
+    "lora_layers": ("lora", "layers", None),
     "epsilon_": ("privacy", "epsilon", None),
     "delta": ("privacy", "delta", None),
     "noise_multiplier": ("privacy", "noise_multiplier", None),
     "max_grad_norm": ("privacy", "max_grad_norm", None),
     "accountant": ("privacy", "accountant", None),
     "force_delta": ("privacy", "force_delta", None),
+    "thresholds": ("privacy", "thresholds", None),
+    "privacy_unit": ("privacy", "unit", None),
+    "threshold_share": ("privacy", "threshold_share", None),
     "mode": ("train", "mode", None),
     "epochs": ("train", "epochs", None),
     "lr": ("train", "lr", None),
@@ -395,9 +399,12 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any]] = {
     "max_tokens": ("train", "max_tokens", None),
     "seed": ("train", "seed", None),
     "threads": ("train", "threads", None),
+    "device": ("train", "device", None),
     "public_warm_start": ("train", "public_warm_start", None),
     "rule_prior": ("train", "rule_prior", None),
     "feature_cache": ("train", "feature_cache", _abs),
+    "audit_canaries": ("train", "audit_canaries", None),
+    "audit_rare_tokens": ("train", "audit_rare_tokens", None),
 }
 
 
@@ -448,7 +455,7 @@ def train(
     mode: Annotated[
         str,
         typer.Option(
-            help="auto | head | lora | full (auto: head under 20k reports when private, else lora; lora when non-private). --epsilon or --noise-multiplier makes any mode private; dp-head / dp-lora / dp-full are accepted aliases"
+            help="auto | head | lora | full (auto: head under 20k training units, else lora). --epsilon or --noise-multiplier makes any mode private; dp-head / dp-lora / dp-full are accepted aliases"
         ),
     ] = "auto",
     epsilon_: Annotated[
@@ -476,6 +483,23 @@ def train(
     force_delta: Annotated[
         bool, typer.Option("--force-delta/--no-force-delta", help="allow delta >= 1/n")
     ] = False,
+    thresholds: Annotated[
+        str,
+        typer.Option(
+            "--thresholds",
+            help="auto | dp | val | 0.5: per-label thresholds chosen on the validation split under DP (inside epsilon; auto when private), without DP (val: the ledger flags it), or 0.5",
+        ),
+    ] = "auto",
+    privacy_unit: Annotated[
+        str,
+        typer.Option(
+            "--privacy-unit",
+            help="auto | patient | report: what one unit of privacy is (auto: patient when patients have several reports)",
+        ),
+    ] = "auto",
+    threshold_share: Annotated[
+        float, typer.Option("--threshold-share", help="share of --epsilon spent on DP thresholds")
+    ] = 0.1,
     model: Annotated[
         str, typer.Option("--model", help="minilm (packaged default) or a local HF model directory")
     ] = "minilm",
@@ -491,6 +515,13 @@ def train(
     ] = 8192,
     lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
     lora_alpha: Annotated[int, typer.Option("--lora-alpha")] = 16,
+    lora_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--lora-layers",
+            help="LoRA in the top K layers only; the frozen bottom runs once per report (cached hidden states)",
+        ),
+    ] = None,
     lora_targets: Annotated[
         str | None, typer.Option("--lora-targets", help="comma-separated module names")
     ] = None,
@@ -503,6 +534,9 @@ def train(
     split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
     seed: Annotated[int, typer.Option(help="training seed (sampling, noise, init)")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present) | cpu | cuda[:i]; bf16 autocast on a GPU")
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --out")] = False,
     public_warm_start: Annotated[
         bool | None,
@@ -518,6 +552,19 @@ def train(
             help="head modes: the rule teacher's reading of each report as extra, privacy-free inputs (default: on where the schema has rule vocabulary)",
         ),
     ] = None,
+    audit_canaries: Annotated[
+        int,
+        typer.Option(
+            "--audit-canaries",
+            help="one-run privacy audit: M canaries (random labels), each trained on with probability 1/2; writes audit.json",
+        ),
+    ] = 0,
+    audit_rare_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--audit-rare-tokens/--no-audit-rare-tokens", help="append rare random tokens to canaries"
+        ),
+    ] = False,
     feature_cache: Annotated[
         Path | None,
         typer.Option(
@@ -573,6 +620,20 @@ def train(
     if test:
         console.print(
             f"test: weighted F1 {test['weighted_f1']:.3f}  macro AUROC {test['macro_auroc']:.3f} (threshold 0.5)"
+        )
+    shipped = result.metrics.get("test", {}).get("threshold_val")
+    if shipped:
+        console.print(
+            f"test: weighted F1 {shipped['weighted_f1']:.3f} at the shipped thresholds "
+            f"({result.metrics['thresholds']['fitted_on']})"
+        )
+    audit_file = out / "audit.json"
+    if audit_file.exists():
+        a = json.loads(audit_file.read_text())["canary"]
+        console.print(
+            f"audit: {a['m']} canaries, {a['correct']}/{a['guesses']} guesses right -> empirical epsilon >= "
+            f"{a['epsilon_lower_bound']:.3g} (95%; this audit can show at most {a['ceiling']:.3g}); "
+            f"ledger epsilon {led.epsilon if led.epsilon is not None else 'inf (not private)'}"
         )
 
 
@@ -806,9 +867,11 @@ def _load_config(path: Path) -> Any:
 
 def _register_commands() -> None:
     """Jobs that live in their own packages add their commands here (each owns its module)."""
+    from dprad.audit.commands import register as register_audit
     from dprad.report.commands import register as register_report
     from dprad.serve.commands import register as register_serve
 
+    register_audit(app)
     register_serve(app)
     register_report(app)
 

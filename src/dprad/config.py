@@ -48,6 +48,9 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None  # None: per-architecture default (BERT: query, value)
+    # LoRA in the top K layers only: the frozen bottom runs once per report (cached hidden states) and
+    # each step runs only the top K layers. None: LoRA in every layer
+    layers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ class PrivacyConfig:
     max_grad_norm: float | None = None
     accountant: str = "pld"
     force_delta: bool = False  # allow delta >= 1/n (not recommended)
+    # per-label decision thresholds: "dp" (chosen on the validation split under DP, inside epsilon),
+    # "val" (validation split WITHOUT DP: an explicit opt-in the ledger flags), "0.5"; auto: dp when private
+    thresholds: str = "auto"
+    # the unit of privacy: "patient" (all of a patient's reports together) or "report"; auto: patient
+    # whenever the training split has patients with several reports, else report
+    unit: str = "auto"
+    threshold_share: float = 0.1  # share of the target epsilon spent on DP thresholds
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:i]
     checkpoint_every: int = 25  # steps
     # head modes: start the head from a fit on dprad's public synthetic corpus (no privacy cost).
     # None: on for dp-head with a built-in schema at eps < 4, where it was measured to help.
@@ -80,6 +91,10 @@ class TrainConfig:
     # head modes: keep encoder features in this folder and reuse them across runs (sweeps); they are
     # derived from the reports, so as sensitive as the reports. None: no cache.
     feature_cache: str | None = None
+    # one-run privacy audit (Steinke, Nasr & Jagielski 2023): M canaries, each in the training split with
+    # probability 1/2, scored after training into audit.json; never in the reported metrics
+    audit_canaries: int = 0
+    audit_rare_tokens: bool = False  # append rare random tokens to canaries (easier to memorise)
 
 
 @dataclass(frozen=True)

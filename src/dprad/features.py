@@ -17,6 +17,29 @@ from dprad.data.reports import Report
 from dprad.model import hidden_size, pool
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA device when one is present, else the CPU; or ``cpu`` / ``cuda[:i]``."""
+    from dprad.errors import DpradError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DpradError(f"--device '{name}' must be auto, cpu or cuda[:i]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DpradError(f"--device {name}: no CUDA device is available here")
+    if device.type not in ("cpu", "cuda"):
+        raise DpradError(f"--device '{name}' must be auto, cpu or cuda[:i]")
+    return device
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast for the encoder's forward pass on a GPU; a no-op on the CPU. Per-sample gradients,
+    clipping and noise stay in fp32 (dprad.dp_step)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def encoder_features(encoder: nn.Module, enc: Encoded, *, pooling: str, max_tokens: int) -> np.ndarray:
     """Pooled last-layer features of every report, (N, H) float32, computed without gradients.
 
@@ -27,12 +50,15 @@ def encoder_features(encoder: nn.Module, enc: Encoded, *, pooling: str, max_toke
     if len(enc) == 0:
         return out
     was_training = encoder.training
+    device = next(encoder.parameters()).device
     encoder.eval()
     with torch.inference_mode():
         for idx in micro_batches(np.arange(len(enc)), enc.lengths, max_tokens=max_tokens):
             input_ids, attention, _, _ = collate(enc, idx)
-            h = encoder(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (B, T, H)
-            out[idx] = pool(h, attention, pooling).float().numpy()
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            with autocast(device):
+                h = encoder(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (B, T, H)
+            out[idx] = pool(h, attention, pooling).float().cpu().numpy()
     encoder.train(was_training)
     return out
 
@@ -44,6 +70,7 @@ class PublicCorpus:
 
     center: np.ndarray  # (H,) mean raw feature over both corpora
     labelled: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # schema -> raw (N, H), targets, mask
+    texts: dict[str, list[str]]  # schema -> the reports' texts (for public, label-free priors)
 
 
 def public_reports(modality: str, *, n_patients: int = 400) -> list[Report]:
@@ -62,6 +89,8 @@ def public_corpus(
     max_length: int,
     max_tokens: int,
     n_patients: int = 400,
+    model_dir: str = "",
+    cache_dir: str | None = None,
 ) -> PublicCorpus:
     """Sentence embeddings share a large common direction; removing the public mean before L2
     normalisation makes the linear head's job (and its clipped, noised gradients) far easier. Measured
@@ -69,17 +98,24 @@ def public_corpus(
     from dprad.data.dataset import encode
     from dprad.data.schemas import CHEXPERT14, CTRATE18
 
-    labelled = {}
+    labelled, texts = {}, {}
     for modality, schema in (("cxr", CHEXPERT14), ("ct", CTRATE18)):
         reports = public_reports(modality, n_patients=n_patients)
+        texts[schema.name] = [r.text for r in reports]
         enc = encode(reports, tokenizer, schema, max_length=max_length)
-        labelled[schema.name] = (
-            encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens),
-            enc.targets,
-            enc.mask,
+        x = cached_features(
+            encoder,
+            enc,
+            texts[schema.name],
+            pooling=pooling,
+            max_length=max_length,
+            max_tokens=max_tokens,
+            model_dir=model_dir,
+            cache_dir=cache_dir if model_dir else None,
         )
+        labelled[schema.name] = (x, enc.targets, enc.mask)
     center = np.concatenate([x for x, _, _ in labelled.values()]).mean(0)
-    return PublicCorpus(center=center, labelled=labelled)
+    return PublicCorpus(center=center, labelled=labelled, texts=texts)
 
 
 def warm_start(
@@ -109,48 +145,64 @@ def loss_per_example(logits: torch.Tensor, targets: np.ndarray, mask: np.ndarray
     Summed, not averaged, so that one report's gradient norm does not shrink with the number of labels
     (which would leave the clipping norm far above the gradients and waste the noise).
     """
-    y = torch.from_numpy(targets).to(logits.dtype)  # (B, L)
-    m = torch.from_numpy(mask).to(logits.dtype)  # (B, L)
+    y = torch.from_numpy(targets).to(logits.device, logits.dtype)  # (B, L)
+    m = torch.from_numpy(mask).to(logits.device, logits.dtype)  # (B, L)
     bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")  # (B, L)
     return (bce * m).sum(-1)
 
 
-def feature_key(*, model_dir: str, pooling: str, max_length: int, texts: Sequence[str]) -> str:
-    """A content key for a feature pass: same encoder, pooling, truncation and texts -> same features."""
-    h = hashlib.sha256(f"{model_dir}\0{pooling}\0{max_length}\0".encode())
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()[:32]
+def text_keys(texts: Sequence[str]) -> np.ndarray:
+    """(N,) 32-character SHA-256 prefixes of the texts: the feature store's row keys."""
+    return np.array([hashlib.sha256(t.encode("utf-8")).hexdigest()[:32] for t in texts], dtype="U32")
 
 
 def cached_features(
     encoder: nn.Module,
     enc: Encoded,
+    texts: Sequence[str],
     *,
     pooling: str,
+    max_length: int,
     max_tokens: int,
+    model_dir: str,
     cache_dir: str | None,
-    key: str,
 ) -> np.ndarray:
-    """:func:`encoder_features`, reused from ``cache_dir/<key>.npy`` when an earlier run computed them.
+    """:func:`encoder_features`, with rows reused from a per-text store in ``cache_dir``: only texts the
+    store has not seen with this encoder, pooling and truncation go through the encoder. Other splits of
+    the same data, sweeps, audit canaries and reference models then cost no second feature pass.
 
-    The cache holds features derived from the reports: it is as sensitive as the reports themselves and
+    The store holds features derived from the reports: it is as sensitive as the reports themselves and
     lives only where the user puts it (``--feature-cache``); nothing is cached by default.
     """
     if not cache_dir:
         return encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)
-    path = Path(cache_dir) / f"{key}.npy"
+    bucket = hashlib.sha256(f"{model_dir}\0{pooling}\0{max_length}".encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"features-{bucket}.npz"
+    keys = text_keys(texts)
+    known_keys, known = np.zeros(0, dtype="U32"), np.zeros((0, hidden_size(encoder)), dtype=np.float32)
     if path.is_file():
-        x = np.load(path)
-        if x.shape == (len(enc), hidden_size(encoder)):
-            return x
-    x = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        with np.load(path) as z:
+            known_keys, known = z["keys"], z["features"]
+    row = {k: i for i, k in enumerate(known_keys.tolist())}
+    missing = np.array([i for i, k in enumerate(keys.tolist()) if k not in row], dtype=np.int64)
+    if len(missing):
+        sub = Encoded(
+            [enc.ids[i] for i in missing],
+            enc.lengths[missing],
+            enc.targets[missing],
+            enc.mask[missing],
+            enc.pad_id,
+        )
+        fresh = encoder_features(encoder, sub, pooling=pooling, max_tokens=max_tokens)  # (M, H)
+        new_keys, first = np.unique(keys[missing], return_index=True)
+        known_keys = np.concatenate([known_keys, new_keys])
+        known = np.concatenate([known, fresh[first]])
+        path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare temp name
-            np.save(f, x)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy would append a suffix to a bare temp name
+                np.savez(f, keys=known_keys, features=known)
 
-    io.write_with(path, write)
-    return x
+        io.write_with(path, write)
+        row = {k: i for i, k in enumerate(known_keys.tolist())}
+    return known[[row[k] for k in keys.tolist()]]  # (N, H)

@@ -58,8 +58,11 @@ class Mode(ABC):
         return cfg
 
     def __init__(self, plan: RunPlan, *, notes: list[str]) -> None:
+        from dprad.features import resolve_device
+
         self.plan = plan
         self.notes = notes  # the run's notes: a mode appends what a reader of the run should know
+        self.device = resolve_device(plan.cfg.train.device)
 
     @abstractmethod
     def build(self) -> nn.Module:

@@ -14,7 +14,7 @@ from torch import nn
 from dprad.data.dataset import collate, encode, micro_batches
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
-from dprad.features import loss_per_example
+from dprad.features import autocast, loss_per_example
 from dprad.modes.base import Mode
 
 if TYPE_CHECKING:
@@ -39,8 +39,12 @@ class EncoderMode(Mode):
             name: encode(reps, self.tokenizer, plan.schema, max_length=cfg.model.max_length, policy=policy)
             for name, reps in plan.splits.as_dict().items()
         }
-        self.encoder = self.adapt(load_encoder(Path(plan.model_dir)))
-        self.model = ReportClassifier(self.encoder, len(plan.schema), pooling=cfg.model.pooling)
+        # on the device before the privacy object hooks it (opacus#820: parameters moved after wrapping
+        # stop receiving per-sample gradients)
+        self.encoder = self.adapt(load_encoder(Path(plan.model_dir)).to(self.device))
+        self.model = ReportClassifier(self.encoder, len(plan.schema), pooling=cfg.model.pooling).to(
+            self.device
+        )
         self.model.train()
         return self.model
 
@@ -54,11 +58,17 @@ class EncoderMode(Mode):
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
     def loss_fn(self, module: nn.Module) -> Any:
-        enc = self.enc["train"]
+        enc, device = self.enc["train"], self.device
+        pin = device.type == "cuda"
 
         def loss(idx: np.ndarray) -> torch.Tensor:
             input_ids, attention, _, _ = collate(enc, idx)  # (B, T), (B, T)
-            logits = module(input_ids, attention)  # (B, L)
+            if pin:
+                input_ids, attention = input_ids.pin_memory(), attention.pin_memory()
+            input_ids = input_ids.to(device, non_blocking=True)
+            attention = attention.to(device, non_blocking=True)
+            with autocast(device):
+                logits = module(input_ids, attention).float()  # (B, L)
             return loss_per_example(logits, enc.targets[idx], enc.mask[idx])  # (B,)
 
         return loss
@@ -73,7 +83,7 @@ class EncoderMode(Mode):
         cfg = self.plan.cfg
         was_training = self.model.training
         pred = encoder_predictor(
-            self.model,
+            self.scoring_model(),
             tokenizer=self.tokenizer,
             schema=self.plan.schema,
             max_length=cfg.model.max_length,
@@ -81,9 +91,13 @@ class EncoderMode(Mode):
             policy=UncertainPolicy(cfg.data.uncertain_policy),
             mode=self.name,
         )
-        probs = pred.predict(reports).probs
+        probs = pred.predict(reports).probs  # scoring_model: the whole classifier over token ids
         self.model.train(was_training)
         return probs
+
+    def scoring_model(self) -> nn.Module:
+        """The classifier over token ids (the trained module may read cached hidden states instead)."""
+        return self.model
 
     def save(self, model_dir: Path) -> None:
         from dprad import io
@@ -136,11 +150,14 @@ def encoder_predictor(
     def logits(reports: Sequence[Report]) -> tuple[np.ndarray, Any]:
         enc = encode(reports, tokenizer, schema, max_length=max_length, policy=policy)
         out = np.zeros((len(reports), len(schema)), dtype=np.float32)  # (N, L)
+        device = next(model.parameters()).device
         model.eval()
         with torch.inference_mode():
             for idx in micro_batches(np.arange(len(enc)), enc.lengths, max_tokens=max_tokens):
                 input_ids, attention, _, _ = collate(enc, idx)
-                out[idx] = model(input_ids, attention).float().numpy()
+                with autocast(device):
+                    logits = model(input_ids.to(device), attention.to(device))  # (B, L)
+                out[idx] = logits.float().cpu().numpy()
         return out, enc
 
     return Predictor(logits, schema=schema, mode=mode, tokenizer=tokenizer)

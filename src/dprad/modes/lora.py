@@ -1,11 +1,21 @@
-"""LoRA mode: low-rank adapters (peft) on the encoder's attention projections, plus the linear head."""
+"""LoRA mode: low-rank adapters (peft) on the encoder's attention projections, plus the linear head.
+
+With ``--lora-layers K`` only the top K layers carry adapters: the frozen bottom then runs once per
+report (its hidden states are cached, like the head mode's features) and every step runs the top K
+layers alone. Scoring and saving use the whole peft encoder, so the saved adapter loads as usual.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
+from dprad.data.dataset import micro_batches
+from dprad.features import loss_per_example
 from dprad.modes.base import ModeDefaults
 from dprad.modes.encoder import EncoderMode
 
@@ -15,10 +25,71 @@ class LoraMode(EncoderMode):
     private_defaults = ModeDefaults(epochs=6.0, lr=3e-3, batch_size=512)
     plain_defaults = ModeDefaults(epochs=5.0, lr=1e-3, batch_size=32)
 
+    def build(self) -> nn.Module:
+        lo = self.plan.cfg.lora
+        if not lo.layers:
+            return super().build()
+        from dprad.prefix_cache import PrefixLoraClassifier, cache_hidden_states, split_encoder
+
+        super().build()  # tokenizer, encodings, the peft encoder (adapt) and the whole classifier
+        bottom, top = split_encoder(self.encoder, lo.layers)
+        cfg = self.plan.cfg
+        self.cache = cache_hidden_states(
+            bottom, self.enc["train"], max_tokens=cfg.train.max_tokens, device=self.device
+        )
+        self.prefix = PrefixLoraClassifier(top, len(self.plan.schema), pooling=cfg.model.pooling)
+        self.prefix.head.load_state_dict(self.model.head.state_dict())
+        self.notes.append(
+            f"LoRA in the top {lo.layers} layers; the frozen bottom's hidden states are cached once per report"
+        )
+        return self.prefix
+
+    @property
+    def trainable(self) -> nn.Module:
+        return self.prefix if self.plan.cfg.lora.layers else self.model
+
+    def loss_fn(self, module: nn.Module) -> Any:
+        if not self.plan.cfg.lora.layers:
+            return super().loss_fn(module)
+        enc, cache = self.enc["train"], self.cache
+
+        def loss(idx: np.ndarray) -> torch.Tensor:
+            hidden, attention = cache.batch(idx, device=self.device)  # (B, T, H), (B, T)
+            logits = module(hidden, attention)  # (B, L)
+            return loss_per_example(logits, enc.targets[idx], enc.mask[idx])  # (B,)
+
+        return loss
+
+    def batches(self, idx: np.ndarray) -> list[np.ndarray]:
+        if not self.plan.cfg.lora.layers:
+            return super().batches(idx)
+        return micro_batches(idx, self.cache.lengths, max_tokens=self.plan.cfg.train.max_tokens)
+
+    def scoring_model(self) -> nn.Module:
+        if not self.plan.cfg.lora.layers:
+            return self.model
+        self.model.head.load_state_dict(self.prefix.head.state_dict())  # the top's layers are shared
+        return self.model
+
+    def save(self, model_dir: Path) -> None:
+        self.scoring_model()
+        super().save(model_dir)
+
     def adapt(self, encoder: nn.Module) -> nn.Module:
         from dprad.model import attach_lora
 
         lo = self.plan.cfg.lora
+        if lo.layers:
+            from dprad.prefix_cache import attach_top_lora
+
+            return attach_top_lora(
+                encoder,
+                k=lo.layers,
+                r=lo.r,
+                alpha=lo.alpha,
+                dropout=lo.dropout,
+                target_modules=lo.target_modules,
+            )
         return attach_lora(
             encoder,
             kind=self.plan.model_type,

@@ -157,14 +157,32 @@ def compute_epsilon(
     return Accounting(epsilon_of(event, delta=delta, accountant=accountant), accountant)
 
 
-def calibrate_noise(
-    *, target_epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str = "pld"
-) -> float:
-    """The smallest noise multiplier whose run spends at most ``target_epsilon`` (and within 1% of it).
+def with_releases(training: Any, releases: tuple[Any, ...]) -> Any:
+    """The whole run's event: training composed with the other releases (e.g. DP thresholds)."""
+    import dp_accounting
 
-    PLD and RDP use dp-accounting's own ``calibrate_dp_mechanism`` over the DP-SGD event; PRV (opacus)
+    return dp_accounting.ComposedDpEvent([training, *releases]) if releases else training
+
+
+def calibrate_noise(
+    *,
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = "pld",
+    releases: tuple[Any, ...] = (),
+) -> float:
+    """The smallest noise multiplier whose run spends at most ``target_epsilon`` (and within 1% of it),
+    counting the other ``releases`` of the run (composed with training) when given.
+
+    PLD and RDP use dp-accounting's own ``calibrate_dp_mechanism`` over the whole event; PRV (opacus)
     is bisected on log(sigma) with the same accounting call the ledger makes.
     """
+    if releases and accountant not in DP_ACCOUNTANTS:
+        raise DpradError(
+            f"--accountant {accountant} accounts DP-SGD alone; this run also releases DP thresholds: use pld or rdp"
+        )
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise DpradError(f"--epsilon {target_epsilon} must be a positive number")
     _check(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=delta)
@@ -172,7 +190,14 @@ def calibrate_noise(
     if steps == 0:
         raise DpradError("the run has 0 planned steps: nothing to calibrate")
 
+    def event(sigma: float) -> Any:
+        return with_releases(
+            dpsgd_event(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps), releases
+        )
+
     def eps(sigma: float) -> float:
+        if releases:
+            return epsilon_of(event(sigma), delta=delta, accountant=accountant)
         return compute_epsilon(
             noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
         ).epsilon
@@ -193,7 +218,7 @@ def calibrate_noise(
         return float(
             dp_accounting.calibrate_dp_mechanism(
                 DP_ACCOUNTANTS[accountant],
-                lambda s: dpsgd_event(noise_multiplier=s, sample_rate=sample_rate, steps=steps),
+                event,
                 target_epsilon,
                 delta,
                 bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),

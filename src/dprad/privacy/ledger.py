@@ -55,23 +55,45 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def guarantee_statement(ledger: PrivacyLedger, *, model_name: str, val_size: int) -> str:
+def guarantee_statement(
+    ledger: PrivacyLedger, *, model_name: str, val_size: int, thresholds: str = "val"
+) -> str:
     """One plain-language paragraph for a governance board."""
+    unit = ledger.privacy_unit
     if not ledger.private:
         return (
             f"This model was trained WITHOUT differential privacy on {ledger.dataset_size} reports. "
             "It carries no formal privacy guarantee: it may memorise and reveal details of the reports it was "
             "trained on, and should not be shared outside the institution that holds them."
         )
+    parts = "; ".join(f"{p['part']}: epsilon {p['epsilon']:.4g}" for p in ledger.parts)
+    if thresholds == "dp":
+        th = (
+            f"Its per-label decision thresholds were chosen on the {val_size} validation reports under DP "
+            f"(noisy score histograms) and are included in epsilon ({parts}). "
+        )
+        not_covered = ""
+    else:
+        th = ""
+        not_covered = (
+            f"the {val_size} validation reports (used WITHOUT DP to choose thresholds), "
+            if thresholds == "val"
+            else ""
+        )
+    group = (
+        "The unit of privacy is one report: a patient with k reports is protected at roughly k times that "
+        "epsilon (group privacy). "
+        if unit == "report"
+        else "The unit of privacy is one patient: all of a patient's reports together. "
+    )
     return (
-        f"This model was trained with DP-SGD ({ledger.mode}) on {ledger.dataset_size} reports and satisfies "
+        f"This model was trained with DP-SGD ({ledger.mode}) on {ledger.dataset_size} {unit}s and satisfies "
         f"({ledger.epsilon:.4g}, {ledger.delta:.1e})-differential privacy with respect to the addition or "
-        f"removal of any single report in its training split: each of the {ledger.steps} steps drew a Poisson "
-        f"sample (each report in with probability {ledger.sample_rate:.4g}), clipped every report's gradient to "
+        f"removal of any single {unit} in its training split: each of the {ledger.steps} steps drew a Poisson "
+        f"sample (each {unit} in with probability {ledger.sample_rate:.4g}), clipped every {unit}'s gradient to "
         f"norm {ledger.max_grad_norm:g} and added Gaussian noise of standard deviation "
         f"{ledger.noise_multiplier:.4g} x {ledger.max_grad_norm:g}; the {ledger.accountant.upper() if ledger.accountant else ''} "
-        f"accountant computed epsilon. The unit of privacy is one report: a patient with k reports is protected "
-        f"at roughly k times that epsilon (group privacy). Not covered: the base model {model_name} and its own "
-        f"pre-training data, the {val_size} validation reports (used without DP for model selection and "
-        "thresholds), and the label schema and hyper-parameters chosen by people who had seen the data."
+        f"accountant computed epsilon. {th}{group}Not covered: the base model {model_name} and its own "
+        f"pre-training data, {not_covered}the reports sent to the model after release, and the label schema "
+        "and hyper-parameters chosen by people who had seen the data."
     )

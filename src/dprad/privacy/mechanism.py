@@ -15,8 +15,16 @@ import torch
 from torch import nn
 
 from dprad.data.dataset import PoissonSampler, ShuffleSampler
+from dprad.data.sampling import PatientPoissonSampler
 from dprad.dp_step import LossFn, plain_step, private_step
-from dprad.privacy.accounting import Accounting, compute_epsilon, dpsgd_event, event_to_dict
+from dprad.privacy.accounting import (
+    Accounting,
+    compute_epsilon,
+    dpsgd_event,
+    epsilon_of,
+    event_to_dict,
+    with_releases,
+)
 
 
 class Sampler(Protocol):
@@ -64,12 +72,21 @@ class DpSgd:
     accountant: str = "pld"
     unit: str = "report"
     private: bool = True
+    # the run's other DP releases, composed with training in the total (e.g. the DP thresholds' event)
+    releases: tuple[Any, ...] = ()
+    # patient-level DP: (N_reports,) patient index of every training report; n is then the patient count
+    groups: np.ndarray | None = None
 
     @property
     def expected_batch_size(self) -> float:
         return self.sample_rate * self.n
 
-    def sampler(self, rng: np.random.Generator) -> PoissonSampler:
+    def sampler(self, rng: np.random.Generator) -> PoissonSampler | PatientPoissonSampler:
+        if self.unit == "patient":
+            assert self.groups is not None
+            sampler = PatientPoissonSampler(self.groups, self.sample_rate, rng)
+            assert sampler.n == self.n  # the accountant's n is the number of patients sampled over
+            return sampler
         return PoissonSampler(self.n, self.sample_rate, rng)
 
     def wrap(self, module: nn.Module) -> nn.Module:
@@ -97,6 +114,7 @@ class DpSgd:
             noise_multiplier=self.noise_multiplier,
             expected_batch_size=self.expected_batch_size,
             generator=generator,
+            groups=self.groups if self.unit == "patient" else None,
         )
 
     def event(self, steps: int | None = None) -> Any:
@@ -106,8 +124,18 @@ class DpSgd:
             steps=self.steps if steps is None else steps,
         )
 
+    def total_event(self) -> Any:
+        return with_releases(self.event(), self.releases)
+
     def event_dict(self) -> dict[str, Any]:
-        return event_to_dict(self.event())
+        return event_to_dict(self.total_event())
+
+    def total_accounting(self) -> Accounting:
+        """Epsilon of the whole run: training composed with its other releases."""
+        if not self.releases:
+            return self.accounting()
+        eps = epsilon_of(self.total_event(), delta=self.delta, accountant=self.accountant)
+        return Accounting(eps, self.accountant)
 
     def accounting(self, steps: int | None = None) -> Accounting:
         return compute_epsilon(
@@ -155,7 +183,7 @@ def check_sampler(sampler: object, *, private: bool) -> None:
     """The accountant assumes Poisson sampling: a private run with any other sampler is refused."""
     from dprad.errors import DpradError
 
-    if private and not isinstance(sampler, PoissonSampler):
+    if private and not isinstance(sampler, PoissonSampler | PatientPoissonSampler):
         raise DpradError(
             f"a private run must use Poisson sampling (the accountant assumes it), not '{getattr(sampler, 'name', sampler)}'"
         )

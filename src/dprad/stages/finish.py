@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from dprad.data.schemas import LabelSchema
 from dprad.data.splits import Splits
 from dprad.model import trainable_parameters
 from dprad.modes.base import Mode
-from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, guarantee_statement, library_versions
+from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, epsilon_of, guarantee_statement, library_versions
 from dprad.stages.fit import Fitted
 from dprad.stages.plan import RunPlan
 from dprad.stages.rundir import RunDir
@@ -32,9 +33,14 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
     cfg = plan.cfg
     n_val = len(plan.splits.val)
     n_canaries = 0 if plan.canaries is None else int(np.sum(plan.canaries.included))
+    rule = cfg.privacy.thresholds
     not_protected = [
         f"the base model {plan.model_dir} and its pre-training data",
-        f"the {n_val} validation reports: used without DP to pick thresholds",
+        *(
+            [f"the {n_val} validation reports: used WITHOUT DP to pick thresholds (--thresholds val)"]
+            if rule == "val"
+            else []
+        ),
         "history.json: per-step training losses computed without noise (keep inside the institution)",
         "splits.json: which report ids were in which split",
     ]
@@ -50,7 +56,17 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
         canaries=n_canaries,
     )
     if isinstance(privacy, DpSgd):
-        acc = privacy.accounting()
+        train_acc, acc = privacy.accounting(), privacy.total_accounting()
+        parts: list[dict[str, Any]] = [{"part": "training (DP-SGD)", "epsilon": train_acc.epsilon}]
+        for release in privacy.releases:
+            parts.append(
+                {
+                    "part": "thresholds (DP: noisy validation score histograms)",
+                    "epsilon": epsilon_of(release, delta=privacy.delta, accountant=privacy.accountant),
+                    "noise_multiplier": plan.threshold_sigma,
+                    "validation_reports": n_val,
+                }
+            )
         ledger = PrivacyLedger(
             private=True,
             privacy_unit=privacy.unit,
@@ -66,7 +82,7 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
             accountant_note=acc.note,
             protected=[f"the training split's {privacy.unit}s (each {privacy.unit} is the unit of privacy)"],
             event=privacy.event_dict(),
-            parts=[{"part": "training (DP-SGD)", "epsilon": acc.epsilon}],
+            parts=parts,
             **common,
         )
     else:
@@ -85,7 +101,8 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
             accountant_note="",
             **common,
         )
-    return replace(ledger, statement=guarantee_statement(ledger, model_name=plan.model_dir, val_size=n_val))
+    statement = guarantee_statement(ledger, model_name=plan.model_dir, val_size=n_val, thresholds=rule)
+    return replace(ledger, statement=statement)
 
 
 def split_metrics(
@@ -94,7 +111,7 @@ def split_metrics(
     """Validation-fitted thresholds, and val / test metrics at 0.5 and at those thresholds."""
     from dprad.data.reports import label_matrix
     from dprad.data.schemas import UncertainPolicy
-    from dprad.metrics import fit_thresholds, summary
+    from dprad.metrics import summary
 
     policy = UncertainPolicy(plan.cfg.data.uncertain_policy)
     out: dict[str, Any] = {}
@@ -103,21 +120,53 @@ def split_metrics(
         if reps and name != "train":
             y, m = label_matrix(reps, schema, policy=policy)
             data[name] = (y, m, probs_for(name))
+    rule = plan.cfg.privacy.thresholds
+    critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
     thresholds = None
-    if "val" in data:
+    if rule == "dp":
+        from dprad.dp_thresholds import dp_thresholds
+
         y, m, p = data["val"]
-        critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
-        thresholds = fit_thresholds(y, p, mask=m, target_recall=critical)
+        assert plan.threshold_epsilon is not None and plan.cfg.privacy.delta is not None
+        dp = dp_thresholds(
+            y,
+            p,
+            m,
+            epsilon=plan.threshold_epsilon,
+            delta=plan.cfg.privacy.delta,
+            rng=np.random.default_rng(plan.cfg.train.seed + 2),
+            critical=critical,
+        )
+        if not np.isclose(dp.noise_multiplier, plan.threshold_sigma or -1.0):  # what the ledger accounts
+            raise RuntimeError("DP thresholds used a noise multiplier other than the planned one")
+        thresholds = dp.values
         out["thresholds"] = {
-            "fitted_on": "val",
-            "rule": f"max F1 per label; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
+            "fitted_on": "val (DP)",
+            "rule": f"{dp.rule}; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
+            "epsilon": dp.epsilon,
+            "noise_multiplier": dp.noise_multiplier,
+            "critical": list(schema.critical),
+            "values": thresholds.tolist(),
+        }
+    elif rule == "val":  # the same grid rule as the DP thresholds, on exact counts
+        from dprad.dp_thresholds import dp_thresholds
+
+        y, m, p = data["val"]
+        exact = dp_thresholds(
+            y, p, m, epsilon=math.inf, delta=1.0, rng=np.random.default_rng(0), critical=critical
+        )
+        thresholds = exact.values
+        out["thresholds"] = {
+            "fitted_on": "val (NOT private)" if plan.private else "val",
+            "rule": f"{exact.rule}; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
             "critical": list(schema.critical),
             "values": thresholds.tolist(),
         }
     else:
         out["thresholds"] = {
             "fitted_on": None,
-            "rule": "0.5 for every label (no validation split to fit thresholds on)",
+            "rule": "0.5 for every label"
+            + ("" if "val" in data else " (no validation split to fit thresholds on)"),
             "critical": list(schema.critical),
             "values": [0.5] * len(schema),
         }
@@ -126,6 +175,19 @@ def split_metrics(
         if thresholds is not None:
             out[name]["threshold_val"] = summary(y, p, mask=m, labels=schema.labels, thresholds=thresholds)
     return out
+
+
+def audit_canaries(plan: RunPlan, mode: Mode, ledger: PrivacyLedger) -> dict[str, Any]:
+    """Score every canary (in and out) by its loss on its random labels; convert to an epsilon lower bound."""
+    from dprad.audit.canaries import canary_section
+    from dprad.privacy import default_delta
+
+    canaries = plan.canaries
+    probs = np.clip(mode.score(list(canaries.reports)), 1e-7, 1 - 1e-7)  # (M, L)
+    y = canaries.label_matrix(plan.schema)  # (M, L) random labels
+    losses = -(y * np.log(probs) + (1 - y) * np.log(1 - probs)).sum(1)  # (M,) summed BCE, as in training
+    delta = ledger.delta if ledger.delta is not None else default_delta(plan.n)
+    return canary_section(losses, canaries, delta=delta, ledger_epsilon=ledger.epsilon)
 
 
 def finish(
@@ -153,5 +215,7 @@ def finish(
         from dprad.monitor import write_reference
 
         write_reference(run_dir.path, splits.test, probs_for("test"))
+    if plan.canaries is not None:
+        run_dir.write_json("audit.json", {"canary": audit_canaries(plan, mode, ledger)})
     run_dir.write_json("privacy.json", ledger.to_dict())  # last: its presence marks a finished run
     return TrainResult(run_dir.path, ledger, metrics)

@@ -48,9 +48,14 @@ def fit(
     optimizer = mode.optimizer(params)
     sampler = privacy.sampler(np.random.default_rng(t.seed))
     check_sampler(sampler, private=privacy.private)
-    noise_gen = torch.Generator().manual_seed(t.seed + 1)
+    # the noise is drawn where the gradients live (for a head mode: the CPU)
+    device = next(iter(params)).device if params else torch.device("cpu")
+    noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
     loss_fn = mode.loss_fn(module)
-    history: dict[str, Any] = {"step_loss": [], "batch_size": [], "epsilon_per_epoch": []}
+    # batch_size: reports per step; batch_units: privacy units (patients or reports) per step, whose mean
+    # is the expected batch size q * n the accountant assumed
+    history: dict[str, Any] = {"step_loss": [], "batch_size": [], "batch_units": [], "epsilon_per_epoch": []}
+    groups = getattr(privacy, "groups", None)
     start = 0
     if run_dir is not None and run_dir.checkpoint.exists():
         state = run_dir.load_checkpoint()
@@ -71,6 +76,7 @@ def fit(
         )
         history["step_loss"].append(round(loss / max(len(idx), 1), 6))
         history["batch_size"].append(len(idx))
+        history["batch_units"].append(len(idx) if groups is None else len(np.unique(groups[idx])))
         done = step + 1
         eps_now = None
         if privacy.private and (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from dprad.data.schemas import BUILTIN_SCHEMAS, LabelSchema, load_schema
 from dprad.data.splits import Splits, split_by_patient
 from dprad.errors import DpradError
 from dprad.local_models import resolve_model_dir
-from dprad.privacy import DpSgd, NonPrivate, calibrate_noise, default_delta
+from dprad.privacy import DpSgd, NonPrivate, calibrate_noise, compute_epsilon, default_delta
 from dprad.privacy.accounting import check_accountant
 
 # A few thousand reports: a private linear head on frozen features beats private LoRA (runbook).
@@ -34,13 +34,15 @@ class RunPlan:
     splits: Splits
     model_dir: str
     model_type: str
-    n: int  # training units (reports)
+    n: int  # training units: reports, or patients when the unit of privacy is the patient
     sample_rate: float  # Poisson q (private) or batch / n (non-private)
     steps: int
     noise_multiplier: float | None
     notes: tuple[str, ...] = ()
     canaries: Any = None  # an audit CanarySet mixed into the training split, or None
-    extra: dict[str, Any] = field(default_factory=dict)
+    threshold_epsilon: float | None = None  # DP thresholds: their share of epsilon, and their noise
+    threshold_sigma: float | None = None
+    unit: str = "report"
 
     @property
     def private(self) -> bool:
@@ -60,7 +62,14 @@ class RunPlan:
         p, t = self.cfg.privacy, self.cfg.train
         if self.private:
             assert self.noise_multiplier is not None and p.max_grad_norm is not None and p.delta is not None
+            from dprad.data.sampling import patient_groups
+
             return DpSgd(
+                releases=threshold_releases(self.threshold_sigma),
+                unit=self.unit,
+                groups=patient_groups([r.patient_id for r in self.splits.train])
+                if self.unit == "patient"
+                else None,
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=p.max_grad_norm,
                 sample_rate=self.sample_rate,
@@ -81,10 +90,13 @@ class RunPlan:
                 "model_type": self.model_type,
                 "schema": self.schema.name,
                 "train_size": self.n,
+                "unit": self.unit,
                 "sample_rate": self.sample_rate,
                 "steps": self.steps,
                 "noise_multiplier": self.noise_multiplier,
                 "canaries": 0 if self.canaries is None else len(self.canaries.reports),
+                "threshold_epsilon": self.threshold_epsilon,
+                "threshold_noise_multiplier": self.threshold_sigma,
             },
         }
 
@@ -156,7 +168,9 @@ def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) 
             raise DpradError(f"--mode {mode} needs exactly one of --epsilon and --noise-multiplier")
         mode = MODE_ALIASES[mode]
     if mode == "auto":
-        mode = ("head" if n_train < AUTO_LORA_FROM else "lora") if wants_dp else "lora"
+        # under 20k reports the head on frozen features plus the rule prior beats LoRA, private or not
+        # (README runbook: IU non-private head 0.89-0.90 vs LoRA 0.79 at 10x the time)
+        mode = "head" if n_train < AUTO_LORA_FROM else "lora"
     mode_cls = get_mode(mode)
     if wants_dp:
         if p.epsilon is not None and p.noise_multiplier is not None:
@@ -194,6 +208,54 @@ def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) 
     return mode_cls.resolve(cfg, schema=schema)
 
 
+THRESHOLD_RULES = ("auto", "dp", "val", "0.5")
+UNITS = ("auto", "patient", "report")
+
+
+def privacy_unit(cfg: RunConfig, train: Sequence[Report]) -> tuple[str, str]:
+    """(unit, why): the person is the unit whenever the data say which reports share a patient."""
+    wanted = cfg.privacy.unit
+    if wanted not in UNITS:
+        raise DpradError(f"--privacy-unit '{wanted}' must be one of {', '.join(UNITS)}")
+    if not cfg.private:
+        return "report", ""
+    patients = len({r.patient_id for r in train})
+    repeats = patients < len(train)
+    if wanted == "auto":
+        if repeats:
+            return "patient", (
+                f"privacy unit: patient ({len(train)} training reports from {patients} patients; a patient's "
+                "reports are sampled, summed and clipped together)"
+            )
+        return "report", "privacy unit: report (no patient has more than one training report)"
+    return wanted, ""
+
+
+def threshold_releases(sigma: float | None) -> tuple[Any, ...]:
+    """The DP thresholds' release as a dp-accounting event (a Gaussian on the score histograms)."""
+    if sigma is None:
+        return ()
+    import dp_accounting
+
+    return (dp_accounting.GaussianDpEvent(sigma),)
+
+
+def resolve_thresholds(cfg: RunConfig, *, has_val: bool) -> RunConfig:
+    p = cfg.privacy
+    if p.thresholds not in THRESHOLD_RULES:
+        raise DpradError(f"--thresholds '{p.thresholds}' must be one of {', '.join(THRESHOLD_RULES)}")
+    rule = p.thresholds
+    if rule == "auto":
+        rule = ("dp" if cfg.private else "val") if has_val else "0.5"
+    if rule in ("dp", "val") and not has_val:
+        raise DpradError(f"--thresholds {rule} needs a validation split (see --split)")
+    if rule == "dp" and not cfg.private:
+        rule = "val"  # a non-private run has no budget to account them in; nothing is protected anyway
+    if rule == "dp" and not 0 < p.threshold_share < 1:
+        raise DpradError(f"--threshold-share {p.threshold_share} must be in (0, 1)")
+    return cfg.with_(privacy=replace(p, thresholds=rule))
+
+
 def planned_steps(cfg: RunConfig, n_train: int) -> tuple[float, int]:
     """(sample rate q, steps). Poisson: q = batch / n and an epoch is 1/q steps."""
     assert cfg.train.batch_size is not None and cfg.train.epochs is not None
@@ -215,22 +277,47 @@ def plan_run(
     kind = encoder_type(model_dir)
     schema, splits, notes = prepare(cfg, reports)
     canary_set = None
+    if canaries is None and cfg.train.audit_canaries:
+        from dprad.audit.canaries import canary_hook
+
+        canaries = canary_hook(
+            m=cfg.train.audit_canaries,
+            rng=np.random.default_rng([cfg.train.seed, 0xCA9A]),  # fixed by the config: runs reproduce
+            rare_tokens=cfg.train.audit_rare_tokens,
+        )
     if canaries is not None:  # the audit swaps canaries into the training split before n is counted
         train, canary_set = canaries(list(splits.train), schema)
         splits = replace(splits, train=train)
-    n = len(splits.train)
-    cfg = resolve(cfg, n_train=n, schema=schema)
+    unit, why = privacy_unit(cfg, splits.train)
+    if why:
+        notes.append(why)
+    n = len({r.patient_id for r in splits.train}) if unit == "patient" else len(splits.train)
+    cfg = cfg.with_(privacy=replace(cfg.privacy, unit=unit if cfg.private else cfg.privacy.unit))
+    cfg = resolve_thresholds(resolve(cfg, n_train=n, schema=schema), has_val=bool(splits.val))
     q, steps = planned_steps(cfg, n)
     p = cfg.privacy
-    noise = None
+    noise, th_eps, th_sigma = None, None, None
     if cfg.private:
+        from dprad.dp_thresholds import gaussian_noise_multiplier
+
         assert p.delta is not None
+        if p.thresholds == "dp":  # a share of the budget goes to the thresholds; training gets the rest
+            if p.epsilon is not None:
+                th_eps = p.threshold_share * p.epsilon
+            else:
+                assert p.noise_multiplier is not None
+                train_eps = compute_epsilon(
+                    noise_multiplier=p.noise_multiplier, sample_rate=q, steps=steps, delta=p.delta
+                ).epsilon
+                th_eps = p.threshold_share / (1 - p.threshold_share) * train_eps
+            th_sigma = gaussian_noise_multiplier(epsilon=th_eps, delta=p.delta)
         noise = p.noise_multiplier or calibrate_noise(
             target_epsilon=p.epsilon or 0.0,
             sample_rate=q,
             steps=steps,
             delta=p.delta,
             accountant=p.accountant,
+            releases=threshold_releases(th_sigma),
         )
     cfg = cfg.with_(model=replace(cfg.model, pooling=resolve_pooling(cfg.model.pooling, model_dir)))
     return RunPlan(
@@ -245,6 +332,9 @@ def plan_run(
         noise_multiplier=noise,
         notes=tuple(notes),
         canaries=canary_set,
+        threshold_epsilon=th_eps,
+        threshold_sigma=th_sigma,
+        unit=unit,
     )
 
 
