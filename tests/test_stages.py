@@ -56,8 +56,12 @@ def test_the_ledger_event_recomputes_its_epsilon(corpus: Path, tiny_bert: Path, 
     )
     event = event_from_dict(led["event"])
     assert epsilon_of(event, delta=led["delta"], accountant="pld") == pytest.approx(led["epsilon"], rel=1e-9)
-    assert led["event"]["event"]["sampling_probability"] == led["sample_rate"]
-    assert led["event"]["count"] == led["steps"]
+    # the run's event: DP-SGD (Poisson-sampled Gaussian, composed over the steps) and the DP thresholds
+    training, thresholds = led["event"]["events"]
+    assert training["event"]["sampling_probability"] == led["sample_rate"]
+    assert training["count"] == led["steps"]
+    assert training["event"]["event"]["noise_multiplier"] == led["noise_multiplier"]
+    assert thresholds == {"type": "GaussianDpEvent", "noise_multiplier": led["parts"][1]["noise_multiplier"]}
 
 
 def test_flags_typed_at_their_default_value_still_override_the_config_file(

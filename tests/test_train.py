@@ -15,7 +15,7 @@ from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.predict import load_run
-from dprad.privacy import compute_epsilon
+from dprad.privacy import compute_epsilon, epsilon_of, event_from_dict
 from dprad.train import StepInfo, train
 
 
@@ -63,7 +63,9 @@ def test_run_directory_describes_itself_and_reloads(
     # privacy is a switch: the config names the mode, the ledger names it with its privacy
     assert ledger["mode"] == mode and config["train"]["mode"] == mode.removeprefix("dp-")
     if mode.startswith("dp-"):
-        assert ledger["private"] is True and ledger["sampler"] == "poisson" and ledger["accountant"] == "pld"
+        # the synthetic corpus has repeat patients: the unit of privacy is the patient, sampled as such
+        assert ledger["private"] is True and ledger["accountant"] == "pld"
+        assert ledger["privacy_unit"] == "patient" and ledger["sampler"] == "poisson-patient"
         # the ledger's epsilon is recomputable from the ledger's own numbers, and within the target
         again = compute_epsilon(
             noise_multiplier=ledger["noise_multiplier"],
@@ -72,11 +74,14 @@ def test_run_directory_describes_itself_and_reloads(
             delta=ledger["delta"],
             accountant="pld",
         ).epsilon
-        assert ledger["epsilon"] == pytest.approx(again) and 0.99 * 3.0 <= ledger["epsilon"] <= 3.0
+        # training is one part; the DP thresholds the other; the total is what the target bounds
+        assert ledger["parts"][0]["epsilon"] == pytest.approx(again) and again < ledger["epsilon"]
+        total = epsilon_of(event_from_dict(ledger["event"]), delta=ledger["delta"])
+        assert ledger["epsilon"] == pytest.approx(total) and 0.99 * 3.0 <= ledger["epsilon"] <= 3.0
         assert ledger["delta"] < 1 / ledger["dataset_size"]
         assert "differential privacy" in ledger["statement"] and "pre-training" in ledger["statement"]
         history = json.loads((out / "history.json").read_text())
-        assert history["epsilon_per_epoch"][-1]["epsilon"] == pytest.approx(ledger["epsilon"])
+        assert history["epsilon_per_epoch"][-1]["epsilon"] == pytest.approx(ledger["parts"][0]["epsilon"])
         # the sampler the run used is the one the accountant assumed: Poisson at the ledger's rate
         sizes = np.array(history["batch_units"])  # patients or reports: the units the accountant counts
         n, q = ledger["dataset_size"], ledger["sample_rate"]
@@ -311,7 +316,9 @@ def test_public_warm_start_is_resolved_recorded_and_refused_where_it_does_not_ap
     base = cfg(corpus, tiny_bert, "dp-head")
     at = lambda eps: base.with_(privacy=PrivacyConfig(epsilon=eps))  # noqa: E731
     assert resolve(at(1.0), n_train=500, schema=CHEXPERT14).train.public_warm_start is True
-    assert resolve(at(10.0), n_train=500, schema=CHEXPERT14).train.public_warm_start is False
+    assert resolve(at(10.0), n_train=500, schema=CHEXPERT14).train.public_warm_start is True
+    plain = cfg(corpus, tiny_bert, "head")
+    assert resolve(plain, n_train=500, schema=CHEXPERT14).train.public_warm_start is False
     with pytest.raises(DpradError, match="applies to head modes"):
         resolve(
             cfg(corpus, tiny_bert, "dp-lora").with_(

@@ -77,18 +77,26 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
 
 class ReportClassifier(nn.Module):
-    """encoder -> pooled (B, H) -> linear head -> logits (B, L)."""
+    """encoder -> pooled (B, H) [+ public prior inputs (B, P)] -> linear head -> logits (B, L)."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, *, pooling: str) -> None:
+    def __init__(self, encoder: nn.Module, num_labels: int, *, pooling: str, prior_dim: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
+        self.prior_dim = prior_dim
         hidden = hidden_size(encoder)
-        self.head = nn.Linear(hidden, num_labels)
+        self.head = nn.Linear(hidden + prior_dim, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        return self.head(pool(h, attention_mask, self.pooling))  # (B, L)
+        return self.head(with_prior(pool(h, attention_mask, self.pooling), prior))  # (B, L)
+
+
+def with_prior(pooled: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+    """(B, H) [+ (B, P)] -> (B, H + P): the head reads the public rule readings beside the encoder."""
+    return pooled if prior is None else torch.cat([pooled, prior.to(pooled.dtype)], dim=-1)
 
 
 class FeatureHead(nn.Module):

@@ -30,7 +30,7 @@ from torch import nn
 
 from dprad.data.dataset import Encoded, collate, micro_batches
 from dprad.errors import DpradError
-from dprad.model import ENCODER_TYPES, ReportClassifier, pool
+from dprad.model import ENCODER_TYPES, ReportClassifier, pool, with_prior
 
 PREFIX_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
@@ -221,18 +221,23 @@ def cache_hidden_states(
 class PrefixLoraClassifier(nn.Module):
     """cached hidden (B, T, H) + mask (B, T) -> top k layers (LoRA) -> pooled (B, H) -> head -> logits (B, L)."""
 
-    def __init__(self, top: EncoderTop, num_labels: int, *, pooling: str) -> None:
+    def __init__(self, top: EncoderTop, num_labels: int, *, pooling: str, prior_dim: int = 0) -> None:
         super().__init__()
         self.top = top
         self.pooling = pooling
-        self.head = nn.Linear(int(top.config.hidden_size), num_labels)
+        self.prior_dim = prior_dim
+        self.head = nn.Linear(int(top.config.hidden_size) + prior_dim, num_labels)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.top(hidden, attention_mask)  # (B, T, H)
-        return self.head(pool(h, attention_mask, self.pooling))  # (B, L)
+        return self.head(with_prior(pool(h, attention_mask, self.pooling), prior))  # (B, L)
 
     def full_classifier(self, encoder: nn.Module) -> ReportClassifier:
         """The same model over token ids: the whole (peft) encoder this top was split from, with this head."""
-        full = ReportClassifier(encoder, self.head.out_features, pooling=self.pooling)
+        full = ReportClassifier(
+            encoder, self.head.out_features, pooling=self.pooling, prior_dim=self.prior_dim
+        )
         full.head.load_state_dict(self.head.state_dict())
         return full

@@ -82,6 +82,13 @@ def rule_predictions(prior: np.ndarray) -> np.ndarray:
     return (blocks[:, :, 0] + blocks[:, :, 1]).astype(np.float32)
 
 
+def prior_block(texts: Sequence[str], schema: LabelSchema, *, prior_norm: float = PRIOR_NORM) -> np.ndarray:
+    """The rule readings as a separate input block for encoder modes: (N, 4L) one-hot rows scaled to norm
+    ``prior_norm``, read by the classification head next to the pooled encoder output."""
+    one_hot = rule_prior_features(texts, schema)
+    return (one_hot * (prior_norm / np.sqrt(max(len(schema), 1)))).astype(np.float32)
+
+
 def combine_features(
     encoder_x: np.ndarray, prior: np.ndarray | None, *, prior_norm: float = PRIOR_NORM
 ) -> np.ndarray:

@@ -1,21 +1,30 @@
 """Training as a short composition of typed stages: plan -> open the run directory -> build the mode's
-model -> fit (the loop) -> finish (ledger, thresholds, metrics, model)."""
+model -> fit (the loop) -> finish (ledger, thresholds, metrics, model).
+
+Several processes: ``torchrun --nproc-per-node N -m dprad train DATA --epsilon E --out RUN``. Each rank
+plans the same run, joins the process group for the run (``stages.world``), trains its share of every
+Poisson batch (``distributed.distributed_private_step``), and rank 0 alone writes the run directory.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dprad.config import RunConfig
 from dprad.data.reports import Report
+from dprad.errors import DpradError
+from dprad.model import trainable_parameters
 from dprad.modes import get_mode
-from dprad.privacy.mechanism import check_sampler
-from dprad.stages.finish import CRITICAL_SENSITIVITY, TrainResult, finish
+from dprad.privacy.mechanism import DpSgd, check_sampler
+from dprad.stages.finish import CRITICAL_SENSITIVITY, TrainResult, build_ledger, finish
 from dprad.stages.fit import StepInfo, fit
 from dprad.stages.plan import CanaryHook, RunPlan, plan_run, planned_steps, prepare, resolve
 from dprad.stages.rundir import RunDir
+from dprad.stages.world import World, env_world_size, joined
 
 
 def train(
@@ -39,8 +48,46 @@ def train_plan(
     on_step: Callable[[StepInfo], None] | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
+    """Train a planned run. Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this with the same
+    plan; rank 0 alone writes ``out`` and returns the metrics, the others return the ledger only."""
+    size = env_world_size()
+    if size > 1:
+        check_distributable(plan, size)
+    with joined(plan.cfg.train.device) as world:
+        return _train(plan, out, world, on_step=on_step, overwrite=overwrite)
+
+
+def check_distributable(plan: RunPlan, size: int) -> None:
+    """Several processes train DP-SGD with LoRA or full fine-tuning; anything else is refused up front."""
+    if not plan.private:
+        raise DpradError(
+            f"WORLD_SIZE={size}: multi-process training is DP-SGD only (pass --epsilon or --noise-multiplier), "
+            "or train a non-private run on one process"
+        )
+    if plan.mode not in ("lora", "full"):
+        raise DpradError(
+            f"WORLD_SIZE={size}: --mode {plan.mode} trains on frozen features in one process; multi-process "
+            "training is for --mode lora or full (or run without torchrun)"
+        )
+
+
+def _train(
+    plan: RunPlan,
+    out: str | Path,
+    world: World,
+    *,
+    on_step: Callable[[StepInfo], None] | None,
+    overwrite: bool,
+) -> TrainResult:
+    world.check_same("run plan", plan.to_dict())
     run_dir = RunDir(out)
-    run_dir.open(plan.to_dict(), overwrite=overwrite)
+    error = None
+    if world.main:
+        try:
+            run_dir.open(plan.to_dict(), overwrite=overwrite)
+        except DpradError as err:
+            error = str(err)
+    world.raise_if_any(error)  # a refused run directory stops every rank, not rank 0 alone
     threads = torch.get_num_threads()
     try:
         if plan.cfg.train.threads:
@@ -51,11 +98,29 @@ def train_plan(
             mode = get_mode(plan.mode)(plan, notes=notes)
             mode.build()
             privacy = plan.privacy()
-            fitted = fit(plan, mode, privacy, run_dir=run_dir, on_step=on_step)
-            result = finish(plan, mode, privacy, fitted, run_dir, notes)
+            if world.distributed:
+                assert isinstance(privacy, DpSgd)  # check_distributable
+                privacy = privacy.on(rank=world.rank, world_size=world.size)
+                world.broadcast_module(mode.trainable)  # one initial model, as DDP does
+                if not world.main:  # its own dropout stream; rank 0 continues the single-process one
+                    torch.manual_seed(
+                        int(np.random.SeedSequence([plan.cfg.train.seed, world.rank]).generate_state(1)[0])
+                    )
+                notes.append(
+                    f"trained by {world.size} processes (torch.distributed, {world.backend}): every rank drew the "
+                    "same Poisson batch, clipped its share, and the clipped sums plus one noise draw (rank 0's) "
+                    "were all-reduced, the same DP-SGD step as on one process"
+                )
+            fitted = fit(plan, mode, privacy, run_dir=run_dir, on_step=on_step, world=world)
+            if world.main:
+                result = finish(plan, mode, privacy, fitted, run_dir, notes)
+            else:  # the same ledger, no scoring and no file: rank 0 writes the run
+                ledger = build_ledger(plan, privacy, fitted, trainable_parameters(mode.trainable))
+                result = TrainResult(run_dir.path, ledger, {})
     finally:
         torch.set_num_threads(threads)  # no process-global side effect outlives the run
-    run_dir.close()
+    if world.main:
+        run_dir.close()
     return result
 
 
@@ -63,6 +128,7 @@ __all__ = [
     "CRITICAL_SENSITIVITY",
     "StepInfo",
     "TrainResult",
+    "check_distributable",
     "check_sampler",
     "plan_run",
     "planned_steps",

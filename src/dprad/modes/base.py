@@ -35,6 +35,23 @@ class ModeDefaults:
     max_grad_norm: float = 1.0
 
 
+def resolve_rule_prior(cfg: RunConfig, schema: LabelSchema | None) -> RunConfig:
+    """--rule-prior: on by default wherever the schema has rule vocabulary (built-in or user terms)."""
+    from dataclasses import replace
+
+    from dprad.priors import has_rule_vocabulary
+
+    vocabulary = schema is not None and has_rule_vocabulary(schema)
+    prior = cfg.train.rule_prior
+    if prior is None:
+        prior = vocabulary
+    elif prior and not vocabulary:
+        raise DpradError(
+            f"--rule-prior needs rule vocabulary: schema '{schema.name if schema else '?'}' has no 'terms' for its labels"
+        )
+    return cfg.with_(train=replace(cfg.train, rule_prior=prior))
+
+
 class Mode(ABC):
     """One way to train: head on frozen features, LoRA, full fine-tuning."""
 
@@ -50,12 +67,9 @@ class Mode(ABC):
     @classmethod
     def resolve(cls, cfg: RunConfig, *, schema: LabelSchema | None) -> RunConfig:
         """Resolve the mode's own choices (and refuse settings it cannot honour) while planning."""
-        del schema
         if cfg.train.public_warm_start:
             raise DpradError(f"--public-warm-start applies to head modes, not --mode {cls.name}")
-        if cfg.train.rule_prior:
-            raise DpradError(f"--rule-prior applies to head modes, not --mode {cls.name}")
-        return cfg
+        return resolve_rule_prior(cfg, schema)
 
     def __init__(self, plan: RunPlan, *, notes: list[str]) -> None:
         from dprad.features import resolve_device

@@ -42,15 +42,37 @@ class EncoderMode(Mode):
         # on the device before the privacy object hooks it (opacus#820: parameters moved after wrapping
         # stop receiving per-sample gradients)
         self.encoder = self.adapt(load_encoder(Path(plan.model_dir)).to(self.device))
-        self.model = ReportClassifier(self.encoder, len(plan.schema), pooling=cfg.model.pooling).to(
-            self.device
-        )
+        self.prior: dict[str, np.ndarray] | None = None  # split -> (N, 4L) public rule readings
+        if cfg.train.rule_prior:
+            from dprad.priors import prior_block
+
+            self.prior = {
+                name: prior_block([r.text for r in reps], plan.schema)
+                for name, reps in plan.splits.as_dict().items()
+            }
+            self.notes.append(
+                "rule prior: the rule teacher's reading of each report (a public function of its text, "
+                "no privacy cost) is read by the classification head beside the pooled encoder output"
+            )
+        self.model = ReportClassifier(
+            self.encoder, len(plan.schema), pooling=cfg.model.pooling, prior_dim=self.prior_dim
+        ).to(self.device)
         self.model.train()
         return self.model
 
     @property
     def trainable(self) -> nn.Module:
         return self.model
+
+    @property
+    def prior_dim(self) -> int:
+        return 4 * len(self.plan.schema) if self.plan.cfg.train.rule_prior else 0
+
+    def prior_rows(self, idx: np.ndarray) -> torch.Tensor | None:
+        """(B, 4L) rule readings of training reports ``idx`` on the device, or None without the prior."""
+        if self.prior is None:
+            return None
+        return torch.from_numpy(self.prior["train"][idx]).to(self.device)
 
     def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
         t = self.plan.cfg.train
@@ -68,7 +90,7 @@ class EncoderMode(Mode):
             input_ids = input_ids.to(device, non_blocking=True)
             attention = attention.to(device, non_blocking=True)
             with autocast(device):
-                logits = module(input_ids, attention).float()  # (B, L)
+                logits = module(input_ids, attention, self.prior_rows(idx)).float()  # (B, L)
             return loss_per_example(logits, enc.targets[idx], enc.mask[idx])  # (B,)
 
         return loss
@@ -90,6 +112,7 @@ class EncoderMode(Mode):
             max_tokens=cfg.train.max_tokens,
             policy=UncertainPolicy(cfg.data.uncertain_policy),
             mode=self.name,
+            prior=bool(cfg.train.rule_prior),
         )
         probs = pred.predict(reports).probs  # scoring_model: the whole classifier over token ids
         self.model.train(was_training)
@@ -119,8 +142,12 @@ class EncoderMode(Mode):
         from dprad.model import ReportClassifier
 
         model_dir = Path(config["derived"]["model_dir"])
+        prior = bool(config["train"].get("rule_prior"))
         model = ReportClassifier(
-            cls.load_encoder(run_dir, model_dir), len(schema), pooling=config["model"]["pooling"]
+            cls.load_encoder(run_dir, model_dir),
+            len(schema),
+            pooling=config["model"]["pooling"],
+            prior_dim=4 * len(schema) if prior else 0,
         )
         model.head.load_state_dict(torch.load(run_dir / "model" / "head.pt", weights_only=True))
         return encoder_predictor(
@@ -131,6 +158,7 @@ class EncoderMode(Mode):
             max_tokens=int(config["train"]["max_tokens"]),
             policy=UncertainPolicy(config["data"]["uncertain_policy"]),
             mode=cls.name,
+            prior=prior,
         )
 
 
@@ -143,20 +171,27 @@ def encoder_predictor(
     max_tokens: int,
     policy: UncertainPolicy,
     mode: str,
+    prior: bool = False,
 ) -> Predictor:
-    """Reports -> length-sorted micro-batches -> the whole classifier -> logits."""
+    """Reports -> length-sorted micro-batches -> the whole classifier (+ rule readings) -> logits."""
     from dprad.predict import Predictor
 
     def logits(reports: Sequence[Report]) -> tuple[np.ndarray, Any]:
         enc = encode(reports, tokenizer, schema, max_length=max_length, policy=policy)
         out = np.zeros((len(reports), len(schema)), dtype=np.float32)  # (N, L)
+        readings = None
+        if prior:
+            from dprad.priors import prior_block
+
+            readings = torch.from_numpy(prior_block([r.text for r in reports], schema))  # (N, 4L)
         device = next(model.parameters()).device
         model.eval()
         with torch.inference_mode():
             for idx in micro_batches(np.arange(len(enc)), enc.lengths, max_tokens=max_tokens):
                 input_ids, attention, _, _ = collate(enc, idx)
+                p = None if readings is None else readings[idx].to(device)
                 with autocast(device):
-                    logits = model(input_ids.to(device), attention.to(device))  # (B, L)
+                    logits = model(input_ids.to(device), attention.to(device), p)  # (B, L)
                 out[idx] = logits.float().cpu().numpy()
         return out, enc
 

@@ -28,7 +28,7 @@ from dprad.features import (
     public_corpus,
     warm_start,
 )
-from dprad.modes.base import Mode, ModeDefaults
+from dprad.modes.base import Mode, ModeDefaults, resolve_rule_prior
 
 if TYPE_CHECKING:
     from dprad.predict import Predictor
@@ -46,7 +46,6 @@ class HeadMode(Mode):
     def resolve(cls, cfg: RunConfig, *, schema: LabelSchema | None) -> RunConfig:
         from dataclasses import replace
 
-        from dprad.priors import has_rule_vocabulary
         from dprad.stages.plan import builtin_schema
 
         t = cfg.train
@@ -58,15 +57,7 @@ class HeadMode(Mode):
             raise DpradError(
                 f"--public-warm-start needs a built-in schema (chexpert14, ctrate18), not '{schema.name if schema else '?'}'"
             )
-        vocabulary = schema is not None and has_rule_vocabulary(schema)
-        prior = t.rule_prior
-        if prior is None:
-            prior = vocabulary
-        elif prior and not vocabulary:
-            raise DpradError(
-                f"--rule-prior needs rule vocabulary: schema '{schema.name if schema else '?'}' has no 'terms' for its labels"
-            )
-        return cfg.with_(train=replace(t, public_warm_start=warm, rule_prior=prior))
+        return resolve_rule_prior(cfg.with_(train=replace(t, public_warm_start=warm)), schema)
 
     def build(self) -> nn.Module:
         from dprad.local_models import load_tokenizer

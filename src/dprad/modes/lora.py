@@ -37,7 +37,9 @@ class LoraMode(EncoderMode):
         self.cache = cache_hidden_states(
             bottom, self.enc["train"], max_tokens=cfg.train.max_tokens, device=self.device
         )
-        self.prefix = PrefixLoraClassifier(top, len(self.plan.schema), pooling=cfg.model.pooling)
+        self.prefix = PrefixLoraClassifier(
+            top, len(self.plan.schema), pooling=cfg.model.pooling, prior_dim=self.prior_dim
+        )
         self.prefix.head.load_state_dict(self.model.head.state_dict())
         self.notes.append(
             f"LoRA in the top {lo.layers} layers; the frozen bottom's hidden states are cached once per report"
@@ -55,7 +57,7 @@ class LoraMode(EncoderMode):
 
         def loss(idx: np.ndarray) -> torch.Tensor:
             hidden, attention = cache.batch(idx, device=self.device)  # (B, T, H), (B, T)
-            logits = module(hidden, attention)  # (B, L)
+            logits = module(hidden, attention, self.prior_rows(idx))  # (B, L)
             return loss_per_example(logits, enc.targets[idx], enc.mask[idx])  # (B,)
 
         return loss

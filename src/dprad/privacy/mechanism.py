@@ -7,7 +7,7 @@ computed from that event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,6 +44,8 @@ class Privacy(Protocol):
 
     def wrap(self, module: nn.Module) -> nn.Module: ...
 
+    def shard(self, indices: np.ndarray) -> np.ndarray: ...
+
     def step(
         self,
         params: Sequence[nn.Parameter],
@@ -76,10 +78,33 @@ class DpSgd:
     releases: tuple[Any, ...] = ()
     # patient-level DP: (N_reports,) patient index of every training report; n is then the patient count
     groups: np.ndarray | None = None
+    # several processes (torch.distributed): every rank draws the same batch, clips its share of it, and
+    # the clipped sums plus one noise draw (rank 0's) are all-reduced: the same mechanism as one process
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def expected_batch_size(self) -> float:
         return self.sample_rate * self.n
+
+    @property
+    def unit_groups(self) -> np.ndarray | None:
+        return self.groups if self.unit == "patient" else None
+
+    def on(self, *, rank: int, world_size: int) -> DpSgd:
+        """This mechanism run by rank ``rank`` of ``world_size`` processes (same sampler seed on each)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        return replace(self, rank=rank, world_size=world_size)
+
+    def shard(self, indices: np.ndarray) -> np.ndarray:
+        """This rank's share of the logical batch ``indices`` (all of it on one process); a patient's
+        reports stay together, so per-patient clipping is local to one rank."""
+        if self.world_size == 1:
+            return indices
+        from dprad.distributed import shard
+
+        return shard(indices, rank=self.rank, world_size=self.world_size, groups=self.unit_groups)
 
     def sampler(self, rng: np.random.Generator) -> PoissonSampler | PatientPoissonSampler:
         if self.unit == "patient":
@@ -105,6 +130,24 @@ class DpSgd:
         realised: int,
     ) -> float:
         del realised  # the private step divides by the *expected* batch size: the realised one would leak
+        if self.world_size > 1:  # ``batches``: this rank's share; every rank calls once per step
+            from dprad.distributed import distributed_private_step, rank_and_world
+
+            if rank_and_world() != (self.rank, self.world_size):  # else the all-reduce would be skipped
+                raise RuntimeError(
+                    f"DpSgd on rank {self.rank} of {self.world_size}, but torch.distributed says {rank_and_world()}"
+                )
+            return distributed_private_step(
+                params,
+                optimizer,
+                batches,
+                loss_fn,
+                max_grad_norm=self.max_grad_norm,
+                noise_multiplier=self.noise_multiplier,
+                expected_batch_size=self.expected_batch_size,
+                generator=generator,
+                groups=self.unit_groups,
+            )
         return private_step(
             params,
             optimizer,
@@ -114,7 +157,7 @@ class DpSgd:
             noise_multiplier=self.noise_multiplier,
             expected_batch_size=self.expected_batch_size,
             generator=generator,
-            groups=self.groups if self.unit == "patient" else None,
+            groups=self.unit_groups,
         )
 
     def event(self, steps: int | None = None) -> Any:
@@ -161,6 +204,9 @@ class NonPrivate:
 
     def wrap(self, module: nn.Module) -> nn.Module:
         return module
+
+    def shard(self, indices: np.ndarray) -> np.ndarray:
+        return indices  # one process only: train() refuses distributed non-private runs
 
     def step(
         self,

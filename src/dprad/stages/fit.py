@@ -16,6 +16,7 @@ from dprad.modes.base import Mode
 from dprad.privacy.mechanism import DpSgd, NonPrivate, check_sampler
 from dprad.stages.plan import RunPlan
 from dprad.stages.rundir import RunDir
+from dprad.stages.world import SOLO, World
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ def fit(
     *,
     run_dir: RunDir | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    world: World = SOLO,
 ) -> Fitted:
+    """Train ``mode`` for the plan's steps. Under ``world`` (several processes) every rank runs this loop
+    with the same sampler seed, trains on its ``privacy.shard`` of each batch, and ends with the same
+    model; rank 0 alone reads and writes checkpoints (the others receive its checkpoint)."""
     t = plan.cfg.train
     module = privacy.wrap(mode.trainable)  # per-sample gradient hooks when private
     params = [p for p in module.parameters() if p.requires_grad]
@@ -57,22 +62,30 @@ def fit(
     history: dict[str, Any] = {"step_loss": [], "batch_size": [], "batch_units": [], "epsilon_per_epoch": []}
     groups = getattr(privacy, "groups", None)
     start = 0
-    if run_dir is not None and run_dir.checkpoint.exists():
+    state = None
+    if run_dir is not None and world.main and run_dir.checkpoint.exists():
         state = run_dir.load_checkpoint()
+    state = world.share(state)  # every rank resumes from rank 0's checkpoint
+    if state is not None:
         mode.trainable.load_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.rng.bit_generator.state = state["sampler_rng"]
         if state["sampler_perm"] is not None:
             sampler._perm = state["sampler_perm"]  # type: ignore[union-attr]
-        noise_gen.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        noise_gen.set_state(state["noise_rng"])  # used on rank 0 only when distributed
+        per_rank = state.get("torch_rng_ranks") or [state["torch_rng"]]
+        if len(per_rank) == world.size:  # else (another world size) ranks > 0 keep their own stream
+            torch.set_rng_state(per_rank[world.rank])
+        elif world.main:
+            torch.set_rng_state(state["torch_rng"])
         start, history = int(state["step"]), state["history"]
     per_epoch = 1 / plan.sample_rate
     tick = time.perf_counter()
     for step in range(start, plan.steps):
         idx = sampler.sample()  # (B,) indices into the training split; B varies under Poisson sampling
-        loss = privacy.step(
-            params, optimizer, mode.batches(idx), loss_fn, generator=noise_gen, realised=len(idx)
+        mine = privacy.shard(idx)  # (B_rank,) this rank's share (all of idx on one process); may be empty
+        loss = privacy.step(  # the loss summed over the whole batch (all ranks)
+            params, optimizer, mode.batches(mine), loss_fn, generator=noise_gen, realised=len(idx)
         )
         history["step_loss"].append(round(loss / max(len(idx), 1), 6))
         history["batch_size"].append(len(idx))
@@ -87,19 +100,28 @@ def fit(
                 {"epoch": round(done / per_epoch, 3), "step": done, "epsilon": eps_now}
             )
         if run_dir is not None and done % t.checkpoint_every == 0 and done < plan.steps:
-            run_dir.save_checkpoint(
-                {
-                    "step": done,
-                    "trainable": dict(mode.trainable.state_dict()),
-                    "optimizer": optimizer.state_dict(),
-                    "sampler_rng": sampler.rng.bit_generator.state,
-                    "sampler_perm": getattr(sampler, "_perm", None),
-                    "noise_rng": noise_gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                }
-            )
+            torch_rngs = world.gather(torch.get_rng_state())  # collective: every rank, at the same steps
+            if world.main:  # rank 0 alone writes the run directory
+                run_dir.save_checkpoint(
+                    {
+                        "step": done,
+                        "trainable": dict(mode.trainable.state_dict()),
+                        "optimizer": optimizer.state_dict(),
+                        "sampler_rng": sampler.rng.bit_generator.state,
+                        "sampler_perm": getattr(sampler, "_perm", None),
+                        "noise_rng": noise_gen.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "torch_rng_ranks": torch_rngs,  # dropout streams, one per rank
+                        "history": history,
+                    }
+                )
         if on_step is not None:
             rate = (done - start) * plan.sample_rate * plan.n / max(time.perf_counter() - tick, 1e-9)
             on_step(StepInfo(done, plan.steps, done / per_epoch, history["step_loss"][-1], eps_now, rate))
-    return Fitted(history, sampler.name)
+    name = sampler.name
+    if world.distributed:
+        name += (
+            f"; one draw shared by {world.size} processes (torch.distributed {world.backend}), each clipping "
+            "its share, one noise draw per step"
+        )
+    return Fitted(history, name)

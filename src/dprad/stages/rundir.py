@@ -68,7 +68,8 @@ class RunDir:
         io.write_with(self.checkpoint, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
-        return dict(torch.load(self.checkpoint, weights_only=False))
+        # on the CPU: load_state_dict copies onto each parameter's device (under torchrun rank 0 sends it on)
+        return dict(torch.load(self.checkpoint, map_location="cpu", weights_only=False))
 
     def close(self) -> None:
         self.checkpoint.unlink(missing_ok=True)
