@@ -37,7 +37,9 @@ def main() -> None:
         reports = [r for r in result.reports if r.labels is not None][: args.train_reports]
     out = Path(tempfile.mkdtemp(prefix="dprad-canary-"))
     print(f"IU, {args.canaries} canaries{' with rare tokens' if args.rare_tokens else ''}")
-    print(f"{'eps':>6} {'ledger eps':>10} {'n':>5} {'guesses':>7} {'right':>5} {'lower bound':>11} {'ceiling':>7}  verdict")
+    print(
+        f"{'eps':>6} {'ledger eps':>10} {'n':>5} {'guesses':>7} {'right':>5} {'lower bound':>11} {'ceiling':>7}  verdict"
+    )
     for e in args.eps.split(","):
         eps = float(e)
         private = eps != float("inf")

@@ -870,7 +870,9 @@ def _register_commands() -> None:
     from dprad.audit.commands import register as register_audit
     from dprad.report.commands import register as register_report
     from dprad.serve.commands import register as register_serve
+    from dprad.sweep_commands import register as register_sweep
 
+    register_sweep(app)
     register_audit(app)
     register_serve(app)
     register_report(app)
