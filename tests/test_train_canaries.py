@@ -26,7 +26,7 @@ def test_canaries_train_are_audited_and_never_reach_the_metrics(
     cfg = RunConfig(
         data=DataConfig(path=str(corpus)),
         model=ModelConfig(name=str(tiny_bert), max_length=48),
-        privacy=PrivacyConfig(epsilon=1.0),
+        privacy=PrivacyConfig(epsilon=1.0, unit="report"),  # so that n counts reports, canaries included
         train=TrainConfig(mode="head", epochs=3.0, batch_size=64, audit_canaries=60),
     )
     res = train(cfg, tmp_path / "r")

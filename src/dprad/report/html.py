@@ -405,7 +405,12 @@ def build_context(
         "selection": selection,
         "selection_cols": selection_cols,
         "several_private": any(n > 1 for n in private_by_data.values()),
-        "selection_paid": any(r.ledger.selection_epsilon is not None for r in ordered),
+        # a DP threshold release is paid inside each run; it does not pay for choosing among runs
+        "selection_paid": any(
+            r.ledger.selection_epsilon is not None
+            and "threshold" not in (r.ledger.selection_note or "").lower()
+            for r in ordered
+        ),
         "no_ci": no_ci,
         "not_covered": PLAIN_NOT_COVERED,
         "ledger_not_covered": ledger_items,

@@ -109,14 +109,34 @@ def privacy_utility(runs: Sequence[Run], *, metric: str = "weighted_f1") -> Plot
                 xs = np.array([r.ledger.epsilon for r in pts])
                 ivs = [r.evaluation.metric(metric) for r in pts if r.evaluation]
                 ys = np.array([iv.estimate for iv in ivs], dtype=float)
-                ax.plot(xs, ys, "-", color=color, lw=1.8, label=f"{s} (DP)")
+                # several runs at one target eps (seeds): the line and band follow their mean at each eps,
+                # every run keeps its own point and CI
+                levels = np.unique(np.round(xs, 6))
+                at = [np.isclose(np.round(xs, 6), e) for e in levels]
+                many = any(m.sum() > 1 for m in at)
+                ax.plot(
+                    levels,
+                    [ys[m].mean() for m in at],
+                    "-",
+                    color=color,
+                    lw=1.8,
+                    label=f"{s} (DP{', mean over runs' if many else ''})",
+                )
                 with_ci = [(x, iv) for x, iv in zip(xs, ivs, strict=True) if iv.has_ci]
                 if with_ci:
                     cx = np.array([x for x, _ in with_ci])
+                    band = [
+                        (
+                            e,
+                            np.mean([iv.low for x, iv in with_ci if np.isclose(x, e)]),
+                            np.mean([iv.high for x, iv in with_ci if np.isclose(x, e)]),
+                        )
+                        for e in np.unique(np.round(cx, 6))
+                    ]
                     ax.fill_between(
-                        cx,
-                        [iv.low for _, iv in with_ci],
-                        [iv.high for _, iv in with_ci],
+                        [b[0] for b in band],
+                        [b[1] for b in band],
+                        [b[2] for b in band],
                         color=color,
                         alpha=0.18,
                         lw=0,
