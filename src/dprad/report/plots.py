@@ -183,7 +183,7 @@ def privacy_utility(runs: Sequence[Run], *, metric: str = "weighted_f1") -> Plot
         where = ", ".join(tested) if tested and tested != [dataset] else "its test split"
         ax.set_title(f"Privacy-utility trade-off: trained on {dataset}, tested on {where}", fontsize=11)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)  # never over a data point
     caption = (
         "Points: private runs at the ε they spent, with 95% patient-level bootstrap intervals (bars and band). "
         "Dashed lines: non-private runs of the same model and mode (dotted: full fine-tuning), with their "
