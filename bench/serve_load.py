@@ -5,7 +5,7 @@ server running in its own process; the script prints errors, client-side p50 / p
 reports/s, the offline throughput measured in the same run, the ratio served / offline, and the largest
 difference between served and offline probabilities. Loopback only; bounded by --reports and --time-limit.
 
-python bench/serve_load.py [--reports 20000] [--clients 32] [--per-request 8] [--model minilm] [--run RUN]
+python bench/serve_load.py [--reports 20000] [--clients 32] [--per-request 8] [--model minilm] [--run RUN] [--scorer-cores K]
 """
 
 from __future__ import annotations
@@ -107,7 +107,18 @@ def main() -> None:
     ap.add_argument("--model", default="minilm", help="encoder of the run trained for the bench (head mode)")
     ap.add_argument("--run", type=Path, default=None, help="use this finished run instead of training one")
     ap.add_argument("--time-limit", type=float, default=1800.0, help="seconds for the served phase")
+    ap.add_argument(
+        "--scorer-cores",
+        type=int,
+        default=-1,
+        help="cores given to the server and, the same, to offline prediction; the load-generating clients get "
+        "the rest (-1: all but one; 0: no pinning, everything shares every core)",
+    )
     args = ap.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    k = len(cores) - 1 if args.scorer_cores < 0 else args.scorer_cores
+    scorer = set(cores[:k]) if 0 < k < len(cores) else set(cores)
+    clients = set(cores) - scorer or set(cores)
 
     from dprad import SynthConfig, generate_reports
     from dprad.predict import load_run
@@ -117,19 +128,28 @@ def main() -> None:
     reports = generate_reports(SynthConfig(n_patients=int(args.reports / 1.6) + 50, seed=2))[: args.reports]
     texts = [r.text for r in reports]
 
-    # offline: what `dprad predict` does, on the same reports, in this process
+    # offline: what `dprad predict` does, on the same reports, in this process, on the scorer's cores (the
+    # same CPU budget the server gets, so the ratio compares scoring paths, not core counts)
+    import torch
+
+    os.sched_setaffinity(0, scorer)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(scorer))
     predictor = load_run(run)
     t0 = time.perf_counter()
     offline = predictor.predict(reports).probs  # (N, L)
     offline_s = time.perf_counter() - t0
     del predictor
+    torch.set_num_threads(threads)
+    os.sched_setaffinity(0, clients)  # the load generator stays off the scorer's cores where it can
 
     keys = tmp / "keys.yaml"
     keys.write_text(json.dumps({"keys": [{"id": "bench", "key": KEY, "role": "client"}]}))
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(run), str(keys), str(tmp / "state"), str(port)],
-        env=os.environ.copy(),
+        env=os.environ | {"OMP_NUM_THREADS": str(len(scorer))},
+        preexec_fn=lambda: os.sched_setaffinity(0, scorer),  # pins the child process only
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -167,7 +187,8 @@ def main() -> None:
         for i, p in res["probs"].items()
     ]
     print(
-        f"run {run} ({args.model if args.run is None else 'given'}), {len(reports)} reports, loopback {url}"
+        f"run {run} ({args.model if args.run is None else 'given'}), {len(reports)} reports, loopback {url}; "
+        f"server and offline scoring on cores {sorted(scorer)}, clients on cores {sorted(clients)}"
     )
     print(
         f"served: {args.clients} clients x requests of {args.per_request}: {served_n} reports scored in "
