@@ -142,19 +142,10 @@ def score(
 
 def _run_split(run_dir: Path, run_config: dict[str, Any], split: str) -> tuple[list[Report], Any]:
     """The reports of one of the run's own splits, read again from the run's training data."""
-    from dprad.data.schemas import load_schema
+    from dprad.config import RunConfig
+    from dprad.data.read import read_data
 
-    d = run_config["data"]
-    result, schema, _ = read_reports(
-        d["path"],
-        format=d["format"],
-        schema=load_schema(d["schema"]) if d["schema"] else None,
-        text_col=d["text_col"],
-        id_col=d["id_col"],
-        patient_col=d["patient_col"],
-        split_col=d["split_col"],
-        labels_path=d["labels_path"],
-    )
+    result, schema, _ = read_data(RunConfig.from_dict(run_config, source=str(run_dir / "config.json")).data)
     ids = set(json.loads((run_dir / "splits.json").read_text())[split])
     return [r for r in result.reports if r.id in ids], schema
 

@@ -368,24 +368,15 @@ def _reference_for(
 
 def read_run_split(run_dir: Path, split: str) -> list[Report]:
     """The reports of one of the run's own splits, read again with the run's reader settings."""
-    from dprad.data.read import read_reports
-    from dprad.data.schemas import load_schema
+    from dprad.config import RunConfig
+    from dprad.data.read import read_data
 
     d = _run_config(run_dir)["data"]
     if not Path(d["path"]).exists():
         raise DpradError(
             f"{run_dir}: no {REFERENCE_FILE}, and the run's data {d['path']} is not here to rebuild it from"
         )
-    result, _, _ = read_reports(
-        d["path"],
-        format=d.get("format", "auto"),
-        schema=load_schema(d["schema"]) if d.get("schema") else None,
-        text_col=d.get("text_col", "text"),
-        id_col=d.get("id_col", "id"),
-        patient_col=d.get("patient_col"),
-        split_col=d.get("split_col"),
-        labels_path=d.get("labels_path"),
-    )
+    result, _, _ = read_data(RunConfig.from_dict({"data": d}, source=str(run_dir / "config.json")).data)
     ids = set(json.loads((run_dir / "splits.json").read_text())[split])
     return [r for r in result.reports if r.id in ids]
 

@@ -756,8 +756,7 @@ def _read_datasets(
     cfg: SweepConfig, out: Path, notes: list[str]
 ) -> tuple[dict[str, tuple[Report, ...]], dict[str, str | None], dict[str, str], dict[str, str]]:
     """Read each dataset once; pin its schema; resolve what ``auto`` means for it. Failures are per dataset."""
-    from dprad.data.read import read_reports
-    from dprad.data.schemas import load_schema
+    from dprad.data.read import read_data
     from dprad.train import prepare, resolve
 
     reports: dict[str, tuple[Report, ...]] = {}
@@ -768,16 +767,7 @@ def _read_datasets(
     for ds in cfg.datasets:
         d = ds.data
         try:
-            result, schema, _ = read_reports(
-                d.path,
-                format=d.format,
-                schema=load_schema(d.schema) if d.schema else None,
-                text_col=d.text_col,
-                id_col=d.id_col,
-                patient_col=d.patient_col,
-                split_col=d.split_col,
-                labels_path=d.labels_path,
-            )
+            result, schema, _ = read_data(d)
             if result.skipped:
                 notes.append(f"{ds.name}: {len(result.skipped)} reports skipped by the reader")
             if d.schema:

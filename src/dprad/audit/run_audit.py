@@ -31,7 +31,7 @@ from dprad.audit.reference import (
 from dprad.audit.rmia import DEFAULT_GAMMA, fit_offline_a, rmia_scores
 from dprad.config import MODE_ALIASES
 from dprad.data.reports import Report, label_matrix
-from dprad.data.schemas import LabelSchema, UncertainPolicy, load_schema
+from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
 from dprad.features import loss_per_example
 
@@ -66,24 +66,15 @@ def parse_attacks(attacks: Sequence[str] | str) -> tuple[str, ...]:
 
 def _run_reports(config: dict[str, Any], reports: Sequence[Report] | None) -> dict[str, Report]:
     if reports is None:
-        from dprad.data.read import read_reports
+        from dprad.config import RunConfig
+        from dprad.data.read import read_data
 
         data = config.get("data") or {}
         if not data.get("path"):
             raise DpradError(
                 "the run was trained on reports passed directly: pass the same reports to audit it"
             )
-        schema = load_schema(data["schema"]) if data.get("schema") else None
-        result, _, _ = read_reports(
-            data["path"],
-            format=data.get("format", "auto"),
-            schema=schema,
-            text_col=data.get("text_col", "text"),
-            id_col=data.get("id_col", "id"),
-            patient_col=data.get("patient_col"),
-            split_col=data.get("split_col"),
-            labels_path=data.get("labels_path"),
-        )
+        result, _, _ = read_data(RunConfig.from_dict({"data": data}).data)
         reports = result.reports
     return {r.id: r for r in reports}
 

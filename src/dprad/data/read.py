@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dprad.data.ct_rate import read_ct_rate_manual, read_ct_rate_official
 from dprad.data.iu_xray import read_iu_xray
@@ -10,6 +11,9 @@ from dprad.data.mimic_cxr import read_mimic_cxr
 from dprad.data.reports import ReadResult, read_generic
 from dprad.data.schemas import CHEXPERT14, CTRATE18, LabelSchema
 from dprad.errors import DpradError
+
+if TYPE_CHECKING:
+    from dprad.config import DataConfig
 
 FORMATS = ("auto", "csv", "jsonl", "parquet", "iu-xray", "ct-rate", "ct-rate-manual", "mimic-cxr")
 DEFAULT_SCHEMA = {
@@ -88,3 +92,20 @@ def read_reports(
         )
     schema = schema or result.schema or CHEXPERT14
     return result, schema, fmt
+
+
+def read_data(data: DataConfig) -> tuple[ReadResult, LabelSchema, str]:
+    """:func:`read_reports` with a run's data settings: the one place a config's reader flags are applied
+    (training, evaluating a run's own splits, the audit, the monitor and sweeps all read through it)."""
+    from dprad.data.schemas import load_schema
+
+    return read_reports(
+        data.path,
+        format=data.format,
+        schema=load_schema(data.schema) if data.schema else None,
+        text_col=data.text_col,
+        id_col=data.id_col,
+        patient_col=data.patient_col,
+        split_col=data.split_col,
+        labels_path=data.labels_path,
+    )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dprad.config import MODE_ALIASES, RunConfig
-from dprad.data.read import read_reports
+from dprad.data.read import read_data
 from dprad.data.reports import Report
 from dprad.data.schemas import BUILTIN_SCHEMAS, LabelSchema, load_schema
 from dprad.data.splits import Splits, split_by_patient
@@ -106,16 +106,7 @@ def prepare(cfg: RunConfig, reports: Sequence[Report] | None = None) -> tuple[La
     notes: list[str] = []
     schema = load_schema(cfg.data.schema) if cfg.data.schema else None
     if reports is None:
-        result, schema, _ = read_reports(
-            cfg.data.path,
-            format=cfg.data.format,
-            schema=schema,
-            text_col=cfg.data.text_col,
-            id_col=cfg.data.id_col,
-            patient_col=cfg.data.patient_col,
-            split_col=cfg.data.split_col,
-            labels_path=cfg.data.labels_path,
-        )
+        result, schema, _ = read_data(cfg.data)
         reports = result.reports
         notes += result.notes
         if result.skipped:
