@@ -99,6 +99,13 @@ async def load(
     }
 
 
+def _prom_value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reports", type=int, default=20_000)
@@ -144,7 +151,7 @@ def main() -> None:
     os.sched_setaffinity(0, clients)  # the load generator stays off the scorer's cores where it can
 
     keys = tmp / "keys.yaml"
-    keys.write_text(json.dumps({"keys": [{"id": "bench", "key": KEY, "role": "client"}]}))
+    keys.write_text(json.dumps({"keys": [{"id": "bench", "key": KEY, "role": "admin"}]}))
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(run), str(keys), str(tmp / "state"), str(port)],
@@ -174,6 +181,7 @@ def main() -> None:
                 deadline=time.monotonic() + args.time_limit,
             )
         )
+        prom = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).text
     finally:
         server.terminate()
         server.wait(30)
@@ -199,6 +207,12 @@ def main() -> None:
         print(
             f"latency per request: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms"
         )
+    model_s = _prom_value(prom, "dprad_model_seconds_total")
+    batches = _prom_value(prom, "dprad_batches_total")
+    print(
+        f"server: {model_s:.1f} s of the {res['elapsed']:.1f} s inside the model, "
+        f"{batches:.0f} micro-batches of {served_n / max(batches, 1):.0f} reports on average"
+    )
     print(f"offline Predictor.predict on the same reports: {offline_s:.1f} s = {offline_rate:.1f} reports/s")
     print(f"served / offline throughput: {served_rate / offline_rate:.2f}x")
     print(f"largest |served - offline| probability: {max(diffs) if diffs else float('nan'):.2e}")

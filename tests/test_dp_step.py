@@ -11,7 +11,14 @@ import torch
 from opacus import GradSampleModule
 
 from dprad import CHEXPERT14, SynthConfig, generate_reports
-from dprad.data.dataset import PoissonSampler, ShuffleSampler, collate, encode, micro_batches
+from dprad.data.dataset import (
+    PoissonSampler,
+    ShuffleSampler,
+    collate,
+    encode,
+    inference_batches,
+    micro_batches,
+)
 from dprad.dp_step import per_sample_norms, plain_step, private_step
 from dprad.errors import DpradError
 from dprad.features import loss_per_example
@@ -188,3 +195,25 @@ def test_micro_batches_cover_the_batch_and_respect_the_token_budget() -> None:
     for mb in mbs:
         assert len(mb) == 1 or len(mb) * lengths[mb].max() <= 128
     assert micro_batches(np.array([], dtype=int), lengths, max_tokens=128) == []
+
+
+def padded_tokens(batches: list[np.ndarray], lengths: np.ndarray) -> int:
+    return sum(len(b) * int(lengths[b].max()) for b in batches)
+
+
+def test_inference_batches_cut_padding_and_keep_every_report_once() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(17, 137, size=256)  # a server's micro-batch of report lengths
+    idx = rng.permutation(256)[:200]
+    max_tokens, floor = 2048, 2048 // 8
+    batches = inference_batches(idx, lengths, max_tokens=max_tokens, max_padding=0.05)
+    assert sorted(np.concatenate(batches).tolist()) == sorted(idx.tolist())
+    for b in batches:
+        assert len(b) == 1 or len(b) * lengths[b].max() <= max_tokens
+        waste = 1 - lengths[b].sum() / (len(b) * lengths[b].max())
+        # a batch pads more than 5% only when it was still under the floor before its longest report
+        assert waste <= 0.05 or lengths[b].sum() - lengths[b].max() < floor
+    plain = micro_batches(idx, lengths, max_tokens=max_tokens)
+    real = int(lengths[idx].sum())
+    assert padded_tokens(batches, lengths) / real < 1.06 < padded_tokens(plain, lengths) / real
+    assert inference_batches(np.array([], dtype=int), lengths, max_tokens=128) == []

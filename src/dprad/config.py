@@ -76,7 +76,9 @@ class TrainConfig:
     epochs: float | None = None
     lr: float | None = None
     batch_size: int | None = None  # expected logical batch size (Poisson: q = batch_size / n)
-    max_tokens: int = 8192  # tokens per physical micro-batch (memory); does not change the maths
+    max_tokens: int = (
+        8192  # tokens per physical micro-batch (memory; scoring on a CPU caps it at 2,048); not the maths
+    )
     weight_decay: float = 0.0
     seed: int = 0
     threads: int | None = None

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dprad import io
-from dprad.data.dataset import Encoded, collate, micro_batches
+from dprad.data.dataset import Encoded, collate, inference_batches
 from dprad.data.reports import Report
 from dprad.model import hidden_size, pool
 
@@ -40,6 +40,17 @@ def autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+# Tokens per scoring forward pass on a CPU. Training's max_tokens (8,192 by default) bounds memory; on a
+# CPU a forward pass that large runs slower per token than smaller ones. bench/score_batching.py measures
+# it on synthetic (public) reports, side by side in one run; the number is in the README.
+CPU_SCORING_TOKENS = 2048
+
+
+def scoring_tokens(max_tokens: int, device: torch.device) -> int:
+    """Token budget of one no-grad forward pass: ``max_tokens``, capped at ``CPU_SCORING_TOKENS`` on a CPU."""
+    return min(max_tokens, CPU_SCORING_TOKENS) if device.type == "cpu" else max_tokens
+
+
 def encoder_features(encoder: nn.Module, enc: Encoded, *, pooling: str, max_tokens: int) -> np.ndarray:
     """Pooled last-layer features of every report, (N, H) float32, computed without gradients.
 
@@ -53,7 +64,8 @@ def encoder_features(encoder: nn.Module, enc: Encoded, *, pooling: str, max_toke
     device = next(encoder.parameters()).device
     encoder.eval()
     with torch.inference_mode():
-        for idx in micro_batches(np.arange(len(enc)), enc.lengths, max_tokens=max_tokens):
+        budget = scoring_tokens(max_tokens, device)
+        for idx in inference_batches(np.arange(len(enc)), enc.lengths, max_tokens=budget):
             input_ids, attention, _, _ = collate(enc, idx)
             input_ids, attention = input_ids.to(device), attention.to(device)
             with autocast(device):

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dprad.data.dataset import Encoded, collate, micro_batches
+from dprad.data.dataset import Encoded, collate, inference_batches
 from dprad.errors import DpradError
+from dprad.features import scoring_tokens
 from dprad.model import ENCODER_TYPES, ReportClassifier, pool, with_prior
 
 PREFIX_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -208,7 +209,8 @@ def cache_hidden_states(
     bottom.eval()
     try:
         with torch.inference_mode():
-            for idx in micro_batches(np.arange(len(enc)), enc.lengths, max_tokens=max_tokens):
+            budget = scoring_tokens(max_tokens, torch.device(device))
+            for idx in inference_batches(np.arange(len(enc)), enc.lengths, max_tokens=budget):
                 input_ids, attention, _, _ = collate(enc, idx)
                 h = bottom(input_ids.to(device), attention.to(device))  # (B, T, H)
                 for row, i in enumerate(idx):

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dprad.data.dataset import collate, encode, micro_batches
+from dprad.data.dataset import collate, encode, inference_batches, micro_batches
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
-from dprad.features import autocast, loss_per_example
+from dprad.features import autocast, loss_per_example, scoring_tokens
 from dprad.modes.base import Mode
 
 if TYPE_CHECKING:
@@ -187,7 +187,8 @@ def encoder_predictor(
         device = next(model.parameters()).device
         model.eval()
         with torch.inference_mode():
-            for idx in micro_batches(np.arange(len(enc)), enc.lengths, max_tokens=max_tokens):
+            budget = scoring_tokens(max_tokens, device)
+            for idx in inference_batches(np.arange(len(enc)), enc.lengths, max_tokens=budget):
                 input_ids, attention, _, _ = collate(enc, idx)
                 p = None if readings is None else readings[idx].to(device)
                 with autocast(device):
