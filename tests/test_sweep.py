@@ -278,7 +278,7 @@ def test_every_example_config_parses_and_plans(path: Path) -> None:
     cfg = SweepConfig.load(path)
     cells = plan_cells(cfg, auto_modes={d.name: "head" for d in cfg.datasets})
     assert cells and len({c.id for c in cells}) == len(cells)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    shared = (Path(__file__).resolve().parents[2] / "shared" / "data").resolve()  # shared/ may be a link
     assert all(Path(d.data.path).is_relative_to(shared) for d in cfg.datasets)
     assert {c.epsilon for c in cells} >= {0.1, 1.0, 10.0, math.inf}
     if "paper" in path.stem:  # the paper's grid: DP-LoRA, non-private LoRA and full fine-tuning
