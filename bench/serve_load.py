@@ -210,7 +210,8 @@ def main() -> None:
     model_s = _prom_value(prom, "dprad_model_seconds_total")
     batches = _prom_value(prom, "dprad_batches_total")
     print(
-        f"server: {model_s:.1f} s of the {res['elapsed']:.1f} s inside the model, "
+        f"server: a model call in progress for {model_s:.1f} s of the {res['elapsed']:.1f} s "
+        "(request handling overlaps it), "
         f"{batches:.0f} micro-batches of {served_n / max(batches, 1):.0f} reports on average"
     )
     print(f"offline Predictor.predict on the same reports: {offline_s:.1f} s = {offline_rate:.1f} reports/s")
