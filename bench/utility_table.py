@@ -27,14 +27,13 @@ CORPORA = {
 
 def teacher_f1(run: Path) -> float:
     """The rule teacher's weighted F1 on the run's own test split (its readings as decisions)."""
+    from dprad.data.read import read_run_split
     from dprad.data.reports import label_matrix
     from dprad.data.schemas import LabelSchema
-    from dprad.evaluate import _run_split
     from dprad.metrics import f1_scores
     from dprad.priors import report_prior_features, rule_predictions
 
-    cfg = json.loads((run / "config.json").read_text())
-    reports, _ = _run_split(run, cfg, "test")
+    reports, _ = read_run_split(run, "test")
     schema = LabelSchema.from_dict(json.loads((run / "schema.json").read_text()), source=str(run))
     y, m = label_matrix(reports, schema)
     pred = rule_predictions(report_prior_features(reports, schema)).astype(float)

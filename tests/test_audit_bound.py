@@ -130,6 +130,8 @@ def test_make_canaries(train_reports: list) -> None:
     assert again.source_ids == c.source_ids and (again.included == c.included).all()
     with pytest.raises(DpradError, match="--audit-canaries"):
         make_canaries(train_reports, CHEXPERT14, m=len(train_reports) + 1, rng=np.random.default_rng(0))
+    with pytest.raises(DpradError, match="at least 2"):
+        make_canaries(train_reports, CHEXPERT14, m=1, rng=np.random.default_rng(0))
 
 
 def test_score_canaries_memorised_vs_not(train_reports: list) -> None:

@@ -26,6 +26,28 @@ from dprad.train import train
 # ---- metrics ----
 
 
+def test_lira_pooled_variance_ignores_masked_labels() -> None:
+    """Every example's phi varies the same way across reference models, so masking one example's label
+    must leave the pooled variance, hence the other examples' scores, unchanged."""
+    rng = np.random.default_rng(0)
+    k, n, n_labels = 8, 6, 2
+    keep = np.zeros((k, n), bool)
+    keep[::2] = True  # each example in half of the reference models
+    logits = rng.normal(size=(n, n_labels))[None] + rng.normal(size=(k, 1, 1))  # (K, N, L): same spread
+    target = rng.normal(size=(n, n_labels))
+    y = np.ones((n, n_labels))
+    mask = np.ones((n, n_labels))
+    full = lira_scores(
+        true_label_logit(target, y, mask), true_label_logit(logits, y, mask), keep, online=False
+    )
+    mask[1, 0] = 0
+    part = lira_scores(
+        true_label_logit(target, y, mask), true_label_logit(logits, y, mask), keep, online=False
+    )
+    others = np.arange(n) != 1
+    np.testing.assert_allclose(part[others], full[others], rtol=1e-12)
+
+
 def test_auc_matches_sklearn_with_ties() -> None:
     rng = np.random.default_rng(0)
     a = np.round(rng.normal(0.5, 1, 300), 1)  # rounded: many ties within and across groups

@@ -14,6 +14,7 @@ from dprad.dp_thresholds import (
     compose_epsilon,
     dp_thresholds,
     gaussian_epsilon,
+    one_report_per_patient,
     score_histograms,
 )
 from dprad.errors import DpradError
@@ -116,3 +117,11 @@ def test_bad_input_is_a_clear_error() -> None:
         dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, rng=rng, critical={5: 0.9})
     with pytest.raises(DpradError, match="epsilon"):
         dp_thresholds(y, probs, mask, epsilon=-1.0, delta=1e-5, rng=rng)
+
+
+def test_one_report_per_patient_keeps_each_patients_first_report_by_id() -> None:
+    patients = ["p2", "p1", "p2", "p3", "p1", "p2"]
+    reports = ["r9", "r4", "r1", "r7", "r2", "r5"]
+    keep = one_report_per_patient(patients, reports)
+    assert keep.tolist() == [2, 3, 4]  # p2 -> r1, p3 -> r7, p1 -> r2
+    assert len({patients[i] for i in keep}) == len(keep) == len(set(patients))

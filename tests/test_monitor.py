@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from dprad.data.read import read_run_split
 from dprad.data.reports import Report
 from dprad.data.table import reports_frame, write_table
 from dprad.monitor import (
@@ -23,7 +24,6 @@ from dprad.monitor import (
     monitor_reports,
     newcombe_diff,
     psi,
-    read_run_split,
     reference_from_arrays,
     wilson,
     write_reference,
@@ -67,7 +67,7 @@ def test_two_halves_of_the_test_split_raise_no_alert(
     run_dir: Path, predictor: Predictor, tmp_path: Path
 ) -> None:
     run = fresh_run(run_dir, tmp_path)
-    test = read_run_split(run, "test")
+    test, _ = read_run_split(run, "test")
     a, b = test[::2], test[1::2]
     path = write_reference(run, a, predictor.predict(a).probs)
     ref = json.loads(path.read_text())

@@ -50,6 +50,10 @@ def check_patient_ledger(run: Path) -> None:
     n, q = led["dataset_size"], led["sample_rate"]
     assert abs(units.mean() - q * n) < 4 * np.sqrt(n * q * (1 - q) / len(units))
     assert np.array(history["batch_size"]).sum() > units.sum()  # patients bring several reports
+    # DP thresholds see one validation report per patient: the histograms' sensitivity is per report
+    fitted = json.loads((run / "metrics.json").read_text())["thresholds"]
+    assert fitted["fitted_on"] == "val (DP)"
+    assert fitted["reports"] < len(splits["val"])
 
 
 def test_patient_level_dp_on_a_mimic_layout_tree(tiny_bert: Path, tmp_path: Path) -> None:

@@ -286,3 +286,13 @@ __all__ = [
     "score_histograms",
     "select_thresholds",
 ]
+
+
+def one_report_per_patient(patient_ids: Sequence[str], report_ids: Sequence[str]) -> np.ndarray:
+    """Indices keeping each patient's first report by report id: a label-blind choice after which one
+    patient changes at most one count per histogram cell, the sensitivity ``dp_thresholds`` assumes. Used
+    when the unit of privacy is the patient. (N,) ids -> (P,) sorted indices."""
+    first: dict[str, int] = {}
+    for i in sorted(range(len(report_ids)), key=lambda j: report_ids[j]):
+        first.setdefault(patient_ids[i], i)
+    return np.array(sorted(first.values()), dtype=np.int64)

@@ -13,7 +13,7 @@ import numpy as np
 
 from dprad.bootstrap import headline, interval, paired_difference, patient_weights, weighted_label_metrics
 from dprad.calibration import apply_temperature, calibration_report, fit_temperature
-from dprad.data.read import read_reports
+from dprad.data.read import read_reports, read_run_split
 from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import UncertainPolicy
 from dprad.errors import DpradError
@@ -121,7 +121,7 @@ def score(
     y_all, m_all = label_matrix(reports, data_schema, policy=policy)
     y, mask = y_all[:, data_idx], m_all[:, data_idx]
     if options.temperature:
-        val_reports, val_schema = _run_split(run_dir, run_config, "val")
+        val_reports, val_schema = read_run_split(run_dir, "val")
         vy, vm = label_matrix(val_reports, val_schema, policy=policy)
         vp = predictor.predict(val_reports).probs
         t = fit_temperature(vy, vp, mask=vm)
@@ -138,16 +138,6 @@ def score(
     else:
         raise DpradError(f"--thresholds '{options.thresholds}' must be 0.5 or val")
     return Scored(reports, data_labels, y, mask, probs, thresholds, notes)
-
-
-def _run_split(run_dir: Path, run_config: dict[str, Any], split: str) -> tuple[list[Report], Any]:
-    """The reports of one of the run's own splits, read again from the run's training data."""
-    from dprad.config import RunConfig
-    from dprad.data.read import read_data
-
-    result, schema, _ = read_data(RunConfig.from_dict(run_config, source=str(run_dir / "config.json")).data)
-    ids = set(json.loads((run_dir / "splits.json").read_text())[split])
-    return [r for r in result.reports if r.id in ids], schema
 
 
 def select_reports(run_dir: Path, reports: list[Report], split: str) -> tuple[list[Report], str]:

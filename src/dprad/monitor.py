@@ -366,19 +366,16 @@ def _reference_for(
     )
 
 
-def read_run_split(run_dir: Path, split: str) -> list[Report]:
-    """The reports of one of the run's own splits, read again with the run's reader settings."""
-    from dprad.config import RunConfig
-    from dprad.data.read import read_data
+def _test_split(run_dir: Path) -> list[Report]:
+    """The run's test reports, read again from its training data (to compute a missing reference)."""
+    from dprad.data.read import read_run_split
 
     d = _run_config(run_dir)["data"]
     if not Path(d["path"]).exists():
         raise DpradError(
             f"{run_dir}: no {REFERENCE_FILE}, and the run's data {d['path']} is not here to rebuild it from"
         )
-    result, _, _ = read_data(RunConfig.from_dict({"data": d}, source=str(run_dir / "config.json")).data)
-    ids = set(json.loads((run_dir / "splits.json").read_text())[split])
-    return [r for r in result.reports if r.id in ids]
+    return read_run_split(run_dir, "test")[0]
 
 
 def load_reference(run_dir: str | Path, predictor: Any) -> tuple[dict[str, Any], str | None]:
@@ -390,7 +387,7 @@ def load_reference(run_dir: str | Path, predictor: Any) -> tuple[dict[str, Any],
         if ref.get("format") != REFERENCE_FORMAT:
             raise DpradError(f"{path}: not a {REFERENCE_FORMAT} file")
         return ref, None
-    reports = read_run_split(run_dir, "test")
+    reports = _test_split(run_dir)
     if not reports:
         raise DpradError(f"{run_dir}: no {REFERENCE_FILE} and no test report found to compute one")
     cfg = _run_config(run_dir)

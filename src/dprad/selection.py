@@ -220,13 +220,13 @@ def selection_cost(
         )
     if method == "composition-pld":
         import dp_accounting
-        from dp_accounting import pld
 
-        acc = pld.PLDAccountant()
-        acc.compose(dp_accounting.ComposedDpEvent([c.dp_event() for c in candidates]))
+        from dprad.privacy import epsilon_of
+
+        event = dp_accounting.ComposedDpEvent([c.dp_event() for c in candidates])
         return SelectionCost(
             method,
-            float(acc.get_epsilon(target_delta)),
+            epsilon_of(event, delta=target_delta, accountant="pld"),
             target_delta,
             names,
             largest,

@@ -594,11 +594,9 @@ def _evaluate(cell: Cell, run_dir: Path, options: EvalOptions) -> dict[str, Any]
 
 
 def _audit_cell(run_dir: Path, spec: AuditSpec, reports: Sequence[Report] | None) -> None:
-    try:
-        from dprad.audit.run_audit import audit_run
-    except ImportError:
-        return
     import numpy as np
+
+    from dprad.audit.run_audit import audit_run
 
     audit_run(
         run_dir,
@@ -817,11 +815,7 @@ def result_rows(
             status, error = "done", ""
         else:
             status, error = "pending", ""
-        mode = ledger.get("mode") or c.mode
-        if ledger and not ledger.get("private", False) and mode.startswith("dp-"):
-            mode = mode[3:]
-        elif ledger.get("private") and not mode.startswith("dp-"):
-            mode = f"dp-{mode}"
+        mode = ledger.get("mode") or c.mode  # the ledger's mode carries dp- exactly when the run is private
         rows.append(
             {
                 "cell": c.id,

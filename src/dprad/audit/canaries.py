@@ -82,8 +82,8 @@ def make_canaries(
     code never groups it with its source. ``rare_tokens`` appends a few random letter strings (rare
     wordpieces) to the text, which makes a canary easier to memorise and the audit stronger.
     """
-    if m < 1:
-        raise DpradError(f"--audit-canaries {m} must be at least 1")
+    if m < 2:  # one guessed in and one guessed out at the least
+        raise DpradError(f"--audit-canaries {m} must be at least 2")
     if m > len(train_reports):
         raise DpradError(
             f"--audit-canaries {m} is more than the {len(train_reports)} training reports canaries are copied from"
@@ -224,8 +224,9 @@ def score_canaries(
             f"Claims of epsilon >= {ceiling:.2f} cannot be refuted with {r} guesses. A bound below the ledger's "
             "epsilon does not confirm the guarantee: it is what one black-box attacker (loss on random labels, "
             "final model only) proves, and one-run audits of DP-SGD are far from tight. The audit does not test "
-            "reports other than the canaries, the validation split (used without DP), patients with several "
-            "reports (the unit is one report), or the base model's pre-training data."
+            "reports other than the canaries, the threshold selection on the validation split (canaries are "
+            "training data only), patients with several reports (each canary is its own patient), or the base "
+            "model's pre-training data."
         ),
     )
 

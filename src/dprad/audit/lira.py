@@ -37,8 +37,10 @@ def _fit(phi: np.ndarray, keep: np.ndarray, *, fix_variance: bool) -> tuple[np.n
     x = np.nan_to_num(phi)
     mu = (w * x).sum(0) / np.maximum(count, 1)  # (N, L)
     var = (w * (x - mu) ** 2).sum(0) / np.maximum(count - 1, 1)  # (N, L)
-    if fix_variance:
-        var = np.broadcast_to(var.mean(0, keepdims=True), var.shape)
+    if fix_variance:  # pooled over the examples where the label is observed (masked entries have no variance)
+        observed = ~np.isnan(phi).all(0)  # (N, L)
+        pooled = np.where(observed, var, 0.0).sum(0, keepdims=True) / np.maximum(observed.sum(0), 1)  # (1, L)
+        var = np.broadcast_to(pooled, var.shape)
     return mu, np.sqrt(np.maximum(var, MIN_STD**2))
 
 

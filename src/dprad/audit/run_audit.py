@@ -179,6 +179,8 @@ def audit_run(
     population = _pick(by_id, splits.get("val", []), "val", run_dir)
     if not members or not nonmembers:
         raise DpradError(f"{run_dir}: membership inference needs training and test reports")
+    if "rmia" in attacks and not population:  # before any reference model is trained
+        raise DpradError(f"{run_dir}: RMIA needs population reports and the run's validation split is empty")
     pool = [*members, *nonmembers, *population]
     n_in, n_out = len(members), len(nonmembers)
     policy = UncertainPolicy(config["data"].get("uncertain_policy", "ones"))
@@ -258,10 +260,6 @@ def audit_run(
             results["lira_online"] = evaluate(_pad(lira_scores(phi_t, phi_r, keep, online=True), len(pool)))
             results["lira_offline"] = evaluate(_pad(lira_scores(phi_t, phi_r, keep, online=False), len(pool)))
         if "rmia" in attacks:
-            if not population:
-                raise DpradError(
-                    f"{run_dir}: RMIA needs population reports and the run's validation split is empty"
-                )
             say("RMIA")
             pop = slice(n_in + n_out, len(pool))
             a = fit_offline_a(ref_logits, keep, y[tgt], mask[tgt])

@@ -39,7 +39,7 @@ class LoraMode(EncoderMode):
         )
         self.prefix = PrefixLoraClassifier(
             top, len(self.plan.schema), pooling=cfg.model.pooling, prior_dim=self.prior_dim
-        )
+        ).to(self.device)  # the new head too, before opacus wraps it
         self.prefix.head.load_state_dict(self.model.head.state_dict())
         self.notes.append(
             f"LoRA in the top {lo.layers} layers; the frozen bottom's hidden states are cached once per report"

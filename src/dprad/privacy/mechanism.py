@@ -6,7 +6,7 @@ computed from that event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -130,6 +130,7 @@ class DpSgd:
         realised: int,
     ) -> float:
         del realised  # the private step divides by the *expected* batch size: the realised one would leak
+        step: Callable[..., float] = private_step
         if self.world_size > 1:  # ``batches``: this rank's share; every rank calls once per step
             from dprad.distributed import distributed_private_step, rank_and_world
 
@@ -137,18 +138,8 @@ class DpSgd:
                 raise RuntimeError(
                     f"DpSgd on rank {self.rank} of {self.world_size}, but torch.distributed says {rank_and_world()}"
                 )
-            return distributed_private_step(
-                params,
-                optimizer,
-                batches,
-                loss_fn,
-                max_grad_norm=self.max_grad_norm,
-                noise_multiplier=self.noise_multiplier,
-                expected_batch_size=self.expected_batch_size,
-                generator=generator,
-                groups=self.unit_groups,
-            )
-        return private_step(
+            step = distributed_private_step
+        return step(
             params,
             optimizer,
             batches,

@@ -210,6 +210,7 @@ def create_app(
     schema = predictor.schema
     thresholds, rule = run_thresholds(run_dir, schema)
     model_info = _model_info(run_dir, schema, thresholds, rule, predictor.mode, limits)
+    label_names = np.asarray(schema.labels)  # (L,)
     budgets = BudgetStore(state_dir / BUDGET_DB)
     audit = AuditLog(state_dir / AUDIT_DIR, max_bytes=limits.audit_max_bytes)
     rate = RateLimiter()
@@ -382,7 +383,7 @@ def create_app(
             await anyio.to_thread.run_sync(budgets.refund, key, len(reports))
             raise
         decisions = probs >= thresholds[None, :]  # (n, L)
-        positive = [tuple(np.asarray(schema.labels)[row].tolist()) for row in decisions]
+        positive = [tuple(label_names[row].tolist()) for row in decisions]
         info["labels"] = positive
         metrics.reports_scored[key.id] += len(reports)
         if live is not None:

@@ -124,9 +124,12 @@ def split_metrics(
     critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
     thresholds = None
     if rule == "dp":
-        from dprad.dp_thresholds import dp_thresholds
+        from dprad.dp_thresholds import dp_thresholds, one_report_per_patient
 
         y, m, p = data["val"]
+        if plan.unit == "patient":  # the histograms' sensitivity holds per report: keep one per patient
+            keep = one_report_per_patient([r.patient_id for r in splits.val], [r.id for r in splits.val])
+            y, m, p = y[keep], m[keep], p[keep]
         assert plan.threshold_epsilon is not None and plan.cfg.privacy.delta is not None
         dp = dp_thresholds(
             y,
@@ -145,13 +148,17 @@ def split_metrics(
             "rule": f"{dp.rule}; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
             "epsilon": dp.epsilon,
             "noise_multiplier": dp.noise_multiplier,
+            "reports": len(y),  # one per patient when the unit of privacy is the patient
             "critical": list(schema.critical),
             "values": thresholds.tolist(),
         }
     elif rule == "val":  # the same grid rule as the DP thresholds, on exact counts
-        from dprad.dp_thresholds import dp_thresholds
+        from dprad.dp_thresholds import dp_thresholds, one_report_per_patient
 
         y, m, p = data["val"]
+        if plan.unit == "patient":  # the histograms' sensitivity holds per report: keep one per patient
+            keep = one_report_per_patient([r.patient_id for r in splits.val], [r.id for r in splits.val])
+            y, m, p = y[keep], m[keep], p[keep]
         exact = dp_thresholds(
             y, p, m, epsilon=math.inf, delta=1.0, rng=np.random.default_rng(0), critical=critical
         )
@@ -187,7 +194,10 @@ def audit_canaries(plan: RunPlan, mode: Mode, ledger: PrivacyLedger) -> dict[str
     y = canaries.label_matrix(plan.schema)  # (M, L) random labels
     losses = -(y * np.log(probs) + (1 - y) * np.log(1 - probs)).sum(1)  # (M,) summed BCE, as in training
     delta = ledger.delta if ledger.delta is not None else default_delta(plan.n)
-    return canary_section(losses, canaries, delta=delta, ledger_epsilon=ledger.epsilon)
+    # canaries are training data only: the threshold release sees the trained model and validation data,
+    # post-processing as far as a canary is concerned, so the claim they test is the training part's epsilon
+    claimed = ledger.parts[0]["epsilon"] if ledger.parts else ledger.epsilon
+    return canary_section(losses, canaries, delta=delta, ledger_epsilon=claimed)
 
 
 def finish(
