@@ -194,10 +194,7 @@ def audit_canaries(plan: RunPlan, mode: Mode, ledger: PrivacyLedger) -> dict[str
     y = canaries.label_matrix(plan.schema)  # (M, L) random labels
     losses = -(y * np.log(probs) + (1 - y) * np.log(1 - probs)).sum(1)  # (M,) summed BCE, as in training
     delta = ledger.delta if ledger.delta is not None else default_delta(plan.n)
-    # canaries are training data only: the threshold release sees the trained model and validation data,
-    # post-processing as far as a canary is concerned, so the claim they test is the training part's epsilon
-    claimed = ledger.parts[0]["epsilon"] if ledger.parts else ledger.epsilon
-    return canary_section(losses, canaries, delta=delta, ledger_epsilon=claimed)
+    return canary_section(losses, canaries, delta=delta, ledger_epsilon=ledger.epsilon)
 
 
 def finish(
