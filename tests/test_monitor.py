@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, SynthConfig, generate_reports
+from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dprad.data.read import read_run_split
 from dprad.data.reports import Report
@@ -29,7 +28,6 @@ from dprad.monitor import (
     write_reference,
 )
 from dprad.predict import Predictor, load_run
-from dprad.serve.commands import register
 from dprad.train import train
 
 SHIFTED = "Pneumothorax"
@@ -104,33 +102,34 @@ def test_prevalence_shift_raises_alerts_for_the_shifted_label(run_dir: Path, pre
 
 
 def test_ct_reports_against_a_cxr_run_raise_text_and_score_alerts(
-    run_dir: Path, predictor: Predictor, tmp_path: Path
+    run_dir: Path, predictor: Predictor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ct = generate_reports(SynthConfig(modality="ct", n_patients=150, seed=1))
     data = tmp_path / "ct.csv"
     write_table(reports_frame(ct, CHEXPERT14), data)  # CT text, no CheXpert label columns
-    app = typer.Typer()
-    register(app)
     out = tmp_path / "monitor.json"
-    res = CliRunner().invoke(app, ["monitor", str(run_dir), str(data), "--out", str(out)])
-    assert res.exit_code == 1, res.output  # an alert pages someone
+    # through the real entry point (`dprad` runs cli.main): an alert must reach the exit code and page someone
+    with pytest.raises(SystemExit) as exit_:
+        main(["monitor", str(run_dir), str(data), "--out", str(out)])
+    assert exit_.value.code == 1
+    output = capsys.readouterr().out
     d = json.loads(out.read_text())
     assert d["alerted"] is True
     got = {(a["kind"], a["label"]) for a in d["alerts"] if a["severity"] == "alert"}
     assert ("length_shift", None) in got and ("oov_shift", None) in got
     assert sum(kind == "score_shift" for kind, _ in got) >= len(CHEXPERT14) // 2
-    assert "out-of-vocabulary" in res.output
+    assert "out-of-vocabulary" in output
 
 
-def test_cli_exit_code_0_without_alert(run_dir: Path, tmp_path: Path) -> None:
+def test_cli_exit_code_0_without_alert(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     same = generate_reports(SynthConfig(n_patients=200, seed=79, prevalence={SHIFTED: 0.06}))
     data = tmp_path / "same.csv"
     write_table(reports_frame(same, CHEXPERT14), data)
-    app = typer.Typer()
-    register(app)
-    res = CliRunner().invoke(app, ["monitor", str(run_dir), str(data), "--labels", "--json"])
-    assert res.exit_code == 0, res.output
-    d = json.loads(res.output)
+    capsys.readouterr()
+    main(["monitor", str(run_dir), str(data), "--labels", "--json"])  # returns: exit code 0
+    d = json.loads(capsys.readouterr().out)
     assert d["alerted"] is False and len(d["sensitivity"]) == len(CHEXPERT14)
 
 

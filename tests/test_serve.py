@@ -25,6 +25,7 @@ from dprad.serve.keys import hash_key, load_keys
 from dprad.train import train
 
 CLIENT, MONITOR = "client-key-0123456789abcdef", "monitor-key-0123456789abcdef"
+ADMIN = "admin-key-0123456789abcdef"
 LIMITS = ServeLimits(
     max_body_bytes=20_000, max_reports_per_request=8, max_report_chars=2_000, batch_wait_ms=5
 )
@@ -48,6 +49,7 @@ def write_keys(path: Path, **budgets: dict[str, object]) -> Path:
     entries: list[dict[str, object]] = [
         {"id": "monitor", "key_sha256": hash_key(MONITOR), "role": "monitor"},
         {"id": "client", "key": CLIENT, "role": "client"},
+        {"id": "admin", "key": ADMIN, "role": "admin"},
     ]
     for kid, extra in budgets.items():
         entries.append({"id": kid, "key": f"{kid}-key-0123456789abcdef", "role": "client", **extra})
@@ -115,7 +117,12 @@ def test_model_health_and_metrics(server: tuple[str, Path], run_dir: Path) -> No
     assert model["privacy"]["statement"] == ledger["statement"]
     assert model["privacy"]["numbers"]["dataset_size"] == ledger["dataset_size"]
     assert model["schema"]["labels"] == list(CHEXPERT14.labels)
-    assert "weighted_f1" in model["metrics"]["test"]["threshold_val"]
+    assert model["thresholds"]["values"] and "rule" in model["thresholds"]
+    # per-label supports and recalls on the run's own splits are not covered by the ledger: admin only
+    assert "metrics" not in model
+    assert "metrics" not in httpx.get(f"{url}/v1/model", headers=auth(MONITOR)).json()
+    admin = httpx.get(f"{url}/v1/model", headers=auth(ADMIN)).json()
+    assert "weighted_f1" in admin["metrics"]["test"]["threshold_val"]
     assert httpx.get(f"{url}/metrics", headers=auth(CLIENT)).status_code == 403  # client role: no metrics
     httpx.post(f"{url}/v1/classify", json={"reports": [{"text": "Cardiomegaly."}]}, headers=auth(CLIENT))
     text = httpx.get(f"{url}/metrics", headers=auth(MONITOR)).text
@@ -142,6 +149,17 @@ REFUSALS = [
     ("missing text", auth(CLIENT), b'{"reports": [{"id": "a"}]}', 422, "missing field 'reports[0].text'"),
     ("text not a string", auth(CLIENT), b'{"reports": [{"text": 3}]}', 422, "reports[0].text"),
     ("no reports", auth(CLIENT), b'{"reports": []}', 422, "'reports' is empty"),
+    ("lone surrogate", auth(CLIENT), b'{"reports": [{"text": "\\ud800 effusion"}]}', 400, "lone surrogate"),
+    (
+        "lone surrogate id",
+        auth(CLIENT),
+        b'{"reports": [{"id": "\\udfff", "text": "x"}]}',
+        400,
+        "lone surrogate",
+    ),
+    ("surrogate field", auth(CLIENT), b'{"reports": [{"\\ud800": "x"}]}', 422, "'reports[0]'"),
+    ("deep nesting", auth(CLIENT), b"[" * 15_000, 400, "nested too deeply"),
+    ("deep nesting in text", auth(CLIENT), b'{"reports": [{"text": ' + b"[" * 15_000 + b"]}", 400, "nested"),
     ("empty text", auth(CLIENT), b'{"reports": [{"text": "  \\n "}]}', 422, "'reports[0].text' is empty"),
     (
         "oversized body",
@@ -408,3 +426,36 @@ def test_live_traffic_reference_holds_scores_only_and_feeds_the_monitor(
     assert not result.alerted  # the very same reports: no drift
     assert any("no labels" in n for n in result.notes)
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and not _is_loopback("0.0.0.0")
+
+
+def test_a_request_the_model_fails_to_score_costs_nothing(run_dir: Path, tmp_path: Path) -> None:
+    """A run whose weights went non-finite: every request fails with a clear 500, and no budget is spent."""
+    import shutil
+
+    import torch
+
+    broken = Path(shutil.copytree(run_dir, tmp_path / "broken"))
+    head = broken / "model" / "head.pt"
+    state = torch.load(head, weights_only=True)
+    torch.save(
+        {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}, head
+    )
+    keys = write_keys(tmp_path / "keys.yaml", tight={"budget_total": 3})
+    app = create_app(broken, keys_path=keys, state_dir=tmp_path / "state", limits=LIMITS)
+    key = auth("tight-key-0123456789abcdef")
+    with running(app) as url:
+        for _ in range(3):
+            r = httpx.post(f"{url}/v1/classify", json={"reports": [{"text": "Edema."}] * 2}, headers=key)
+            assert r.status_code == 500 and r.json()["error"]["code"] == "model_error", r.text
+    assert BudgetStore(tmp_path / "state" / "budgets.sqlite").spent("tight") == (0, 0)
+    lines = audit_lines(tmp_path / "state")
+    assert [x["status"] for x in lines] == [500, 500, 500]
+
+
+def test_refused_bodies_spend_no_budget(server: tuple[str, Path]) -> None:
+    url, state = server
+    before = BudgetStore(state / "budgets.sqlite").spent("client")
+    for body in (b'{"reports": [{"text": "\\ud800"}]}', b"[" * 15_000, b'{"reports": [{"text": 1}]}'):
+        r = httpx.post(f"{url}/v1/classify", content=body, headers=auth(CLIENT))
+        assert 400 <= r.status_code < 500, r.text
+    assert BudgetStore(state / "budgets.sqlite").spent("client") == before

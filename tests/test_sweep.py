@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
+from dprad.cli import main
 from dprad.data.table import reports_frame, write_table
 from dprad.privacy import compute_epsilon, epsilon_of, event_from_dict
 from dprad.sweep import RESULT_COLUMNS, SweepConfig, plan_cells, run_sweep
@@ -252,7 +253,7 @@ def test_a_sweep_killed_mid_training_resumes_from_the_checkpoint(
 
 
 def test_cli_sweep_prints_the_table_and_fails_when_a_cell_fails(
-    corpus: Path, tiny_bert: Path, tmp_path: Path
+    corpus: Path, tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = typer.Typer()
     register(app)
@@ -260,10 +261,13 @@ def test_cli_sweep_prints_the_table_and_fails_when_a_cell_fails(
     cfg_path = write_config(
         tmp_path / "cfg", tiny_body(str(corpus), [str(tiny_bert), "missing-model"], epsilons=["inf"])
     )
-    res = runner.invoke(app, ["sweep", str(cfg_path), "--out", str(tmp_path / "out")])
-    assert res.exit_code == 1, res.output
-    assert "synth-bert-head-epsinf-s0" in res.output and "done" in res.output
-    assert "1 of 2 cells failed" in res.output and "results:" in res.output
+    # through the real entry point (`dprad` runs cli.main): a failed cell must reach the exit code
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(cfg_path), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 1
+    out, err = capsys.readouterr()
+    assert "synth-bert-head-epsinf-s0" in out and "done" in out
+    assert "1 of 2 cells failed" in err and "results:" in err
     df = pd.read_csv(tmp_path / "out" / "results.csv")
     assert sorted(df.status) == ["done", "failed"]
     res = runner.invoke(app, ["sweep", str(tmp_path / "nope.yaml")])

@@ -884,7 +884,9 @@ _register_commands()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # with standalone_mode=False click *returns* a command's typer.Exit code instead of exiting: pass
+        # it on, or `monitor` alerts and failed sweep cells would exit 0 and page no scheduler
+        rc = app(args=argv, standalone_mode=False)
     except DpradError as err:
         print(f"dprad: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -899,3 +901,5 @@ def main(argv: list[str] | None = None) -> None:
             err.show()  # type: ignore[attr-defined]
             raise SystemExit(err.exit_code) from None  # type: ignore[attr-defined]
         raise
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        raise SystemExit(rc)

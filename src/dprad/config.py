@@ -8,8 +8,9 @@ back (its informational ``derived`` section is recomputed and checked, not read)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from dprad.errors import DpradError
 
@@ -18,6 +19,67 @@ from dprad.errors import DpradError
 MODE_ALIASES = {"dp-head": "head", "dp-lora": "lora", "dp-full": "full"}
 SECTIONS = ("data", "model", "lora", "privacy", "train")
 INFORMATIONAL = ("derived",)  # written by runs into config.json; recomputed on load, never an input
+
+
+# Numeric fields and the range each must lie in: (kind, low, low_inclusive, high, high_inclusive). Checked
+# whenever a config is built (from flags, a file or ``replace``), so bad numbers stop before any work with
+# one line naming the flag; a NaN learning rate or clipping norm would otherwise train every weight to NaN
+# and write a ledger "clipped to norm nan".
+Range = tuple[str, float, bool, float, bool]
+POSITIVE: Range = ("float", 0.0, False, math.inf, False)
+NON_NEGATIVE: Range = ("float", 0.0, True, math.inf, False)
+UNIT_OPEN: Range = ("float", 0.0, False, 1.0, False)
+COUNT: Range = ("int", 1, True, math.inf, False)
+NON_NEGATIVE_INT: Range = ("int", 0, True, math.inf, False)
+ANY_INT: Range = ("int", -math.inf, False, math.inf, False)
+
+# (section, field) -> the flag a user types, where it is not "--" + field with dashes
+FLAG_NAMES = {
+    ("data", "fractions"): "--split",
+    ("data", "labels_path"): "--labels",
+    ("lora", "r"): "--lora-r",
+    ("lora", "alpha"): "--lora-alpha",
+    ("lora", "dropout"): "--lora-dropout",
+    ("lora", "layers"): "--lora-layers",
+    ("privacy", "unit"): "--privacy-unit",
+}
+
+
+def flag_name(section: str, name: str) -> str:
+    return FLAG_NAMES.get((section, name), "--" + name.replace("_", "-"))
+
+
+def _check_value(value: Any, rule: Range, *, where: tuple[str, str]) -> None:
+    kind, low, low_in, high, high_in = rule
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DpradError(
+            f"{where[0]} must be a number, not {type(value).__name__} {value!r:.40} ({where[1]})"
+        )
+    if kind == "int" and not (isinstance(value, int) or (math.isfinite(value) and value == int(value))):
+        raise DpradError(f"{where[0]} {value} must be a whole number ({where[1]})")
+    ok_low = value >= low if low_in else value > low
+    ok_high = value <= high if high_in else value < high
+    if not (math.isfinite(value) and ok_low and ok_high):
+        if rule == POSITIVE:
+            want = "a positive number"
+        elif (low, low_in, high, high_in) == (0.0, False, 1.0, False):
+            want = "in (0, 1)"
+        else:
+            lo = f"{'>=' if low_in else '>'} {low:g}" if math.isfinite(low) else ""
+            hi = f"{'<=' if high_in else '<'} {high:g}" if math.isfinite(high) else ""
+            want = " ".join(("a finite number", " and ".join(b for b in (lo, hi) if b))).strip()
+        raise DpradError(f"{where[0]} {value} must be {want} ({where[1]})")
+
+
+def check_numbers(cfg: Any, section: str) -> None:
+    """Every numeric field of a config section is a finite number in its range (None: dprad chooses)."""
+    for name, rule in type(cfg).RANGES.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        where = (flag_name(section, name), f"config {section}.{name}")
+        for item in value if isinstance(value, tuple) else (value,):
+            _check_value(item, rule, where=where)
 
 
 @dataclass(frozen=True)
@@ -34,12 +96,22 @@ class DataConfig:
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
 
+    RANGES: ClassVar[dict[str, Range]] = {"fractions": ("float", 0.0, True, 1.0, True), "split_seed": ANY_INT}
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "data")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "minilm"  # "minilm" (packaged MiniLM-L6) or a local Hugging Face model directory
     pooling: str = "auto"  # auto (what the checkpoint was trained for), mean or cls
     max_length: int = 256
+
+    RANGES: ClassVar[dict[str, Range]] = {"max_length": ("int", 2, True, math.inf, False)}
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "model")
 
 
 @dataclass(frozen=True)
@@ -51,6 +123,16 @@ class LoraConfig:
     # LoRA in the top K layers only: the frozen bottom runs once per report (cached hidden states) and
     # each step runs only the top K layers. None: LoRA in every layer
     layers: int | None = None
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "r": COUNT,
+        "alpha": POSITIVE,
+        "dropout": ("float", 0.0, True, 1.0, False),
+        "layers": COUNT,
+    }
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "lora")
 
 
 @dataclass(frozen=True)
@@ -68,6 +150,17 @@ class PrivacyConfig:
     # whenever the training split has patients with several reports, else report
     unit: str = "auto"
     threshold_share: float = 0.1  # share of the target epsilon spent on DP thresholds
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "epsilon": POSITIVE,
+        "noise_multiplier": POSITIVE,
+        "delta": UNIT_OPEN,
+        "max_grad_norm": POSITIVE,
+        "threshold_share": UNIT_OPEN,
+    }
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "privacy")
 
 
 @dataclass(frozen=True)
@@ -97,6 +190,21 @@ class TrainConfig:
     # probability 1/2, scored after training into audit.json; never in the reported metrics
     audit_canaries: int = 0
     audit_rare_tokens: bool = False  # append rare random tokens to canaries (easier to memorise)
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "epochs": POSITIVE,
+        "lr": POSITIVE,
+        "batch_size": COUNT,
+        "max_tokens": COUNT,
+        "weight_decay": NON_NEGATIVE,
+        "seed": ANY_INT,
+        "threads": COUNT,
+        "checkpoint_every": COUNT,
+        "audit_canaries": NON_NEGATIVE_INT,
+    }
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "train")
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,7 @@ def read_generic(
     records = df.to_dict(orient="records")
     for row, rec in enumerate(records, start=1):
         rid = ids[row - 1]
-        text = _cell_str(rec[text_col])
+        text = _text_cell(rec[text_col], where=f"{path}: row {row}: column '{text_col}'")
         pid = _cell_str(rec[patient_col]) if patient_col else rid
         if patient_col and not pid:
             raise DpradError(f"{path}: row {row}: column '{patient_col}': empty patient id")
@@ -291,6 +291,19 @@ def _cell_str(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v).strip()
+
+
+def _text_cell(v: Any, *, where: str) -> str:
+    """A report's text: a string (or empty). Numbers, lists or bytes in a typed file (Parquet, JSONL) are
+    refused: read as "0", "1", ... they would be trained on as if they were reports."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if not isinstance(v, str):
+        raise DpradError(
+            f"{where}: expected report text, found {type(v).__name__} {v!r:.40} "
+            "(is --text-col the right column?)"
+        )
+    return v.strip()
 
 
 def _attr_value(col: str, v: Any, *, where: str) -> Any:

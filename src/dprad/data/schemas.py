@@ -70,15 +70,37 @@ class LabelSchema:
         terms_raw = d.get("terms") or {}
         if not isinstance(terms_raw, dict):
             raise DpradError(f"{source}: 'terms' must map each label to a list of phrases")
+        terms: dict[str, tuple[str, ...]] = {}
+        for label, phrases in terms_raw.items():
+            # a bare string would be split into characters and match nearly every report
+            if not _str_list(phrases) or not all(p.strip() for p in phrases):
+                raise DpradError(
+                    f"{source}: terms '{label}' must be a list of non-empty phrases, "
+                    f"not {type(phrases).__name__} {phrases!r:.60}"
+                )
+            terms[str(label)] = tuple(phrases)
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("critical", "not_blocking_no_finding"):
+            value = d.get(key) or []
+            if not _str_list(value):
+                raise DpradError(f"{source}: '{key}' must be a list of label names, not {value!r:.60}")
+            lists[key] = tuple(value)  # type: ignore[arg-type]
+        no_finding = d.get("no_finding")
+        if no_finding is not None and not isinstance(no_finding, str):
+            raise DpradError(f"{source}: 'no_finding' must be a label name, not {no_finding!r:.60}")
         return cls(
             name=str(d.get("name") or Path(source).stem),
             labels=tuple(labels),
-            critical=tuple(d.get("critical") or ()),  # type: ignore[arg-type]
-            no_finding=d.get("no_finding"),  # type: ignore[arg-type]
-            not_blocking_no_finding=tuple(d.get("not_blocking_no_finding") or ()),  # type: ignore[arg-type]
+            critical=lists["critical"],
+            no_finding=no_finding,
+            not_blocking_no_finding=lists["not_blocking_no_finding"],
             description=str(d.get("description") or ""),
-            terms={str(k): tuple(v) for k, v in terms_raw.items()},
+            terms=terms,
         )
+
+
+def _str_list(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(x, str) for x in value)
 
 
 CHEXPERT14 = LabelSchema(

@@ -210,6 +210,9 @@ def create_app(
     schema = predictor.schema
     thresholds, rule = run_thresholds(run_dir, schema)
     model_info = _model_info(run_dir, schema, thresholds, rule, predictor.mode, limits)
+    # evaluation counts on the run's own validation / test splits were computed without DP (supports and
+    # recalls as small as one patient): only admin keys see them; the other roles get what the ledger covers
+    public_info = {k: v for k, v in model_info.items() if k != "metrics"}
     label_names = np.asarray(schema.labels)  # (L,)
     budgets = BudgetStore(state_dir / BUDGET_DB)
     audit = AuditLog(state_dir / AUDIT_DIR, max_bytes=limits.audit_max_bytes)
@@ -287,8 +290,10 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        request.state.audit["error"] = err.message
-        body = {"error": {"code": err.code, "message": err.message}} | err.extra
+        # a message may quote a field name the client sent: never let it carry a lone surrogate into the body
+        message = err.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        request.state.audit["error"] = message
+        body = {"error": {"code": err.code, "message": message}} | err.extra
         return JSONResponse(body, status_code=err.status, headers=err.headers)
 
     @app.exception_handler(404)
@@ -332,8 +337,8 @@ def create_app(
     @app.get("/v1/model")
     async def model(request: Request) -> dict[str, Any]:
         request.state.audit["endpoint"] = "GET /v1/model"
-        authorize(request, "model")
-        return model_info
+        key = authorize(request, "model")
+        return model_info if key.role == "admin" else public_info
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> PlainTextResponse:
@@ -349,13 +354,11 @@ def create_app(
         info["endpoint"] = "POST /v1/classify"
         key = authorize(request, "classify")
         body = await _read_body(request, limits.max_body_bytes)
-        try:
-            doc = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            msg = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
-            raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {msg}") from None
+        doc = _decode(body)
         texts = _texts_of(doc)
-        info["n_reports"], info["sha256"] = len(texts), hashes(texts)
+        info["n_reports"] = len(texts)
+        _check_unicode(texts, doc)
+        info["sha256"] = hashes(texts)
         try:
             req = ClassifyRequest.model_validate(doc)
         except ValidationError as err:
@@ -379,7 +382,12 @@ def create_app(
         ]
         try:
             probs = await batcher.submit(reports)  # (n, L)
+            if not np.isfinite(probs).all():
+                raise ApiError(
+                    500, "model_error", "the model produced non-finite scores; nothing was charged"
+                )
         except Exception:
+            # a request the model failed to score costs the key nothing
             await anyio.to_thread.run_sync(budgets.refund, key, len(reports))
             raise
         decisions = probs >= thresholds[None, :]  # (n, L)
@@ -425,6 +433,34 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "too_large", f"the request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _decode(body: bytes) -> Any:
+    """The parsed JSON body, or a 400 naming why not (bad JSON, not UTF-8, nested past the parser)."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        msg = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {msg}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the request body is nested too deeply") from None
+
+
+def _check_unicode(texts: Sequence[str], doc: Any) -> None:
+    """JSON escapes can spell lone surrogates ("\\ud800"): no valid Unicode text, nothing to hash or score."""
+    reports = doc.get("reports") if isinstance(doc, dict) else None
+    ids = [r.get("id") for r in reports if isinstance(r, dict)] if isinstance(reports, list) else []
+    for what, values in (("text", texts), ("id", ids)):
+        for i, v in enumerate(values):
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ApiError(
+                        400,
+                        "invalid_text",
+                        f"a report {what} (number {i}) holds a lone surrogate: not valid Unicode",
+                    ) from None
 
 
 def _texts_of(doc: Any) -> list[str]:
