@@ -125,3 +125,49 @@ def test_one_report_per_patient_keeps_each_patients_first_report_by_id() -> None
     keep = one_report_per_patient(patients, reports)
     assert keep.tolist() == [2, 3, 4]  # p2 -> r1, p3 -> r7, p1 -> r2
     assert len({patients[i] for i in keep}) == len(keep) == len(set(patients))
+
+
+def _two_level_scores(
+    n: int, n_labels: int, neg_hi: float, pos_lo: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels with 30% positives; negatives score in [0, neg_hi), positives in [pos_lo, pos_lo + 0.15)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, n_labels)) < 0.3).astype(np.float32)
+    probs = np.where(y > 0, pos_lo + 0.15 * rng.random(y.shape), neg_hi * rng.random(y.shape))
+    return y, probs
+
+
+def test_the_same_noise_gives_different_models_different_thresholds() -> None:
+    """Strong signal: the thresholds follow the model, not the noise draw (the same rng seed for both)."""
+    low = _two_level_scores(3000, 4, neg_hi=0.25, pos_lo=0.3, seed=1)  # best cut: 0.3
+    high = _two_level_scores(3000, 4, neg_hi=0.65, pos_lo=0.7, seed=1)  # best cut: 0.7
+    a = dp_thresholds(*low, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(7), critical={0: 0.9})
+    b = dp_thresholds(*high, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(7), critical={0: 0.9})
+    np.testing.assert_allclose(a.values, [0.3] * 4)
+    np.testing.assert_allclose(b.values, [0.7] * 4)
+
+
+@pytest.mark.parametrize("n", [115, 3000])
+def test_a_model_with_constant_scores_keeps_the_defaults(n: int) -> None:
+    """No signal in the scores: every label, critical ones too, keeps 0.5 whatever the noise draw."""
+    rng = np.random.default_rng(3)
+    y = (rng.random((n, 14)) < rng.uniform(0.01, 0.4, 14)).astype(np.float32)
+    probs = np.full(y.shape, 0.42)
+    critical = {5: 0.9, 6: 0.9, 7: 0.9, 9: 0.9}
+    for seed in range(5):
+        th = dp_thresholds(
+            y, probs, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(seed), critical=critical
+        )
+        np.testing.assert_allclose(th.values, 0.5)
+
+
+def test_small_validation_noise_leaves_every_label_at_the_default() -> None:
+    """The demo's case: 115 validation reports, 14 labels, a tenth of eps 1: the noise buries the counts, so
+    nothing moves (before, critical labels dropped to 0.1 and others moved with the noise draw)."""
+    y, probs, mask = _scores(115, 14, 4)
+    critical = {5: 0.9, 6: 0.9, 7: 0.9, 9: 0.9}
+    for seed in range(5):
+        th = dp_thresholds(
+            y, probs, mask, epsilon=0.1, delta=1e-4, rng=np.random.default_rng(seed), critical=critical
+        )
+        np.testing.assert_allclose(th.values, 0.5)

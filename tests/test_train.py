@@ -74,14 +74,20 @@ def test_run_directory_describes_itself_and_reloads(
             delta=ledger["delta"],
             accountant="pld",
         ).epsilon
-        # training is one part; the DP thresholds the other; the total is what the target bounds
-        assert ledger["parts"][0]["epsilon"] == pytest.approx(again) and again < ledger["epsilon"]
+        # training is one part (LoRA / full: LP-FT's fine-tuning, after the linear probe's part); the DP
+        # thresholds another; the total is what the target bounds
+        names = [p["part"].split(" ")[0] for p in ledger["parts"]]
+        assert names == (
+            ["linear", "fine-tuning", "thresholds"] if mode != "dp-head" else ["training", "thresholds"]
+        )
+        train_part = ledger["parts"][-2]
+        assert train_part["epsilon"] == pytest.approx(again) and again < ledger["epsilon"]
         total = epsilon_of(event_from_dict(ledger["event"]), delta=ledger["delta"])
         assert ledger["epsilon"] == pytest.approx(total) and 0.99 * 3.0 <= ledger["epsilon"] <= 3.0
         assert ledger["delta"] < 1 / ledger["dataset_size"]
         assert "differential privacy" in ledger["statement"] and "pre-training" in ledger["statement"]
         history = json.loads((out / "history.json").read_text())
-        assert history["epsilon_per_epoch"][-1]["epsilon"] == pytest.approx(ledger["parts"][0]["epsilon"])
+        assert history["epsilon_per_epoch"][-1]["epsilon"] == pytest.approx(train_part["epsilon"])
         # the sampler the run used is the one the accountant assumed: Poisson at the ledger's rate
         sizes = np.array(history["batch_units"])  # patients or reports: the units the accountant counts
         n, q = ledger["dataset_size"], ledger["sample_rate"]
@@ -318,14 +324,17 @@ def test_public_warm_start_is_resolved_recorded_and_refused_where_it_does_not_ap
     assert resolve(at(10.0), n_train=500, schema=CHEXPERT14).train.public_warm_start is True
     plain = cfg(corpus, tiny_bert, "head")
     assert resolve(plain, n_train=500, schema=CHEXPERT14).train.public_warm_start is False
-    with pytest.raises(DpradError, match="applies to head modes"):
+    with pytest.raises(DpradError, match="applies to head modes and LP-FT probes"):
         resolve(
             cfg(corpus, tiny_bert, "dp-lora").with_(
-                train=TrainConfig(mode="dp-lora", public_warm_start=True)
+                train=TrainConfig(mode="dp-lora", public_warm_start=True, probe=False)
             ),
             n_train=500,
             schema=CHEXPERT14,
         )
+    # LP-FT (the default for lora and full): the warm start is the probe's, resolved as for a head
+    lpft = resolve(cfg(corpus, tiny_bert, "dp-lora"), n_train=500, schema=CHEXPERT14).train
+    assert lpft.probe is True and lpft.public_warm_start is True
     out = tmp_path / "run"
     train(at(1.0), out)
     assert json.loads((out / "config.json").read_text())["train"]["public_warm_start"] is True

@@ -402,6 +402,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any]] = {
     "device": ("train", "device", None),
     "public_warm_start": ("train", "public_warm_start", None),
     "rule_prior": ("train", "rule_prior", None),
+    "probe": ("train", "probe", None),
+    "probe_share": ("train", "probe_share", None),
     "feature_cache": ("train", "feature_cache", _abs),
     "audit_canaries": ("train", "audit_canaries", None),
     "audit_rare_tokens": ("train", "audit_rare_tokens", None),
@@ -542,7 +544,7 @@ def train(
         bool | None,
         typer.Option(
             "--public-warm-start/--no-public-warm-start",
-            help="head modes: start from a fit on dprad's public synthetic corpus (default: on for private heads at eps < 4)",
+            help="head modes and LP-FT probes: start from a fit on dprad's public synthetic corpus (default: on for private runs with a built-in schema)",
         ),
     ] = None,
     rule_prior: Annotated[
@@ -552,6 +554,20 @@ def train(
             help="head modes: the rule teacher's reading of each report as extra, privacy-free inputs (default: on where the schema has rule vocabulary)",
         ),
     ] = None,
+    probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--probe/--no-probe",
+            help="lora / full: LP-FT, a private linear probe (the head mode) first, then fine-tuning from it (default: on)",
+        ),
+    ] = None,
+    probe_share: Annotated[
+        float,
+        typer.Option(
+            "--probe-share",
+            help="private LP-FT: share of the training budget (epsilon less the thresholds' share) for the probe",
+        ),
+    ] = 0.5,
     audit_canaries: Annotated[
         int,
         typer.Option(

@@ -177,8 +177,8 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:i]
     checkpoint_every: int = 25  # steps
-    # head modes: start the head from a fit on dprad's public synthetic corpus (no privacy cost).
-    # None: on for dp-head with a built-in schema at eps < 4, where it was measured to help.
+    # head modes and LP-FT probes: start the head from a fit on dprad's public synthetic corpus (no
+    # privacy cost). None: on for private runs with a built-in schema (the only ones with public labels).
     public_warm_start: bool | None = None
     # head modes: the rule teacher's reading of each report (a public function of its text) as extra
     # inputs; None: on where the schema has rule vocabulary
@@ -190,6 +190,14 @@ class TrainConfig:
     # probability 1/2, scored after training into audit.json; never in the reported metrics
     audit_canaries: int = 0
     audit_rare_tokens: bool = False  # append rare random tokens to canaries (easier to memorise)
+    # lora / full modes: linear probe, then fine-tune (LP-FT; Ke, Hou, Fanti & Oh, arXiv 2402.18905).
+    # Phase 1 trains exactly what --mode head trains (frozen features, rule prior, public warm start, DP);
+    # phase 2 fine-tunes the encoder starting from that head. None: on for lora and full
+    probe: bool | None = None
+    # private LP-FT: the share of the training budget (the target epsilon less the thresholds' share)
+    # that phase 1 is calibrated to; phase 2 is calibrated so that both phases and the thresholds together
+    # spend the target
+    probe_share: float = 0.5
 
     RANGES: ClassVar[dict[str, Range]] = {
         "epochs": POSITIVE,
@@ -201,6 +209,7 @@ class TrainConfig:
         "threads": COUNT,
         "checkpoint_every": COUNT,
         "audit_canaries": NON_NEGATIVE_INT,
+        "probe_share": UNIT_OPEN,
     }
 
     def __post_init__(self) -> None:

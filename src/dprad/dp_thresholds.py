@@ -9,9 +9,11 @@ whole release (2 L (G+1) counts) has L2 sensitivity sqrt(L), independent of the 
 mechanism of std ``noise_multiplier * sqrt(L)`` per count covers it. (Releasing TP / FP at every grid
 point directly would cost sensitivity sqrt(L G).) Everything after is post-processing of the noisy
 histograms: TP and FP at grid point k are the noisy counts of bins >= k, P the noisy number of positives,
-F1_k = 2 TP_k / (TP_k + FP_k + P); each label takes its max-F1 grid point (the first on ties) among the
-points that beat 0.5 with bootstrap confidence (``select_thresholds``), a critical label the highest grid
-point whose noisy recall TP_k / P reaches its target (the lowest grid point if none).
+F1_k = 2 TP_k / (TP_k + FP_k + P). A label leaves the default 0.5 only when its noisy positive count clears
+the noise; it then takes its max-F1 grid point (the first on ties) among the points that beat 0.5 with
+bootstrap confidence, a critical label the highest grid point whose noisy recall TP_k / P reaches its
+target with that confidence (``select_thresholds``). Without noise: max F1, and for a critical label the
+highest point reaching its target (the lowest grid point if none).
 
 Accounting: Gaussian mechanisms compose into one Gaussian (1 / sigma^2 adds up), whose epsilon at delta
 is exact (``GaussianPrivacyLoss`` of dp-accounting); any other event (DP-SGD's Poisson-sampled steps) is
@@ -34,7 +36,7 @@ from dprad.errors import DpradError
 # 0.1, 0.2, ..., 0.9: a coarse grid keeps the noisy tail sums short (see bench/head_trainers.py)
 DEFAULT_GRID: tuple[float, ...] = tuple(float(g) for g in np.round(np.arange(0.1, 0.91, 0.1), 2))
 THRESHOLD_SHARE = 0.1  # default share of a run's epsilon spent on thresholds
-FALLBACK = 0.5  # threshold of a label whose noisy positive count is below one
+FALLBACK = 0.5  # the default, fixed in advance: kept by a label whose released counts do not clear the noise
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def select_thresholds(
     critical: Mapping[int, float] | None = None,
     noise_std: float = 0.0,
     rng: np.random.Generator | None = None,
-    confidence: float = 0.9,
+    confidence: float = 0.95,
     replicates: int = 200,
 ) -> np.ndarray:
     """Post-processing of (noisy) histograms (L, G+1) -> per-label thresholds (L,).
@@ -194,15 +196,18 @@ def select_thresholds(
     or budget the thresholds stay at 0.5 rather than follow the noise. Uses only released values.
     """
     g = _check_grid(grid)
-    tp, fp, p = _curves(pos, neg)  # (L, G), (L, G), (L,)
-    base = int(np.argmin(np.abs(g - FALLBACK)))
     if noise_std > 0:
-        if rng is None:
-            raise DpradError("noisy thresholds need a random generator for their bootstrap")
-        draws = rng.normal(0.0, noise_std, size=(replicates, *pos.shape))  # (R, L, G+1)
-        draws_neg = rng.normal(0.0, noise_std, size=(replicates, *neg.shape))
-        f1_rep = _f1(*_curves(pos[None] + draws, neg[None] + draws_neg))  # (R, L, G)
-        wins = (f1_rep > f1_rep[:, :, [base]]).mean(0)  # (L, G) share of draws where point k beats 0.5
+        return _select_noisy(
+            pos,
+            neg,
+            g,
+            critical=critical,
+            noise_std=noise_std,
+            rng=rng,
+            confidence=confidence,
+            replicates=replicates,
+        )
+    tp, fp, p = _curves(pos, neg)  # (L, G), (L, G), (L,)
     out = np.full(pos.shape[0], FALLBACK)
     for j in range(pos.shape[0]):
         if p[j] < 1:
@@ -211,12 +216,106 @@ def select_thresholds(
             ok = np.flatnonzero(tp[j] / p[j] >= critical[j])
             out[j] = g[ok[-1]] if len(ok) else g[0]
             continue
-        f1 = _f1(tp[j], fp[j], p[j])
-        if noise_std > 0:
-            allowed = wins[j] >= confidence
-            allowed[base] = True
-            f1 = np.where(allowed, f1, -np.inf)
-        out[j] = g[int(np.argmax(f1))]
+        out[j] = g[int(np.argmax(_f1(tp[j], fp[j], p[j])))]
+    return out
+
+
+def _sums(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noisy histograms (..., G+1) -> TP, FP (..., G) and P (...,) as plain tail sums, each floored at 0 as
+    a whole. Flooring each bin before summing (``_curves``) would bias the sums upwards, the more so the more
+    bins a sum spans, and so pull every noisy choice towards the lowest grid point."""
+    tp = np.cumsum(pos[..., ::-1], axis=-1)[..., ::-1][..., 1:]
+    fp = np.cumsum(neg[..., ::-1], axis=-1)[..., ::-1][..., 1:]
+    return np.maximum(tp, 0.0), np.maximum(fp, 0.0), pos.sum(-1)
+
+
+def _z(confidence: float, tests: int) -> float:
+    """One-sided normal quantile for ``confidence`` shared (Bonferroni) over ``tests`` tests."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - (1 - confidence) / max(tests, 1)))
+
+
+def _rate(hist: np.ndarray, noise_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy histogram (G+1,) -> the share of its mass at or above each grid point (G,) and its standard
+    error from the released noise (delta method: U / (U + D), U and D the independent noisy sums above
+    and below the point, each bin carrying noise of std ``noise_std``)."""
+    n_bins = len(hist)
+    k = np.arange(1, n_bins)  # grid point k splits bins [0, k) and [k, G]
+    up = np.cumsum(hist[::-1])[::-1][1:]  # (G,) U_k
+    down = np.cumsum(hist)[:-1]  # (G,) D_k
+    total = max(float(hist.sum()), 1e-12)
+    rate = np.clip(up / total, 0.0, 1.0)
+    var = noise_std**2 * ((n_bins - k) * down**2 + k * up**2) / total**4
+    return rate, np.sqrt(var)
+
+
+def _separates(pos: np.ndarray, neg: np.ndarray, *, noise_std: float, confidence: float) -> np.ndarray:
+    """(L, G): grid points where TPR - FPR > 0 clears the noise at ``confidence``, shared (Bonferroni) over
+    every label and grid point of the release."""
+    n_labels, n_bins = pos.shape
+    z = _z(confidence, n_labels * (n_bins - 1))
+    out = np.zeros((n_labels, n_bins - 1), dtype=bool)
+    for j in range(n_labels):
+        if pos[j].sum() <= 0 or neg[j].sum() <= 0:
+            continue
+        tpr, se_t = _rate(pos[j], noise_std)
+        fpr, se_f = _rate(neg[j], noise_std)
+        out[j] = tpr - fpr > z * np.sqrt(se_t**2 + se_f**2)
+    return out
+
+
+def _select_noisy(
+    pos: np.ndarray,
+    neg: np.ndarray,
+    g: np.ndarray,
+    *,
+    critical: Mapping[int, float] | None,
+    noise_std: float,
+    rng: np.random.Generator | None,
+    confidence: float,
+    replicates: int,
+) -> np.ndarray:
+    """Noisy histograms -> thresholds that leave the default (0.5) only on evidence that clears the noise.
+
+    A label keeps 0.5 unless its noisy positive count clears its noise (P > z sd(P), z the one-sided
+    ``confidence`` quantile). Candidate points must separate positives from negatives: TPR - FPR > 0 by
+    more than its noise at ``confidence`` shared (Bonferroni) over all labels and grid points, so a model
+    whose scores carry nothing keeps 0.5. A critical label takes the highest such point whose recall's
+    lower confidence bound reaches its target (0.5 if none does), another label the max-F1 such point among
+    those whose F1 beats 0.5's in at least ``confidence`` of parametric bootstrap draws (fresh noise of the
+    released, public std added to the released counts). Only released values are used.
+    """
+    from scipy.stats import norm
+
+    if rng is None:
+        raise DpradError("noisy thresholds need a random generator for their bootstrap")
+    n_labels, n_bins = pos.shape
+    base = int(np.argmin(np.abs(g - FALLBACK)))
+    tp, fp, p = _sums(pos, neg)  # (L, G), (L, G), (L,)
+    informative = p > norm.ppf(confidence) * noise_std * math.sqrt(n_bins)  # (L,)
+    draws = rng.normal(0.0, noise_std, size=(replicates, n_labels, n_bins))  # (R, L, G+1)
+    draws_neg = rng.normal(0.0, noise_std, size=(replicates, n_labels, n_bins))
+    noisy = pos[None] + draws, neg[None] + draws_neg
+    tp_rep, fp_rep, p_rep = _sums(*noisy)  # (R, L, G), (R, L, G), (R, L)
+    n_rep = noisy[1].sum(-1)  # (R, L) negatives
+    f1_rep = _f1(tp_rep, fp_rep, np.maximum(p_rep, 0.0))  # (R, L, G)
+    wins = (f1_rep > f1_rep[:, :, [base]]).mean(0)  # (L, G) share of draws where point k beats 0.5
+    del n_rep
+    # a cut must separate positives from negatives (TPR > FPR) beyond the noise: without this, a model whose
+    # scores carry nothing (constant) would "win" F1 by flagging every report below its constant score
+    separates = _separates(pos, neg, noise_std=noise_std, confidence=confidence)  # (L, G)
+    out = np.full(n_labels, FALLBACK)
+    for j in np.flatnonzero(informative).tolist():
+        if critical and j in critical:
+            tpr, se = _rate(pos[j], noise_std)  # (G,), (G,)
+            reached = tpr - _z(confidence, len(g) * n_labels) * se >= critical[j]
+            ok = np.flatnonzero(reached & separates[j])
+            out[j] = g[ok[-1]] if len(ok) else FALLBACK
+            continue
+        allowed = (wins[j] >= confidence) & separates[j]
+        allowed[base] = True
+        out[j] = g[int(np.argmax(np.where(allowed, _f1(tp[j], fp[j], p[j]), -np.inf)))]
     return out
 
 

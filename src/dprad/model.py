@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -77,26 +78,63 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
 
 class ReportClassifier(nn.Module):
-    """encoder -> pooled (B, H) [+ public prior inputs (B, P)] -> linear head -> logits (B, L)."""
+    """encoder -> pooled (B, H) [+ public prior inputs (B, P)] -> linear head -> logits (B, L).
 
-    def __init__(self, encoder: nn.Module, num_labels: int, *, pooling: str, prior_dim: int = 0) -> None:
+    With ``center`` (LP-FT: the head came from the head mode's probe) the head reads exactly what the probe
+    read: the pooled output centred on the public mean and scaled to unit norm, beside the prior block,
+    the row rescaled as :func:`dprad.priors.combine_features` does (:func:`probe_inputs`).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int,
+        *,
+        pooling: str,
+        prior_dim: int = 0,
+        center: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         self.prior_dim = prior_dim
         hidden = hidden_size(encoder)
         self.head = nn.Linear(hidden + prior_dim, num_labels)
+        self.center: torch.Tensor | None
+        self.register_buffer("center", None if center is None else _center(center))
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor | None = None
     ) -> torch.Tensor:
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        return self.head(with_prior(pool(h, attention_mask, self.pooling), prior))  # (B, L)
+        return self.head(head_input(pool(h, attention_mask, self.pooling), prior, self.center))  # (B, L)
+
+
+def _center(center: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(center, dtype=np.float32).copy())  # (H,)
 
 
 def with_prior(pooled: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
     """(B, H) [+ (B, P)] -> (B, H + P): the head reads the public rule readings beside the encoder."""
     return pooled if prior is None else torch.cat([pooled, prior.to(pooled.dtype)], dim=-1)
+
+
+def probe_inputs(pooled: torch.Tensor, prior: torch.Tensor | None, center: torch.Tensor) -> torch.Tensor:
+    """The head mode's input rows, differentiably (the tensor twin of ``modes.head.head_x``):
+    (B, H) pooled -> centred on the public mean (H,), unit norm [| (B, 4L) prior block] / sqrt(1 + PN^2)."""
+    from dprad.priors import PRIOR_NORM
+
+    x = pooled.float() - center  # (B, H), fp32 even under bf16 autocast
+    x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    if prior is None:
+        return x
+    return torch.cat([x, prior.to(x.dtype)], dim=-1) / math.sqrt(1.0 + PRIOR_NORM**2)  # (B, H + 4L)
+
+
+def head_input(pooled: torch.Tensor, prior: torch.Tensor | None, center: torch.Tensor | None) -> torch.Tensor:
+    """What the classification head reads: the probe's inputs after LP-FT (``center`` given), else the
+    pooled output beside the prior block."""
+    return with_prior(pooled, prior) if center is None else probe_inputs(pooled, prior, center)
 
 
 class FeatureHead(nn.Module):

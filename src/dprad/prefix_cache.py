@@ -31,7 +31,7 @@ from torch import nn
 from dprad.data.dataset import Encoded, collate, inference_batches
 from dprad.errors import DpradError
 from dprad.features import scoring_tokens
-from dprad.model import ENCODER_TYPES, ReportClassifier, pool, with_prior
+from dprad.model import ENCODER_TYPES, ReportClassifier, head_input, pool
 
 PREFIX_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
@@ -223,23 +223,37 @@ def cache_hidden_states(
 class PrefixLoraClassifier(nn.Module):
     """cached hidden (B, T, H) + mask (B, T) -> top k layers (LoRA) -> pooled (B, H) -> head -> logits (B, L)."""
 
-    def __init__(self, top: EncoderTop, num_labels: int, *, pooling: str, prior_dim: int = 0) -> None:
+    def __init__(
+        self,
+        top: EncoderTop,
+        num_labels: int,
+        *,
+        pooling: str,
+        prior_dim: int = 0,
+        center: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.top = top
         self.pooling = pooling
         self.prior_dim = prior_dim
         self.head = nn.Linear(int(top.config.hidden_size) + prior_dim, num_labels)
+        self.center: torch.Tensor | None
+        self.register_buffer(
+            "center",
+            None if center is None else torch.from_numpy(np.asarray(center, dtype=np.float32).copy()),
+        )
 
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor | None = None
     ) -> torch.Tensor:
         h = self.top(hidden, attention_mask)  # (B, T, H)
-        return self.head(with_prior(pool(h, attention_mask, self.pooling), prior))  # (B, L)
+        return self.head(head_input(pool(h, attention_mask, self.pooling), prior, self.center))  # (B, L)
 
     def full_classifier(self, encoder: nn.Module) -> ReportClassifier:
         """The same model over token ids: the whole (peft) encoder this top was split from, with this head."""
+        center = None if self.center is None else self.center.cpu().numpy()
         full = ReportClassifier(
-            encoder, self.head.out_features, pooling=self.pooling, prior_dim=self.prior_dim
+            encoder, self.head.out_features, pooling=self.pooling, prior_dim=self.prior_dim, center=center
         )
         full.head.load_state_dict(self.head.state_dict())
         return full

@@ -17,14 +17,14 @@ import torch
 from dprad.config import RunConfig
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.model import trainable_parameters
+from dprad.model import FeatureHead, trainable_parameters
 from dprad.modes import get_mode
 from dprad.privacy.mechanism import DpSgd, check_sampler
 from dprad.stages.finish import CRITICAL_SENSITIVITY, TrainResult, build_ledger, finish
 from dprad.stages.fit import StepInfo, fit
 from dprad.stages.plan import CanaryHook, RunPlan, plan_run, planned_steps, prepare, resolve
 from dprad.stages.rundir import RunDir
-from dprad.stages.world import World, env_world_size, joined
+from dprad.stages.world import SOLO, World, env_world_size, joined
 
 
 def train(
@@ -55,6 +55,29 @@ def train_plan(
         check_distributable(plan, size)
     with joined(plan.cfg.train.device) as world:
         return _train(plan, out, world, on_step=on_step, overwrite=overwrite)
+
+
+def fit_probe(probe: RunPlan, notes: list[str]) -> FeatureHead:
+    """Phase 1 of LP-FT: train the head mode on ``probe`` (its own steps, noise and seeds) and return the
+    trained head. It is not checkpointed: it takes seconds after one feature pass, and a resumed run
+    retrains it to the same weights (the same seeds) before phase 2 loads its checkpoint. Under torchrun
+    every rank trains it alike (same draws, same noise): one release, computed on every rank."""
+    from dprad.modes.head import HeadMode
+
+    head = HeadMode(probe, notes=notes)
+    head.build()
+    privacy = probe.privacy()
+    fit(probe, head, privacy, run_dir=None, world=SOLO)  # steps are reported for the fine-tuning phase
+    eps = privacy.accounting()
+    notes.append(
+        f"LP-FT phase 1: linear probe trained for {probe.steps} steps"
+        + (
+            f" (DP-SGD, noise multiplier {probe.noise_multiplier:.4g}, its own epsilon {eps.epsilon:.4g})"
+            if eps
+            else ""
+        )
+    )
+    return head.head
 
 
 def check_distributable(plan: RunPlan, size: int) -> None:
@@ -96,6 +119,8 @@ def _train(
             torch.manual_seed(plan.cfg.train.seed)
             notes = list(plan.notes)
             mode = get_mode(plan.mode)(plan, notes=notes)
+            if plan.probe is not None:  # LP-FT phase 1: the head mode's probe, then fine-tuning from it
+                mode.start_from(fit_probe(plan.probe, notes))  # type: ignore[attr-defined]
             mode.build()
             privacy = plan.privacy()
             if world.distributed:

@@ -156,6 +156,11 @@ CTRATE18 = LabelSchema(
 BUILTIN_SCHEMAS = {s.name: s for s in (CHEXPERT14, CTRATE18)}
 
 
+def builtin_schema(schema: LabelSchema) -> bool:
+    """The schema is one of dprad's own (same name and labels), for which public synthetic data exist."""
+    return schema.name in BUILTIN_SCHEMAS and tuple(schema.labels) == BUILTIN_SCHEMAS[schema.name].labels
+
+
 def load_schema(name_or_path: str | LabelSchema) -> LabelSchema:
     """A built-in schema by name (``chexpert14``, ``ctrate18``) or a user schema from a YAML/JSON file."""
     if isinstance(name_or_path, LabelSchema):

@@ -52,6 +52,24 @@ def resolve_rule_prior(cfg: RunConfig, schema: LabelSchema | None) -> RunConfig:
     return cfg.with_(train=replace(cfg.train, rule_prior=prior))
 
 
+def resolve_public_warm_start(cfg: RunConfig, schema: LabelSchema | None) -> RunConfig:
+    """--public-warm-start of a head (or an LP-FT probe): on by default for private runs with a built-in
+    schema, the only schemas dprad has public labelled data for."""
+    from dataclasses import replace
+
+    from dprad.data.schemas import builtin_schema
+
+    builtin = schema is not None and builtin_schema(schema)
+    warm = cfg.train.public_warm_start
+    if warm is None:
+        warm = bool(cfg.private and builtin)
+    elif warm and not builtin:
+        raise DpradError(
+            f"--public-warm-start needs a built-in schema (chexpert14, ctrate18), not '{schema.name if schema else '?'}'"
+        )
+    return cfg.with_(train=replace(cfg.train, public_warm_start=warm))
+
+
 class Mode(ABC):
     """One way to train: head on frozen features, LoRA, full fine-tuning."""
 
@@ -68,7 +86,9 @@ class Mode(ABC):
     def resolve(cls, cfg: RunConfig, *, schema: LabelSchema | None) -> RunConfig:
         """Resolve the mode's own choices (and refuse settings it cannot honour) while planning."""
         if cfg.train.public_warm_start:
-            raise DpradError(f"--public-warm-start applies to head modes, not --mode {cls.name}")
+            raise DpradError(
+                f"--public-warm-start applies to head modes and LP-FT probes, not --mode {cls.name} --no-probe"
+            )
         return resolve_rule_prior(cfg, schema)
 
     def __init__(self, plan: RunPlan, *, notes: list[str]) -> None:

@@ -11,18 +11,45 @@ import numpy as np
 import torch
 from torch import nn
 
+from dprad.config import RunConfig
 from dprad.data.dataset import collate, encode, inference_batches, micro_batches
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.features import autocast, loss_per_example, scoring_tokens
-from dprad.modes.base import Mode
+from dprad.modes.base import Mode, resolve_rule_prior
 
 if TYPE_CHECKING:
+    from dprad.model import FeatureHead
     from dprad.predict import Predictor
+
+CENTER_FILE = "center.pt"  # LP-FT runs: the public feature centre the head's inputs are centred on
 
 
 class EncoderMode(Mode):
-    """A mode that trains (part of) the encoder; subclasses say which part (``adapt``) and how to save it."""
+    """A mode that trains (part of) the encoder; subclasses say which part (``adapt``) and how to save it.
+
+    LP-FT (``train.probe``, the default): the stages train the head mode's probe first and hand it over
+    with :meth:`start_from` before :meth:`build`; the classifier then reads the probe's inputs with the
+    probe's weights, so before the first fine-tuning step (LoRA's B = 0) it computes the probe's logits.
+    """
+
+    probe_head: FeatureHead | None = None
+
+    @classmethod
+    def resolve(cls, cfg: RunConfig, *, schema: LabelSchema | None) -> RunConfig:
+        from dataclasses import replace
+
+        from dprad.modes.base import resolve_public_warm_start
+
+        probe = cfg.train.probe is not False
+        cfg = cfg.with_(train=replace(cfg.train, probe=probe))
+        if probe:  # the public warm start is the probe's (phase 1 is the head mode)
+            return resolve_rule_prior(resolve_public_warm_start(cfg, schema), schema)
+        return super().resolve(cfg, schema=schema)
+
+    def start_from(self, probe_head: FeatureHead) -> None:
+        """Phase 2 of LP-FT starts from this trained probe (call before :meth:`build`)."""
+        self.probe_head = probe_head
 
     def adapt(self, encoder: nn.Module) -> nn.Module:
         """Make the right parameters trainable (LoRA: wrap with peft; full: leave or freeze some)."""
@@ -54,11 +81,27 @@ class EncoderMode(Mode):
                 "rule prior: the rule teacher's reading of each report (a public function of its text, "
                 "no privacy cost) is read by the classification head beside the pooled encoder output"
             )
+        probe = self.probe_head
         self.model = ReportClassifier(
-            self.encoder, len(plan.schema), pooling=cfg.model.pooling, prior_dim=self.prior_dim
+            self.encoder,
+            len(plan.schema),
+            pooling=cfg.model.pooling,
+            prior_dim=self.prior_dim,
+            center=None if probe is None else probe.center.numpy(),  # type: ignore[operator]
         ).to(self.device)
+        if probe is not None:
+            self.model.head.load_state_dict(probe.head.state_dict())
+            self.notes.append(
+                "LP-FT: fine-tuning started from the trained linear probe (phase 1: the head mode's private "
+                "head on frozen features); the head reads the probe's inputs"
+            )
         self.model.train()
         return self.model
+
+    @property
+    def center(self) -> np.ndarray | None:
+        """(H,) the public feature centre the head's inputs are centred on (LP-FT), or None."""
+        return None if self.probe_head is None else self.probe_head.center.numpy()  # type: ignore[operator]
 
     @property
     def trainable(self) -> nn.Module:
@@ -127,6 +170,9 @@ class EncoderMode(Mode):
 
         state = dict(self.model.head.state_dict())
         io.write_with(model_dir / "head.pt", lambda tmp: torch.save(state, tmp))
+        if self.model.center is not None:  # LP-FT: the head reads centred, normalised features
+            center = self.model.center.detach().cpu()
+            io.write_with(model_dir / CENTER_FILE, lambda tmp: torch.save(center, tmp))
         self.save_encoder(model_dir)
 
     def save_encoder(self, model_dir: Path) -> None:
@@ -143,11 +189,14 @@ class EncoderMode(Mode):
 
         model_dir = Path(config["derived"]["model_dir"])
         prior = bool(config["train"].get("rule_prior"))
+        center_file = run_dir / "model" / CENTER_FILE
+        center = torch.load(center_file, weights_only=True).numpy() if center_file.is_file() else None
         model = ReportClassifier(
             cls.load_encoder(run_dir, model_dir),
             len(schema),
             pooling=config["model"]["pooling"],
             prior_dim=4 * len(schema) if prior else 0,
+            center=center,
         )
         model.head.load_state_dict(torch.load(run_dir / "model" / "head.pt", weights_only=True))
         return encoder_predictor(

@@ -28,7 +28,7 @@ from dprad.features import (
     public_corpus,
     warm_start,
 )
-from dprad.modes.base import Mode, ModeDefaults, resolve_rule_prior
+from dprad.modes.base import Mode, ModeDefaults, resolve_public_warm_start, resolve_rule_prior
 
 if TYPE_CHECKING:
     from dprad.predict import Predictor
@@ -46,18 +46,10 @@ class HeadMode(Mode):
     def resolve(cls, cfg: RunConfig, *, schema: LabelSchema | None) -> RunConfig:
         from dataclasses import replace
 
-        from dprad.stages.plan import builtin_schema
-
-        t = cfg.train
-        builtin = schema is not None and builtin_schema(schema)
-        warm = t.public_warm_start
-        if warm is None:  # public data exist only for dprad's own schemas
-            warm = bool(cfg.private and builtin)
-        elif warm and not builtin:
-            raise DpradError(
-                f"--public-warm-start needs a built-in schema (chexpert14, ctrate18), not '{schema.name if schema else '?'}'"
-            )
-        return resolve_rule_prior(cfg.with_(train=replace(t, public_warm_start=warm)), schema)
+        if cfg.train.probe:
+            raise DpradError("--probe (LP-FT) is for --mode lora or full: the head mode is the probe itself")
+        cfg = cfg.with_(train=replace(cfg.train, probe=False))
+        return resolve_rule_prior(resolve_public_warm_start(cfg, schema), schema)
 
     def build(self) -> nn.Module:
         from dprad.local_models import load_tokenizer

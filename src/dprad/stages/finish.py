@@ -56,9 +56,30 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
         canaries=n_canaries,
     )
     if isinstance(privacy, DpSgd):
+        from dprad.stages.plan import threshold_releases
+
         train_acc, acc = privacy.accounting(), privacy.total_accounting()
-        parts: list[dict[str, Any]] = [{"part": "training (DP-SGD)", "epsilon": train_acc.epsilon}]
-        for release in privacy.releases:
+        parts: list[dict[str, Any]] = []
+        if plan.probe is not None:
+            probe = plan.probe.privacy()
+            assert isinstance(probe, DpSgd)
+            parts.append(
+                {
+                    "part": "linear probe (DP-SGD, LP-FT phase 1)",
+                    "epsilon": probe.accounting().epsilon,
+                    **_phase_numbers(plan.probe.phase_dict()),
+                }
+            )
+        parts.append(
+            {
+                "part": "fine-tuning (DP-SGD, LP-FT phase 2)"
+                if plan.probe is not None
+                else "training (DP-SGD)",
+                "epsilon": train_acc.epsilon,
+                **_phase_numbers(plan.phase_dict()),
+            }
+        )
+        for release in threshold_releases(plan.threshold_sigma):
             parts.append(
                 {
                     "part": "thresholds (DP: noisy validation score histograms)",
@@ -103,6 +124,12 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
         )
     statement = guarantee_statement(ledger, model_name=plan.model_dir, val_size=n_val, thresholds=rule)
     return replace(ledger, statement=statement)
+
+
+def _phase_numbers(phase: dict[str, Any]) -> dict[str, Any]:
+    """A training phase's own accounting inputs: its part of the ledger can be recomputed from them."""
+    keys = ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "epochs", "lr", "batch_size")
+    return {k: phase[k] for k in keys}
 
 
 def split_metrics(

@@ -14,12 +14,12 @@ import numpy as np
 from dprad.config import MODE_ALIASES, RunConfig
 from dprad.data.read import read_data
 from dprad.data.reports import Report
-from dprad.data.schemas import BUILTIN_SCHEMAS, LabelSchema, load_schema
+from dprad.data.schemas import LabelSchema, builtin_schema, load_schema
 from dprad.data.splits import Splits, split_by_patient
 from dprad.errors import DpradError
 from dprad.local_models import resolve_model_dir
-from dprad.privacy import DpSgd, NonPrivate, calibrate_noise, compute_epsilon, default_delta
-from dprad.privacy.accounting import check_accountant
+from dprad.privacy import DpSgd, NonPrivate, calibrate_noise, default_delta, dpsgd_event, epsilon_of
+from dprad.privacy.accounting import check_accountant, with_releases
 
 # A few thousand reports: a private linear head on frozen features beats private LoRA (runbook).
 AUTO_LORA_FROM = 20_000
@@ -43,6 +43,9 @@ class RunPlan:
     threshold_epsilon: float | None = None  # DP thresholds: their share of epsilon, and their noise
     threshold_sigma: float | None = None
     unit: str = "report"
+    # LP-FT (lora / full with train.probe): phase 1, the head mode's plan on the same data and units, with
+    # its own steps, sample rate, noise and seeds; both phases and the thresholds compose in one ledger
+    probe: RunPlan | None = None
 
     @property
     def private(self) -> bool:
@@ -65,7 +68,7 @@ class RunPlan:
             from dprad.data.sampling import patient_groups
 
             return DpSgd(
-                releases=threshold_releases(self.threshold_sigma),
+                releases=(*self.probe_releases(), *threshold_releases(self.threshold_sigma)),
                 unit=self.unit,
                 groups=patient_groups([r.patient_id for r in self.splits.train])
                 if self.unit == "patient"
@@ -80,6 +83,14 @@ class RunPlan:
             )
         assert t.batch_size is not None
         return NonPrivate(batch_size=t.batch_size, steps=self.steps, n=self.n)
+
+    def probe_releases(self) -> tuple[Any, ...]:
+        """Phase 1's DP-SGD event when this run fine-tunes from a private probe (composed with training)."""
+        if self.probe is None or not self.private:
+            return ()
+        privacy = self.probe.privacy()
+        assert isinstance(privacy, DpSgd)
+        return (privacy.event(),)
 
     def to_dict(self) -> dict[str, Any]:
         """``config.json``: the resolved config, plus a ``derived`` section recomputed on every load."""
@@ -97,7 +108,23 @@ class RunPlan:
                 "canaries": 0 if self.canaries is None else len(self.canaries.reports),
                 "threshold_epsilon": self.threshold_epsilon,
                 "threshold_noise_multiplier": self.threshold_sigma,
+                "probe": None if self.probe is None else self.probe.phase_dict(),
             },
+        }
+
+    def phase_dict(self) -> dict[str, Any]:
+        """This plan as one training phase: its own schedule and noise (config.json, the ledger's parts)."""
+        t, p = self.cfg.train, self.cfg.privacy
+        return {
+            "mode": self.mode,
+            "epochs": t.epochs,
+            "lr": t.lr,
+            "batch_size": t.batch_size,
+            "seed": t.seed,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": p.max_grad_norm if self.private else None,
         }
 
 
@@ -140,11 +167,6 @@ def prepare(cfg: RunConfig, reports: Sequence[Report] | None = None) -> tuple[La
             f"training split ({len(splits.train)} reports): drop them from the schema or add data"
         )
     return schema, splits, notes
-
-
-def builtin_schema(schema: LabelSchema) -> bool:
-    """The schema is one of dprad's own (same name and labels), for which public synthetic data exist."""
-    return schema.name in BUILTIN_SCHEMAS and tuple(schema.labels) == BUILTIN_SCHEMAS[schema.name].labels
 
 
 def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) -> RunConfig:
@@ -285,33 +307,53 @@ def plan_run(
     n = len({r.patient_id for r in splits.train}) if unit == "patient" else len(splits.train)
     cfg = cfg.with_(privacy=replace(cfg.privacy, unit=unit if cfg.private else cfg.privacy.unit))
     cfg = resolve_thresholds(resolve(cfg, n_train=n, schema=schema), has_val=bool(splits.val))
+    cfg = cfg.with_(model=replace(cfg.model, pooling=resolve_pooling(cfg.model.pooling, model_dir)))
     q, steps = planned_steps(cfg, n)
+    probe_cfg = probe_config(cfg, n) if cfg.train.probe else None
+    q1, steps1 = planned_steps(probe_cfg, n) if probe_cfg is not None else (0.0, 0)
     p = cfg.privacy
-    noise, th_eps, th_sigma = None, None, None
+    noise, th_eps, th_sigma, probe_sigma = None, None, None, None
     if cfg.private:
         from dprad.dp_thresholds import gaussian_noise_multiplier
 
         assert p.delta is not None
+
+        def probe_events(sigma1: float | None) -> tuple[Any, ...]:
+            """Phase 1's DP-SGD event (none without a probe)."""
+            if probe_cfg is None or sigma1 is None:
+                return ()
+            return (dpsgd_event(noise_multiplier=sigma1, sample_rate=q1, steps=steps1),)
+
         if p.thresholds == "dp":  # a share of the budget goes to the thresholds; training gets the rest
             if p.epsilon is not None:
                 th_eps = p.threshold_share * p.epsilon
             else:
                 assert p.noise_multiplier is not None
-                train_eps = compute_epsilon(
-                    noise_multiplier=p.noise_multiplier, sample_rate=q, steps=steps, delta=p.delta
-                ).epsilon
+                sigma = p.noise_multiplier  # both phases train at it
+                tuning = dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=steps)
+                train_eps = epsilon_of(with_releases(tuning, probe_events(sigma)), delta=p.delta)
                 th_eps = p.threshold_share / (1 - p.threshold_share) * train_eps
             th_sigma = gaussian_noise_multiplier(epsilon=th_eps, delta=p.delta)
+            notes.append(threshold_note(th_sigma, n_val=len(splits.val), n_labels=len(schema)))
+        if probe_cfg is not None:
+            # phase 1 is calibrated alone to its share of the training budget; phase 2 then to whatever
+            # makes probe + fine-tuning + thresholds spend exactly the target (PLD composes them)
+            probe_sigma = p.noise_multiplier or calibrate_noise(
+                target_epsilon=probe_cfg.train.probe_share * ((p.epsilon or 0.0) - (th_eps or 0.0)),
+                sample_rate=q1,
+                steps=steps1,
+                delta=p.delta,
+                accountant=p.accountant if p.accountant != "prv" else "pld",
+            )
         noise = p.noise_multiplier or calibrate_noise(
             target_epsilon=p.epsilon or 0.0,
             sample_rate=q,
             steps=steps,
             delta=p.delta,
             accountant=p.accountant,
-            releases=threshold_releases(th_sigma),
+            releases=(*probe_events(probe_sigma), *threshold_releases(th_sigma)),
         )
-    cfg = cfg.with_(model=replace(cfg.model, pooling=resolve_pooling(cfg.model.pooling, model_dir)))
-    return RunPlan(
+    plan = RunPlan(
         cfg=cfg,
         schema=schema,
         splits=splits,
@@ -327,6 +369,63 @@ def plan_run(
         threshold_sigma=th_sigma,
         unit=unit,
     )
+    if probe_cfg is None:
+        return plan
+    probe = replace(
+        plan,
+        cfg=probe_cfg,
+        sample_rate=q1,
+        steps=steps1,
+        noise_multiplier=probe_sigma,
+        notes=(),
+        threshold_epsilon=None,
+        threshold_sigma=None,
+    )
+    return replace(plan, probe=probe)
+
+
+def threshold_note(sigma: float, *, n_val: int, n_labels: int) -> str:
+    """What the DP thresholds' noise lets them see: the noisy positive count a label needs (95%) before its
+    threshold may leave the default 0.5, against the size of the validation split."""
+    from scipy.stats import norm
+
+    from dprad.dp_thresholds import DEFAULT_GRID
+
+    need = float(norm.ppf(0.95)) * sigma * math.sqrt(n_labels) * math.sqrt(len(DEFAULT_GRID) + 1)
+    note = (
+        f"DP thresholds: the noise (multiplier {sigma:.3g} on {n_labels} labels' score histograms) lets a label "
+        f"leave the default 0.5 only with more than {need:.0f} validation positives"
+    )
+    if need > 0.1 * n_val:
+        note += (
+            f", over a tenth of the {n_val} validation reports: most labels will keep 0.5 (a larger validation "
+            "split or --threshold-share would help; --thresholds 0.5 gives the budget to training instead)"
+        )
+    return note
+
+
+def probe_config(cfg: RunConfig, n: int) -> RunConfig:
+    """Phase 1 of LP-FT: the head mode on the same data and units, with the head's own defaults (the
+    settings the runbook chose for it) and its own seeds. Independent seeds matter for privacy, not only
+    for taste: the composition of two phases assumes each draws its own Poisson samples and noise."""
+    from dprad.modes.head import HeadMode
+
+    d = HeadMode.defaults(private=cfg.private, epsilon=cfg.privacy.epsilon)
+    seed = int(np.random.SeedSequence([cfg.train.seed, PROBE_STREAM]).generate_state(1)[0])
+    t = replace(
+        cfg.train,
+        mode="head",
+        probe=False,
+        epochs=d.epochs,
+        lr=d.lr,
+        batch_size=min(d.batch_size, n),
+        seed=seed,
+    )
+    p = replace(cfg.privacy, max_grad_norm=d.max_grad_norm) if cfg.private else cfg.privacy
+    return cfg.with_(train=t, privacy=p)
+
+
+PROBE_STREAM = 0x9B0BE  # the probe phase's seed stream, apart from the fine-tuning phase's
 
 
 __all__ = ["RunPlan", "builtin_schema", "plan_run", "planned_steps", "prepare", "resolve"]
