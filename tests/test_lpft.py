@@ -121,7 +121,7 @@ def test_two_phase_ledger_recomputes_from_its_own_numbers(
         assert one == pytest.approx(p["epsilon"], rel=1e-9)
     assert led["epsilon"] < probe["epsilon"] + tune["epsilon"] + th["epsilon"]
     # the probe took its share of the training budget (target less the thresholds' share)
-    assert probe["epsilon"] == pytest.approx(0.5 * 0.9 * target, rel=0.02)
+    assert probe["epsilon"] == pytest.approx(0.9 * 0.9 * target, rel=0.02)
     config_json = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config_json["train"]["probe"] is True
     assert config_json["derived"]["probe"]["steps"] == probe["steps"]

@@ -567,7 +567,7 @@ def train(
             "--probe-share",
             help="private LP-FT: share of the training budget (epsilon less the thresholds' share) for the probe",
         ),
-    ] = 0.5,
+    ] = 0.9,
     audit_canaries: Annotated[
         int,
         typer.Option(

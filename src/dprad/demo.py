@@ -171,7 +171,9 @@ def run_demo(
                 "mode": "lora",
                 "epsilons": [LORA_EPSILON],
                 "train": {
-                    k: v for k, v in (("epochs", s.lora_epochs), ("batch_size", s.lora_batch)) if v is not None
+                    k: v
+                    for k, v in (("epochs", s.lora_epochs), ("batch_size", s.lora_batch))
+                    if v is not None
                 },
             },
         ]
