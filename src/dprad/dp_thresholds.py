@@ -165,14 +165,6 @@ def score_histograms(
     return pos, neg
 
 
-def _curves(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Histograms (..., G+1) -> TP (..., G), FP (..., G) at each grid point and P (...,), counts >= 0."""
-    pos, neg = np.maximum(pos, 0.0), np.maximum(neg, 0.0)
-    tp = np.cumsum(pos[..., ::-1], axis=-1)[..., ::-1][..., 1:]  # positives scored >= g_k
-    fp = np.cumsum(neg[..., ::-1], axis=-1)[..., ::-1][..., 1:]
-    return tp, fp, pos.sum(-1)
-
-
 def _f1(tp: np.ndarray, fp: np.ndarray, p: np.ndarray) -> np.ndarray:
     return 2 * tp / np.maximum(tp + fp + p[..., None], 1e-12)
 
@@ -207,7 +199,7 @@ def select_thresholds(
             confidence=confidence,
             replicates=replicates,
         )
-    tp, fp, p = _curves(pos, neg)  # (L, G), (L, G), (L,)
+    tp, fp, p = _sums(pos, neg)  # (L, G), (L, G), (L,): exact counts, nothing to floor
     out = np.full(pos.shape[0], FALLBACK)
     for j in range(pos.shape[0]):
         if p[j] < 1:
@@ -222,8 +214,8 @@ def select_thresholds(
 
 def _sums(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Noisy histograms (..., G+1) -> TP, FP (..., G) and P (...,) as plain tail sums, each floored at 0 as
-    a whole. Flooring each bin before summing (``_curves``) would bias the sums upwards, the more so the more
-    bins a sum spans, and so pull every noisy choice towards the lowest grid point."""
+    a whole. Flooring each bin before summing (as dprad once did) biases the sums upwards, the more so the
+    more bins a sum spans, and so pulled every noisy choice towards the lowest grid point."""
     tp = np.cumsum(pos[..., ::-1], axis=-1)[..., ::-1][..., 1:]
     fp = np.cumsum(neg[..., ::-1], axis=-1)[..., ::-1][..., 1:]
     return np.maximum(tp, 0.0), np.maximum(fp, 0.0), pos.sum(-1)
@@ -298,10 +290,8 @@ def _select_noisy(
     draws_neg = rng.normal(0.0, noise_std, size=(replicates, n_labels, n_bins))
     noisy = pos[None] + draws, neg[None] + draws_neg
     tp_rep, fp_rep, p_rep = _sums(*noisy)  # (R, L, G), (R, L, G), (R, L)
-    n_rep = noisy[1].sum(-1)  # (R, L) negatives
     f1_rep = _f1(tp_rep, fp_rep, np.maximum(p_rep, 0.0))  # (R, L, G)
     wins = (f1_rep > f1_rep[:, :, [base]]).mean(0)  # (L, G) share of draws where point k beats 0.5
-    del n_rep
     # a cut must separate positives from negatives (TPR > FPR) beyond the noise: without this, a model whose
     # scores carry nothing (constant) would "win" F1 by flagging every report below its constant score
     separates = _separates(pos, neg, noise_std=noise_std, confidence=confidence)  # (L, G)

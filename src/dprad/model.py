@@ -101,7 +101,7 @@ class ReportClassifier(nn.Module):
         hidden = hidden_size(encoder)
         self.head = nn.Linear(hidden + prior_dim, num_labels)
         self.center: torch.Tensor | None
-        self.register_buffer("center", None if center is None else _center(center))
+        self.register_buffer("center", None if center is None else center_tensor(center))
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor | None = None
@@ -110,7 +110,8 @@ class ReportClassifier(nn.Module):
         return self.head(head_input(pool(h, attention_mask, self.pooling), prior, self.center))  # (B, L)
 
 
-def _center(center: np.ndarray) -> torch.Tensor:
+def center_tensor(center: np.ndarray) -> torch.Tensor:
+    """A public feature centre as a float32 buffer of its own: (H,)."""
     return torch.from_numpy(np.asarray(center, dtype=np.float32).copy())  # (H,)
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from dprad.data.dataset import Encoded, collate, inference_batches
 from dprad.errors import DpradError
 from dprad.features import scoring_tokens
-from dprad.model import ENCODER_TYPES, ReportClassifier, head_input, pool
+from dprad.model import ENCODER_TYPES, ReportClassifier, center_tensor, head_input, pool
 
 PREFIX_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
@@ -238,10 +238,7 @@ class PrefixLoraClassifier(nn.Module):
         self.prior_dim = prior_dim
         self.head = nn.Linear(int(top.config.hidden_size) + prior_dim, num_labels)
         self.center: torch.Tensor | None
-        self.register_buffer(
-            "center",
-            None if center is None else torch.from_numpy(np.asarray(center, dtype=np.float32).copy()),
-        )
+        self.register_buffer("center", None if center is None else center_tensor(center))
 
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor | None = None

@@ -99,11 +99,6 @@ class EncoderMode(Mode):
         return self.model
 
     @property
-    def center(self) -> np.ndarray | None:
-        """(H,) the public feature centre the head's inputs are centred on (LP-FT), or None."""
-        return None if self.probe_head is None else self.probe_head.center.numpy()  # type: ignore[operator]
-
-    @property
     def trainable(self) -> nn.Module:
         return self.model
 
