@@ -47,6 +47,10 @@ def test_demo_writes_every_output_and_its_summary_is_read_from_the_runs(
         assert "<html" in result.report.read_text().lower()
     if importlib.util.find_spec("dprad.report.model_card") is not None:
         assert result.model_card is not None and result.model_card.is_file()
+        # the card names the teacher the runs trained on (recorded beside the labelled table)
+        assert (
+            "- Teacher: rules (dprad's negation-aware rules for chexpert14)" in result.model_card.read_text()
+        )
     if importlib.util.find_spec("dprad.audit.run_audit") is not None:
         assert result.audit is not None and "mia" in json.loads(result.audit.read_text())
 

@@ -21,11 +21,12 @@ from dprad.labeling.llm import LLMConfig, LLMTeacher, check_endpoint, parse_answ
 class FakeLLM(BaseHTTPRequestHandler):
     """Answers by the report text: 'effusion' -> a good answer; 'garbage' -> malformed JSON the first time;
     'flaky' -> HTTP 500 twice; 'slow' -> sleeps past the client timeout once; 'broken' -> always 500;
-    'fenced' -> JSON inside a code fence; 'nostructured' servers reject response_format with 400."""
+    'fenced' -> JSON inside a code fence; 'toolong' -> HTTP 400 about the context window. ``rejects``: the
+    response_format types this server refuses (HTTP 500, as llama-cpp-python refuses json_schema)."""
 
     calls: ClassVar[dict[str, int]] = {}
     bodies: ClassVar[list[dict]] = []
-    reject_structured: ClassVar[bool] = False
+    rejects: ClassVar[set[str]] = set()
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
@@ -35,8 +36,12 @@ class FakeLLM(BaseHTTPRequestHandler):
         FakeLLM.bodies.append(body)
         text = body["messages"][-1]["content"]
         n = FakeLLM.calls[text] = FakeLLM.calls.get(text, 0) + 1
-        if FakeLLM.reject_structured and "response_format" in body:
-            return self._send(400, {"error": "response_format not supported"})
+        if body.get("response_format", {}).get("type") in FakeLLM.rejects:  # as llama-cpp-python 0.3.36 does
+            return self._send(
+                500, {"error": {"message": "('body', 'response_format', 'type'): literal_error"}}
+            )
+        if "toolong" in text:
+            return self._send(400, {"error": "Requested tokens (5000) exceed context window of 4096"})
         if "broken" in text or ("flaky" in text and n <= 2):
             return self._send(500, {"error": "boom"})
         if "slow" in text and n == 1:
@@ -65,7 +70,7 @@ class FakeLLM(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    FakeLLM.calls, FakeLLM.bodies, FakeLLM.reject_structured = {}, [], False
+    FakeLLM.calls, FakeLLM.bodies, FakeLLM.rejects = {}, [], set()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -130,10 +135,38 @@ def test_cache_means_no_second_request(server: str, tmp_path: Path) -> None:
 
 
 def test_server_without_structured_output_falls_back(server: str, tmp_path: Path) -> None:
-    FakeLLM.reject_structured = True
+    FakeLLM.rejects = {"json_schema", "json_object"}
     t = teacher(server, tmp_path)
     assert t.label(reports("small effusion")) == [{"Pleural Effusion": 1, "Pneumothorax": 0}]
-    assert t.summary.structured_output is False and "response_format" not in FakeLLM.bodies[-1]
+    assert t.summary.structured_output == "none" and "response_format" not in FakeLLM.bodies[-1]
+    assert [b.get("response_format", {}).get("type") for b in FakeLLM.bodies] == [
+        "json_schema",
+        "json_object",
+        None,
+    ]
+    assert t.summary.retries == 0  # a refused dialect is not a failed attempt
+
+
+def test_server_that_takes_json_object_schemas_gets_one(server: str, tmp_path: Path) -> None:
+    FakeLLM.rejects = {"json_schema"}  # llama-cpp-python's server
+    t = teacher(server, tmp_path)
+    assert (
+        t.label(reports("small effusion", "effusion again"))
+        == [{"Pleural Effusion": 1, "Pneumothorax": 0}] * 2
+    )
+    assert t.summary.structured_output == "json_object"
+    fmt = FakeLLM.bodies[-1]["response_format"]
+    assert fmt["type"] == "json_object" and set(fmt["schema"]["required"]) == set(CHEXPERT14.labels)
+
+
+def test_a_400_about_something_else_keeps_structured_output(server: str, tmp_path: Path) -> None:
+    t = teacher(server, tmp_path)
+    out = t.label(reports("toolong report", "small effusion"))
+    assert out[0] is None and t.summary.failed == {"r0": "HTTP 400"}
+    assert (
+        out[1] == {"Pleural Effusion": 1, "Pneumothorax": 0} and t.summary.structured_output == "json_schema"
+    )
+    assert all(b["response_format"]["type"] == "json_schema" for b in FakeLLM.bodies)
 
 
 @pytest.mark.parametrize(

@@ -131,3 +131,27 @@ def test_cli_label_rules_with_agreement(tmp_path: Path) -> None:
     rep = json.loads(agree.read_text())
     assert rep["reports"] == len(df) and len(rep["per_label"]) == 14
     assert "positive" in rep["per_label"][0]["confusion_gold_by_teacher"]
+
+
+def test_agreement_intervals_bracket_the_estimate_and_resample_patients() -> None:
+    # 40 reports, 20 patients with two identical reports each: gold Edema on 20, the teacher finds 15
+    gold = [{"Edema": 1} if i < 20 else {"Edema": 0} for i in range(40)]
+    found = [{"Edema": 1} if i < 15 else {"Edema": 0} for i in range(40)]
+    by_patient = [f"p{i // 2}" for i in range(40)]
+    by_report = [f"r{i}" for i in range(40)]
+    rep = agreement(found, gold, CHEXPERT14, patient_ids=by_patient, n_boot=2000)
+    edema = next(r for r in rep["per_label"] if r["label"] == "Edema")
+    ci = edema["ci"]["recall"]
+    assert edema["recall"] == 0.75 and ci["ci_low"] < 0.75 < ci["ci_high"]
+    w = rep["weighted_f1_ci"]
+    assert w["ci_low"] <= rep["weighted_f1"] <= w["ci_high"]
+    # two reports of one patient are one draw: the interval is wider than if they were independent
+    flat = next(
+        r
+        for r in agreement(found, gold, CHEXPERT14, patient_ids=by_report, n_boot=2000)["per_label"]
+        if r["label"] == "Edema"
+    )
+    assert (
+        ci["ci_high"] - ci["ci_low"]
+        > (flat["ci"]["recall"]["ci_high"] - flat["ci"]["recall"]["ci_low"]) * 1.2
+    )

@@ -191,12 +191,21 @@ def label(
     llm_concurrency: Annotated[int, typer.Option("--llm-concurrency")] = 4,
     llm_timeout: Annotated[float, typer.Option("--llm-timeout", help="seconds per request")] = 60.0,
     llm_retries: Annotated[int, typer.Option("--llm-retries")] = 3,
+    llm_structured: Annotated[
+        str,
+        typer.Option(
+            "--llm-structured",
+            help="how the server takes the answer's JSON schema: auto (json_schema, then json_object, then none), json_schema (vLLM, llama-server, Ollama), json_object (llama-cpp-python) or none",
+        ),
+    ] = "auto",
+    llm_max_tokens: Annotated[int, typer.Option("--llm-max-tokens", help="tokens per answer at most")] = 512,
 ) -> None:
     """Label reports with a teacher and write one row per report (1 / 0 / -1 / blank); optionally measure it."""
     import os
 
     from rich.progress import Progress
 
+    from dprad.data.provenance import TeacherRecord, rules_detail, write_record
     from dprad.data.schemas import UncertainPolicy
     from dprad.data.table import reports_frame, write_table
     from dprad.labeling.agreement import agreement
@@ -235,6 +244,8 @@ def label(
                 concurrency=llm_concurrency,
                 cache_dir=str(llm_cache) if llm_cache else None,
                 api_key=os.environ.get("DPRAD_LLM_API_KEY"),
+                structured=llm_structured,
+                max_tokens=llm_max_tokens,
             ),
             sch,
         )
@@ -244,11 +255,28 @@ def label(
         summary = llm.summary.to_dict()
         console.print(
             f"llm: {summary['answered']} answered, {summary['cached']} from cache, {summary['retries']} retries, "
-            f"{summary['failed']} failed (their label cells are left empty)"
+            f"{summary['failed']} failed (their label cells are left empty); structured output: {summary['structured_output']}"
         )
         for rid, why in list(summary["failures"].items())[:20]:
             console.print(f"  failed {rid}: {why}")
     write_table(reports_frame(reports, sch, labels=predicted), out)
+    if teacher == "rules":
+        detail = rules_detail(sch.name)
+    elif teacher == "llm":
+        assert summary is not None
+        detail = f"model {llm_model} at {llm_url}, prompt {summary['prompt_version']}, structured output {summary['structured_output']}"
+    else:
+        detail = f"the labels already in {path.name}"
+    write_record(
+        out,
+        TeacherRecord(
+            teacher=teacher,
+            detail=detail,
+            source=path.name,
+            reports=len(reports),
+            unlabelled=sum(lab is None for lab in predicted),
+        ),
+    )
     for rid, why in result.skipped:
         console.print(f"skipped {rid}: {why}")
     console.print(f"wrote {len(reports)} reports ({len(result.skipped)} skipped) to {out}")
@@ -265,7 +293,9 @@ def label(
     elif teacher != "gold" and any(r.labels is not None for r in reports):
         gold = [r.labels for r in reports]
     if gold is not None:
-        report = agreement(predicted, gold, sch, policy=UncertainPolicy.ONES)
+        report = agreement(
+            predicted, gold, sch, policy=UncertainPolicy.ONES, patient_ids=[r.patient_id for r in reports]
+        )
         if summary is not None:
             report["llm"] = summary
         if agreement_out:
@@ -275,23 +305,31 @@ def label(
         _print_agreement(report, teacher)
 
 
+def _bounds(ci: dict[str, float] | None, digits: int) -> str:
+    """'[low, high]' of a patient-bootstrap interval, or nothing (no interval, or undefined)."""
+    if not ci or ci["ci_low"] != ci["ci_low"]:
+        return ""
+    return f"[{ci['ci_low']:.{digits}f}, {ci['ci_high']:.{digits}f}]"
+
+
 def _print_agreement(report: dict[str, Any], teacher: str) -> None:
     o = Console(width=140)
     o.print(
         f"[bold]{teacher} vs gold[/bold] on {report['reports']} reports (uncertain as {report['uncertain_policy']}): "
-        f"weighted F1 {report['weighted_f1']:.3f}, macro F1 {report['macro_f1']:.3f}"
+        f"weighted F1 {report['weighted_f1']:.3f} {_bounds(report.get('weighted_f1_ci'), 3)}, macro F1 {report['macro_f1']:.3f}"
     )
     t = Table()
-    for col in ("label", "gold +", "teacher +", "precision", "recall", "F1", "kappa"):
+    for col in ("label", "gold +", "teacher +", "precision", "recall [95% CI]", "F1 [95% CI]", "kappa"):
         t.add_column(col, justify="left" if col == "label" else "right")
     for r in report["per_label"]:
+        ci = r.get("ci", {})
         t.add_row(
             r["label"],
             str(r["gold_positive"]),
             str(r["teacher_positive"]),
             f"{r['precision']:.2f}",
-            f"{r['recall']:.2f}",
-            f"{r['f1']:.2f}",
+            f"{r['recall']:.2f} {_bounds(ci.get('recall'), 2)}",
+            f"{r['f1']:.2f} {_bounds(ci.get('f1'), 2)}",
             f"{r['kappa']:.2f}",
         )
     o.print(t)
@@ -376,6 +414,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any]] = {
     "uncertain": ("data", "uncertain_policy", None),
     "split": ("data", "fractions", _fractions),
     "split_seed": ("data", "split_seed", None),
+    "teacher": ("data", "teacher", None),
     "model": ("model", "name", None),
     "pooling": ("model", "pooling", None),
     "max_length": ("model", "max_length", None),
@@ -457,7 +496,7 @@ def train(
     mode: Annotated[
         str,
         typer.Option(
-            help="auto | head | lora | full (auto: head under 20k training units, else lora). --epsilon or --noise-multiplier makes any mode private; dp-head / dp-lora / dp-full are accepted aliases"
+            help="auto | head | lora | full (auto: head, the measured winner at every size measured; README runbook). --epsilon or --noise-multiplier makes any mode private; dp-head / dp-lora / dp-full are accepted aliases"
         ),
     ] = "auto",
     epsilon_: Annotated[
@@ -534,6 +573,13 @@ def train(
         str, typer.Option(help="train,val,test fractions, e.g. 0.7,0.1,0.2 (1,0,0: train on everything)")
     ] = "0.7,0.1,0.2",
     split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher",
+            help="who wrote the training labels, for the model card (default: what `dprad label` recorded beside the table)",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="training seed (sampling, noise, init)")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     device: Annotated[

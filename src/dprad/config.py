@@ -95,6 +95,8 @@ class DataConfig:
     uncertain_policy: str = "ones"
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
+    # who wrote the training labels; None: read from the `dprad label` sidecar beside the table, if any
+    teacher: str | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {"fractions": ("float", 0.0, True, 1.0, True), "split_seed": ANY_INT}
 

@@ -127,6 +127,7 @@ def run_demo(
     progress: bool = True,
 ) -> DemoResult:
     """Run the demo into ``out`` (resumable: finished cells are reused) and print where everything is."""
+    from dprad.data.provenance import TeacherRecord, rules_detail, write_record
     from dprad.data.schemas import CHEXPERT14, UncertainPolicy
     from dprad.data.synth import SynthConfig, generate_reports
     from dprad.data.table import reports_frame, write_table
@@ -160,6 +161,16 @@ def run_demo(
                     update(completed=i + 1)
         labelled = data_dir / "synth_cxr_teacher_labels.csv"
         write_table(reports_frame(reports, CHEXPERT14, labels=predicted), labelled)
+        write_record(  # the runs' config and model card name their teacher
+            labelled,
+            TeacherRecord(
+                teacher="rules",
+                detail=rules_detail(CHEXPERT14.name),
+                source=corpus.name,
+                reports=len(reports),
+                unlabelled=0,
+            ),
+        )
         agree = agreement(predicted, [r.labels for r in reports], CHEXPERT14, policy=UncertainPolicy.ONES)
         agreement_path = data_dir / "teacher_agreement.json"
         io.write_json(agreement_path, agree)

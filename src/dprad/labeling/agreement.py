@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
+from dprad.bootstrap import headline, interval, patient_weights, weighted_label_metrics
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.metrics import f1_scores, per_label
 
@@ -28,10 +29,19 @@ def agreement(
     schema: LabelSchema,
     *,
     policy: UncertainPolicy = UncertainPolicy.ONES,
+    patient_ids: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    random_state: int = 0,
 ) -> dict[str, Any]:
     """Per-label precision / recall / F1 / Cohen's kappa of the teacher against gold (reports where both
-    exist), the weighted F1 over labels, and the positive / negative / uncertain / not-mentioned confusion."""
-    pairs = [(t, g) for t, g in zip(teacher, gold, strict=True) if t is not None and g is not None]
+    exist), the weighted F1 over labels, and the positive / negative / uncertain / not-mentioned confusion.
+    With ``patient_ids``: 95% patient-level bootstrap intervals of precision, recall, F1 and weighted F1."""
+    keep: list[int] = []
+    pairs: list[tuple[Mapping[str, int], Mapping[str, int]]] = []
+    for i, (t, g) in enumerate(zip(teacher, gold, strict=True)):
+        if t is not None and g is not None:
+            keep.append(i)
+            pairs.append((t, g))
     if not pairs:
         raise ValueError("no report has both teacher and gold labels")
     t_bin = np.array([[_binary(t.get(lab), policy) for lab in schema.labels] for t, _ in pairs])
@@ -57,10 +67,18 @@ def agreement(
             }
         )
     f1 = f1_scores(g_bin, t_bin.astype(float))
-    return {
+    out: dict[str, Any] = {
         "reports": len(pairs),
         "uncertain_policy": policy.value,
         "weighted_f1": f1["weighted"],
         "macro_f1": f1["macro"],
         "per_label": rows,
     }
+    if patient_ids is not None:
+        w = patient_weights([patient_ids[i] for i in keep], n_boot, random_state=random_state)  # (B, N)
+        boot = weighted_label_metrics(g_bin, t_bin.astype(float), t_bin, w)  # each (B, L)
+        for j, row in enumerate(rows):
+            row["ci"] = {k: interval(row[k], boot[k][:, j]).to_dict() for k in ("precision", "recall", "f1")}
+        out["weighted_f1_ci"] = interval(f1["weighted"], headline(boot)["weighted_f1"]).to_dict()
+        out["bootstrap"] = {"resamples": n_boot, "unit": "patient", "level": 0.95}
+    return out

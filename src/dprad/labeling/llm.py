@@ -5,6 +5,12 @@ Reports are protected health information, so the teacher refuses any endpoint th
 (structured output where the server supports it), validates the answer strictly, retries malformed
 answers, server errors and time-outs with exponential backoff, caches answers on disk keyed by report
 hash + model + prompt version, and reports every failure instead of dropping it.
+
+Servers take a JSON schema for the answer in different dialects (``STRUCTURED_FORMATS``): OpenAI's
+``json_schema`` (vLLM, llama.cpp's ``llama-server``, Ollama's OpenAI API) and ``json_object`` with a
+``schema`` field (llama-cpp-python's server, which refuses ``json_schema`` with HTTP 500). ``auto`` tries
+them in that order and falls back to a plain prompt (strict parsing) when the server rejects both; the
+dialect that worked is in the summary. ``tests/test_llm_server.py`` runs a real llama-cpp-python server.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +36,7 @@ from dprad.data.schemas import LabelSchema
 from dprad.errors import DpradError
 
 PROMPT_VERSION = "dprad-llm-v1"
+STRUCTURED_FORMATS = ("json_schema", "json_object", "none")
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,17 @@ class LLMConfig:
     backoff_s: float = 0.5
     concurrency: int = 4
     cache_dir: str | None = None
-    structured: bool = True
+    structured: str = "auto"  # auto, or one of STRUCTURED_FORMATS
     api_key: str | None = None
+    max_tokens: int = 512  # bounds an answer; a schema-constrained answer for 18 labels is about 200 tokens
+
+    def __post_init__(self) -> None:
+        if self.structured not in ("auto", *STRUCTURED_FORMATS):
+            raise DpradError(
+                f"--llm-structured '{self.structured}' must be auto, {', '.join(STRUCTURED_FORMATS)}"
+            )
+        if self.max_tokens < 1:
+            raise DpradError(f"--llm-max-tokens {self.max_tokens} must be at least 1")
 
 
 @dataclass
@@ -52,7 +69,7 @@ class LLMSummary:
     answered: int = 0
     retries: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # report id -> last error
-    structured_output: bool = True
+    structured_output: str = "json_schema"  # the dialect in use when labelling ended
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,21 +114,26 @@ def system_prompt(schema: LabelSchema) -> str:
     )
 
 
-def response_schema(schema: LabelSchema) -> dict[str, Any]:
-    value = {"enum": [1, 0, -1, None]}
+def answer_schema(schema: LabelSchema) -> dict[str, Any]:
+    """The JSON schema of an answer: every label, each 1, 0, -1 or null."""
     return {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "labels",
-            "strict": True,
-            "schema": {
-                "type": "object",
-                "properties": dict.fromkeys(schema.labels, value),
-                "required": list(schema.labels),
-                "additionalProperties": False,
-            },
-        },
+        "type": "object",
+        "properties": {lab: {"enum": [1, 0, -1, None]} for lab in schema.labels},
+        "required": list(schema.labels),
+        "additionalProperties": False,
     }
+
+
+def response_format(schema: LabelSchema, dialect: str) -> dict[str, Any] | None:
+    """The request's ``response_format`` in one of ``STRUCTURED_FORMATS`` (None: a plain prompt)."""
+    if dialect == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "labels", "strict": True, "schema": answer_schema(schema)},
+        }
+    if dialect == "json_object":
+        return {"type": "json_object", "schema": answer_schema(schema)}
+    return None
 
 
 def parse_answer(content: str, schema: LabelSchema) -> dict[str, int]:
@@ -136,12 +158,37 @@ def parse_answer(content: str, schema: LabelSchema) -> dict[str, int]:
     return out
 
 
+def refuses_format(err: urllib.error.HTTPError) -> bool:
+    """Whether an error is the server refusing ``response_format`` (and not, say, a report longer than the
+    context). llama-cpp-python 0.3.36 answers an unknown ``type`` with HTTP 500 whose body names the field."""
+    try:
+        body = err.read(4096).decode("utf-8", "replace").lower()
+    except OSError:
+        return False
+    return "response_format" in body or "json_schema" in body
+
+
 class LLMTeacher:
     def __init__(self, config: LLMConfig, schema: LabelSchema) -> None:
         check_endpoint(config.url, config.allow_hosts)
         self.config, self.schema = config, schema
-        self.summary = LLMSummary(structured_output=config.structured)
-        self._structured = config.structured
+        first = STRUCTURED_FORMATS[0] if config.structured == "auto" else config.structured
+        self.summary = LLMSummary(structured_output=first)
+        self._lock = threading.Lock()
+
+    def _reject(self, dialect: str) -> bool:
+        """The server refused ``dialect``: move to the next one (auto only). False when none is left."""
+        with self._lock:
+            if self.summary.structured_output != dialect:
+                return True  # another request already moved on
+            if self.config.structured != "auto" or dialect == "none":
+                return False
+            self.summary.structured_output = STRUCTURED_FORMATS[STRUCTURED_FORMATS.index(dialect) + 1]
+            return True
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            setattr(self.summary, what, getattr(self.summary, what) + 1)
 
     def _cache_path(self, text: str) -> Path | None:
         if not self.config.cache_dir:
@@ -164,24 +211,29 @@ class LLMTeacher:
     def label_one(self, report: Report) -> dict[str, int] | None:
         cache = self._cache_path(report.text)
         if cache is not None and cache.exists():
-            self.summary.cached += 1
+            self._count("cached")
             return parse_answer(cache.read_text(), self.schema)
-        self.summary.requested += 1
+        self._count("requested")
         last = ""
-        for attempt in range(self.config.max_retries + 1):
+        attempt = 0
+        while attempt <= self.config.max_retries:
             if attempt:
-                self.summary.retries += 1
+                self._count("retries")
                 time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+            attempt += 1
+            dialect = self.summary.structured_output
             body: dict[str, Any] = {
                 "model": self.config.model,
                 "temperature": 0,
+                "max_tokens": self.config.max_tokens,
                 "messages": [
                     {"role": "system", "content": system_prompt(self.schema)},
                     {"role": "user", "content": report.text},
                 ],
             }
-            if self._structured:
-                body["response_format"] = response_schema(self.schema)
+            fmt = response_format(self.schema, dialect)
+            if fmt is not None:
+                body["response_format"] = fmt
             try:
                 reply = self._post(body)
                 content = reply["choices"][0]["message"]["content"]
@@ -189,10 +241,12 @@ class LLMTeacher:
             except urllib.error.HTTPError as err:
                 last = f"HTTP {err.code}"
                 if (
-                    err.code == 400 and self._structured
-                ):  # server without structured output: plain JSON prompt
-                    self._structured = False
-                    self.summary.structured_output = False
+                    err.code in (400, 422, 500)
+                    and fmt is not None
+                    and refuses_format(err)
+                    and self._reject(dialect)
+                ):
+                    attempt -= 1  # a refused dialect is not a failed attempt: ask again in the next one
                     continue
                 if err.code < 500 and err.code != 429:
                     break
@@ -205,9 +259,10 @@ class LLMTeacher:
                 continue
             if cache is not None:
                 io.write_text(cache, json.dumps(labels))
-            self.summary.answered += 1
+            self._count("answered")
             return labels
-        self.summary.failed[report.id] = last
+        with self._lock:
+            self.summary.failed[report.id] = last
         return None
 
     def label(

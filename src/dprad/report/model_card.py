@@ -63,9 +63,14 @@ def _data(run: Run) -> list[str]:
         + (f"; critical: {', '.join(run.critical)}" if run.critical else "")
         + ".",
         f"- Uncertain mentions (-1) trained as: `{uncertain}`.",
-        "- Teacher: the labels are the ones in the training file. The run does not record which teacher wrote "
-        "them (gold labels, `dprad label --teacher rules`, or a local LLM); state it here before sharing. "
-        "Teacher errors are learned as truth, and the metrics below measure agreement with the same labels.",
+        (
+            f"- Teacher: {d['teacher']}."
+            if d.get("teacher")
+            else "- Teacher: the labels are the ones in the training file. The run does not record which teacher "
+            "wrote them (gold labels, `dprad label --teacher rules`, or a local LLM; `dprad label` records it, "
+            "`--teacher` states it); state it here before sharing."
+        )
+        + " Teacher errors are learned as truth, and the metrics below measure agreement with the same labels.",
         f"- Encoder: `{run.model}` ({run.mode}).",
     ]
     lines += [f"- Note from training: {n}" for n in run.notes]
