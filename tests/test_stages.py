@@ -174,3 +174,25 @@ def test_the_public_corpus_shares_no_text_with_dprad_synth() -> None:
         public = public_reports(modality)
         assert len(public) > 500
         assert not [r.text for r in public if r.text in user], modality
+
+
+def test_auto_is_the_head_at_every_size_and_says_when_that_is_unmeasured(tiny_bert: Path) -> None:
+    from dprad.stages.plan import AUTO_MEASURED_UP_TO, plan_run, resolve
+
+    base = RunConfig(
+        data=DataConfig(schema="chexpert14"),
+        model=ModelConfig(name=str(tiny_bert)),
+        privacy=PrivacyConfig(epsilon=1.0),
+    )
+    for n in (100, AUTO_MEASURED_UP_TO, 10 * AUTO_MEASURED_UP_TO):
+        assert resolve(base, n_train=n).train.mode == "head"
+    assert not any(
+        "mode auto" in n for n in plan_run(base, generate_reports(SynthConfig(n_patients=200))).notes
+    )
+    many = generate_reports(SynthConfig(n_patients=4500, seed=3))  # about 3,150 training patients
+    plan = plan_run(base, many)
+    assert plan.cfg.train.mode == "head" and plan.n > AUTO_MEASURED_UP_TO
+    assert any(f"only up to {AUTO_MEASURED_UP_TO:,}" in n for n in plan.notes)
+    # a mode the user chose is not second-guessed
+    chosen = base.with_(train=TrainConfig(mode="lora"))
+    assert not any("mode auto" in n for n in plan_run(chosen, many).notes)

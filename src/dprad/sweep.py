@@ -6,8 +6,8 @@ A sweep config is YAML with the sections of a run config (``data``, ``model``, `
 ``grid``
     ``models``: model names or local model directories (default: ``model.name``);
     ``epsilons``: target epsilons, ``inf`` for the non-private twin of each mode;
-    ``modes``: ``auto`` (what ``dprad train --epsilon`` picks: a private head below 20,000 training reports,
-    else LoRA; at ``inf`` its non-private twin), ``head``, ``lora``, ``full`` (``dp-*`` spellings accepted).
+    ``modes``: ``auto`` (what ``dprad train --epsilon`` picks: the private head; at ``inf`` its
+    non-private twin), ``head``, ``lora``, ``full`` (``dp-*`` spellings accepted).
     A mode runs privately at every finite epsilon and non-privately at ``inf``. An entry may be a mapping
     ``{mode, epsilons, name, train, lora, model, privacy}`` with its own epsilons (e.g. full fine-tuning only
     at ``inf``) and section overrides;
