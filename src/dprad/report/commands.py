@@ -24,12 +24,22 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--sweep", help="a sweep's results table (.csv or .parquet) to include")
         ] = None,
         title: Annotated[str | None, typer.Option(help="page title")] = None,
+        label_noise: Annotated[
+            Path | None,
+            typer.Option(
+                "--label-noise",
+                help="a label noise x DP study (python bench/label_noise.py --out FILE) to include",
+            ),
+        ] = None,
     ) -> None:
         """One self-contained HTML page (opens offline): privacy-utility curve, per-label heat maps,
-        calibration, subgroups, other datasets, audits and every DP parameter."""
+        calibration, subgroups, other datasets, audits and every DP parameter; with --label-noise, students
+        trained on each teacher's labels at each eps, scored on gold."""
         from dprad.report.html import DEFAULT_TITLE, write_report
 
-        path = write_report(runs, out, sweep_table=sweep, title=title or DEFAULT_TITLE)
+        path = write_report(
+            runs, out, sweep_table=sweep, title=title or DEFAULT_TITLE, label_noise=label_noise
+        )
         print(f"report: {path.resolve()}")
 
     @app.command("model-card")

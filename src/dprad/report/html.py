@@ -27,6 +27,7 @@ from dprad.report.collect import (
     read_runs,
     read_sweep_table,
 )
+from dprad.report.label_noise import Corpus, LabelNoiseStudy, load_study
 
 DEFAULT_TITLE = "dprad privacy-utility report"
 
@@ -345,6 +346,94 @@ def _sweep(t: SweepTable | None) -> Table | None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# label noise x DP (a study from bench/label_noise.py, not from the runs)
+
+
+@dataclass(frozen=True)
+class LabelBlock:
+    """One rare or critical label: a row per teacher, a cell per eps."""
+
+    label: str
+    marks: tuple[str, ...]  # "rare", "critical"
+    positives: str
+    rows: tuple[tuple[str, tuple[str, ...]], ...]  # (teacher, sensitivity per eps)
+
+
+@dataclass(frozen=True)
+class NoiseCorpus:
+    name: str
+    eps: tuple[str, ...]  # column heads
+    f1: Table
+    sensitivity_id: str
+    labels: tuple[LabelBlock, ...]
+
+
+def _eps_head(eps: float) -> str:
+    return "ε = ∞ (non-private)" if math.isinf(eps) else f"ε = {fmt_num(eps, 'g')}"
+
+
+def _rate(values: Sequence[tuple[float, float]]) -> str:
+    """A teacher's realised rate: one number when every eps saw the same training labels (the study's
+    noise does not depend on eps), else each eps's."""
+    if len({v for _, v in values}) == 1:
+        return fmt_num(values[0][1], ".3f")
+    return "; ".join(f"{fmt_num(v, '.3f')} (ε {fmt_num(e, 'g')})" for e, v in values)
+
+
+def _noise_corpus(c: Corpus, i: int) -> NoiseCorpus:
+    epsilons = c.epsilons
+    rows = []
+    for t in c.teachers:
+        row = {
+            "teacher": t.name,
+            "training labels FNR": _rate(
+                [(x.epsilon, x.training_label_noise.false_negative_rate) for x in t.cells]
+            ),
+            "training labels FPR": _rate(
+                [(x.epsilon, x.training_label_noise.false_positive_rate) for x in t.cells]
+            ),
+        }
+        for eps in epsilons:
+            cell = t.cell(eps)
+            f1 = cell.weighted_f1 if cell is not None else None
+            row[_eps_head(eps)] = f"{f1.mean:.3f} ({f1.min:.3f}..{f1.max:.3f})" if f1 is not None else "—"
+        rows.append(row)
+    f1_table = table(f"table-label-noise-f1-{i}", rows)
+    assert f1_table is not None  # a corpus has at least one teacher
+    blocks = []
+    for j, lab in enumerate(c.labels):
+        if not (lab.rare or lab.critical):
+            continue
+        per_teacher = []
+        for t in c.teachers:
+            cells = []
+            for eps in epsilons:
+                cell = t.cell(eps)
+                if cell is None:
+                    cells.append("—")
+                    continue
+                s = cell.per_label[j].sensitivity
+                cells.append(fmt_interval(Interval(s.estimate, s.ci_low, s.ci_high)))
+            per_teacher.append((t.name, tuple(cells)))
+        marks = tuple(m for m, on in (("rare", lab.rare), ("critical", lab.critical)) if on)
+        blocks.append(LabelBlock(lab.label, marks, fmt_num(lab.test_positives, ".3g"), tuple(per_teacher)))
+    return NoiseCorpus(
+        c.name, tuple(_eps_head(e) for e in epsilons), f1_table, f"table-label-noise-sens-{i}", tuple(blocks)
+    )
+
+
+def label_noise_view(study: LabelNoiseStudy | None) -> dict[str, Any] | None:
+    if study is None:
+        return None
+    return {
+        "source": study.source,
+        "rare_below": fmt_num(study.rare_below, "g"),
+        "resamples": fmt_num(study.resamples, ",d"),
+        "corpora": [_noise_corpus(c, i) for i, c in enumerate(study.corpora)],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
 # the page
 
 
@@ -366,6 +455,7 @@ def build_context(
     title: str,
     skipped: Sequence[str],
     selection: Selection | None = None,
+    label_noise: LabelNoiseStudy | None = None,
 ) -> dict[str, Any]:
     ordered = sorted(runs, key=plots.run_order)
     datasets = list(dict.fromkeys(r.dataset for r in ordered))
@@ -402,6 +492,7 @@ def build_context(
             "sweep": _sweep(sweep),
         },
         "sweep": sweep,
+        "label_noise": label_noise_view(label_noise),
         "selection": selection,
         "selection_cols": selection_cols,
         "several_private": any(n > 1 for n in private_by_data.values()),
@@ -439,19 +530,25 @@ def write_report(
     *,
     sweep_table: Path | None = None,
     title: str = DEFAULT_TITLE,
+    label_noise: Path | None = None,
 ) -> Path:
     """Read the run directories (a folder of runs stands for the finished runs below it), the sweep table
-    and the sweep's selection.json beside it, and write one self-contained HTML page to ``out``
-    (atomically). Returns ``out``."""
+    and the sweep's selection.json beside it, and a label-noise study (``bench/label_noise.py --out``)
+    where given, and write one self-contained HTML page to ``out`` (atomically). Returns ``out``."""
     if not runs:
         raise DpradError("dprad report: give at least one run directory")
+    study = load_study(label_noise) if label_noise is not None else None
     found, skipped = read_runs(runs)
     sweep = read_sweep_table(sweep_table) if sweep_table is not None else None
     # a sweep writes selection.json beside its results table: what choosing among its cells costs
     places = [Path(sweep_table).parent] if sweep_table is not None else []
     places += [Path(p) for p in runs if Path(p).is_dir() and not (Path(p) / "privacy.json").is_file()]
     selection = find_selection(places)
-    html = render(build_context(found, sweep=sweep, title=title, skipped=skipped, selection=selection))
+    html = render(
+        build_context(
+            found, sweep=sweep, title=title, skipped=skipped, selection=selection, label_noise=study
+        )
+    )
     out = Path(out)
     write_text(out, html)
     return out
