@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import threading
 from collections.abc import Iterator
@@ -335,10 +336,11 @@ def test_no_report_text_in_the_audit_log_or_the_database(run_dir: Path, tmp_path
         assert t.encode() not in blob
         for word in ("Zebediah", "Wobblethorpe", "99887766", "spiculated", "effusion"):
             assert word.encode() not in blob, word
-    # ... while the log does prove which reports were sent: their SHA-256
+    # ... while the log does prove which reports were sent: their HMAC under the state folder's secret
+    secret = (state / "audit.secret").read_bytes()
     lines = read_records(state / "audit")
-    logged = {h for rec in lines for h in rec["report_sha256"]}
-    assert {hashlib.sha256(t.encode()).hexdigest() for t in texts} <= logged
+    logged = {h for rec in lines for h in rec["report_hmac"]}
+    assert {hmac.new(secret, t.encode(), hashlib.sha256).hexdigest() for t in texts} <= logged
 
 
 def test_audit_log_rotates_by_size_and_summarizes(tmp_path: Path) -> None:
@@ -352,7 +354,8 @@ def test_audit_log_rotates_by_size_and_summarizes(tmp_path: Path) -> None:
                 status=200 if i % 4 else 429,
                 latency_ms=float(i),
                 n_reports=2,
-                report_sha256=("0" * 64, "1" * 64),
+                report_hmac=("0" * 64, "1" * 64),
+                hmac_key_id="0" * 16,
             )
         )
     files = sorted((tmp_path / "audit").glob("audit*.jsonl"))

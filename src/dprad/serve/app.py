@@ -3,11 +3,13 @@
 ``POST /v1/classify`` scores reports (per-label probability and the run's decision at its recorded
 thresholds), ``GET /v1/model`` describes the model (schema, thresholds, privacy ledger, metrics),
 ``GET /healthz`` says it is up, ``GET /metrics`` is Prometheus text. Every request, refused or not, leaves
-one audit line (see :mod:`dprad.serve.auditlog`): hashes of report texts, never the texts.
+one audit line (see :mod:`dprad.serve.auditlog`): keyed hashes (HMAC-SHA-256) of report texts, never
+the texts.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.serve.auditlog import AuditLog, AuditRecord, hashes, now_iso
+from dprad.serve.auditlog import AuditLog, AuditRecord, now_iso, server_key
 from dprad.serve.batcher import MicroBatcher
 from dprad.serve.budgets import BudgetStore, RateLimiter
 from dprad.serve.keys import ApiKey, KeyRing, load_keys
@@ -53,6 +55,118 @@ class ReportIn(BaseModel):
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reports: list[ReportIn]
+
+
+# ---------------------------------------------------------------- the OpenAPI description
+# The handlers read their own bodies and raise ApiError, so FastAPI cannot infer the request body or the
+# refusals: they are spelled out here, and the fuzz test (tests/test_serve_fuzz.py) holds the server to them.
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+
+def _refusals(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for refusals: status (as ``s401=...``) -> description, each a JSON error body."""
+    return {
+        int(status.lstrip("s")): {
+            "description": text,
+            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+        }
+        for status, text in described.items()
+    }
+
+
+AUTH_REFUSALS = _refusals(
+    s401="missing or unknown API key", s403="the key's role may not call this endpoint", s429="rate limited"
+)
+
+
+@functools.cache
+def _python_whitespace() -> str:
+    """Every character ``str.strip()`` removes (computed once: it scans all code points)."""
+    return "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+
+def _classify_body_schema(limits: ServeLimits) -> dict[str, Any]:
+    # a text must hold a character that str.strip() keeps (_check_limits refuses it as empty otherwise). The
+    # class is spelled out: JSON Schema's "\S" (ECMA-262) takes U+001C-U+001F and U+0085 for non-space, so
+    # with it the fuzzer sent a schema-valid text "\x1d" that the server refused as empty (422)
+    whitespace = _python_whitespace()
+    report = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["text"],
+        "properties": {
+            "id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            # at least one non-whitespace character; the length is counted in characters (code points)
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": limits.max_report_chars,
+                "pattern": f"[^{whitespace}]",
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["reports"],
+        "properties": {
+            "reports": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limits.max_reports_per_request,
+                "items": report,
+            }
+        },
+    }
+
+
+BUDGET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["requested", "remaining_day", "remaining_total", "reset_at"],
+    "properties": {
+        "requested": {"type": "integer"},
+        "remaining_day": {"type": ["integer", "null"]},
+        "remaining_total": {"type": ["integer", "null"]},
+        "reset_at": {"type": ["string", "null"]},
+    },
+}
+CLASSIFY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["run", "labels", "threshold_rule", "results", "budget"],
+    "properties": {
+        "run": {"type": "string"},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "threshold_rule": {"type": "string"},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "probabilities", "decisions", "positive"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "probabilities": {
+                        "type": "object",
+                        "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                    "decisions": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                    "positive": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "budget": BUDGET_SCHEMA,
+    },
+}
 
 
 class ApiError(Exception):
@@ -198,14 +312,20 @@ def create_app(
     limits: ServeLimits = ServeLimits(),
     record_reference: str | Path | None = None,
     record_every: int = 1000,
+    audit_secret_file: str | Path | None = None,
 ) -> FastAPI:
-    """Load the run and the keys, open the budget database and the audit log, and build the app."""
+    """Load the run and the keys, open the budget database and the audit log, and build the app.
+
+    The audit log hashes report texts under ``audit_secret_file`` when given, else under
+    ``state_dir/audit.secret`` (generated on first start, mode 0600, reused after that).
+    """
     from dprad.monitor import run_thresholds, tokenizer_vocab
     from dprad.predict import load_run
 
     run_dir = Path(run_dir)
     state_dir = Path(state_dir)
     keys: KeyRing = load_keys(keys_path)
+    audit_key, _ = server_key(state_dir, audit_secret_file)
     predictor = load_run(run_dir)
     schema = predictor.schema
     thresholds, rule = run_thresholds(run_dir, schema)
@@ -279,7 +399,8 @@ def create_app(
             status=response.status_code,
             latency_ms=round(seconds * 1000, 3),
             n_reports=int(info.get("n_reports", 0)),
-            report_sha256=tuple(info.get("sha256", ())),
+            report_hmac=tuple(info.get("hmac", ())),
+            hmac_key_id=audit_key.key_id,
             labels=tuple(info.get("labels", ())),
             error=info.get("error"),
             client=request.client.host if request.client else None,
@@ -334,13 +455,13 @@ def create_app(
         request.state.audit["endpoint"] = "GET /healthz"
         return {"status": "ok", "run": run_dir.name, "labels": len(schema)}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", responses=AUTH_REFUSALS)
     async def model(request: Request) -> dict[str, Any]:
         request.state.audit["endpoint"] = "GET /v1/model"
         key = authorize(request, "model")
         return model_info if key.role == "admin" else public_info
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=AUTH_REFUSALS)
     async def prometheus(request: Request) -> PlainTextResponse:
         request.state.audit["endpoint"] = "GET /metrics"
         authorize(request, "metrics")
@@ -348,7 +469,24 @@ def create_app(
             metrics.render(batcher), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    @app.post("/v1/classify")
+    @app.post(
+        "/v1/classify",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _classify_body_schema(limits)}},
+            }
+        },
+        responses={200: {"content": {"application/json": {"schema": CLASSIFY_SCHEMA}}}}
+        | AUTH_REFUSALS
+        | _refusals(
+            s400="the body is not valid JSON, or a text or id is not valid Unicode",
+            s413="the body, a report or the number of reports is over the limit",
+            s422="the body is not the documented shape, or a text is empty",
+            s429="rate limited, or over the key's budget (the body says which, and what is left)",
+            s500="the model failed to score the reports (nothing was charged)",
+        ),
+    )
     async def classify(request: Request) -> JSONResponse:
         info = request.state.audit
         info["endpoint"] = "POST /v1/classify"
@@ -358,7 +496,7 @@ def create_app(
         texts = _texts_of(doc)
         info["n_reports"] = len(texts)
         _check_unicode(texts, doc)
-        info["sha256"] = hashes(texts)
+        info["hmac"] = audit_key.digests(texts)
         try:
             req = ClassifyRequest.model_validate(doc)
         except ValidationError as err:
@@ -436,7 +574,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _decode(body: bytes) -> Any:
-    """The parsed JSON body, or a 400 naming why not (bad JSON, not UTF-8, nested past the parser)."""
+    """The parsed JSON body, or a 400 naming why not (bad JSON, not UTF-8, nested too deep, a number too long)."""
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -444,6 +582,10 @@ def _decode(body: bytes) -> Any:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {msg}") from None
     except RecursionError:
         raise ApiError(400, "malformed_json", "the request body is nested too deeply") from None
+    except ValueError:
+        # found by tests/test_serve_fuzz.py: an integer past Python's digit limit (sys.get_int_max_str_digits,
+        # 4300 by default), e.g. a body of 5000 digits, raised a plain ValueError and was answered 500
+        raise ApiError(400, "malformed_json", "the request body holds a number too long to read") from None
 
 
 def _check_unicode(texts: Sequence[str], doc: Any) -> None:

@@ -1,19 +1,28 @@
 """The audit log: one JSON line per request, never the report text.
 
-Each line holds the time, the key id, the endpoint, the HTTP status, the number of reports, the SHA-256 of
-each report's text (so a governance board can check whether a given report was sent, without the log
-holding it), the labels returned, and the latency. Lines are appended and fsynced before the response is
-complete; when the current file passes ``max_bytes`` it is renamed with a timestamp and a new one is
-started. Old files are never rewritten or deleted by dprad.
+Each line holds the time, the key id, the endpoint, the HTTP status, the number of reports, a keyed hash
+(HMAC-SHA-256 under a server secret) of each report's text, the id of that secret, the labels returned, and
+the latency. A governance board holding the secret can check whether a given report was sent
+(:func:`was_sent`); without it the hashes cannot be reversed by hashing common phrasings, as a plain
+SHA-256 of a short report could. The secret is generated on first start into the server's state folder
+(``audit.secret``, mode 0600) or given by the user; each line records ``hmac_key_id`` (the first 16 hex
+characters of the secret's SHA-256), so lines written before a rotation stay checkable with the old secret.
+
+Lines are appended and fsynced before the response is complete; when the current file passes
+``max_bytes`` it is renamed with a timestamp and a new one is started. Old files are never rewritten or
+deleted by dprad.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
+import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,10 +35,101 @@ from dprad.errors import DpradError
 
 CURRENT = "audit.jsonl"
 PATTERN = "audit*.jsonl"
+SECRET_FILE = "audit.secret"  # in the state folder, beside (not inside) the audit folder
+SECRET_BYTES = 32  # generated secrets
+MIN_SECRET_BYTES = 16  # given secrets
 
 
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+# ---------------------------------------------------------------- the secret behind the keyed hashes
+
+
+@dataclass(frozen=True)
+class AuditKey:
+    """A secret for HMAC-SHA-256 of report texts; ``key_id`` names it in each audit line."""
+
+    secret: bytes = field(repr=False)
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(self.secret).hexdigest()[:16]
+
+    def digest(self, text: str) -> str:
+        return hmac.new(self.secret, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def digests(self, texts: Sequence[str]) -> tuple[str, ...]:
+        return tuple(self.digest(t) for t in texts)
+
+
+def read_secret(path: str | Path) -> AuditKey:
+    """The secret in ``path``: refused when group or others may open it, or when it is under 16 bytes."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DpradError(f"{path}: no such audit secret file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DpradError(f"{path}: the audit secret is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise DpradError(
+            f"{path}: the audit secret is open to group or others (mode {mode:04o}); run: chmod 600 {path}"
+        )
+    secret = path.read_bytes()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise DpradError(
+            f"{path}: the audit secret has {len(secret)} bytes; it needs at least {MIN_SECRET_BYTES}"
+        )
+    return AuditKey(secret)
+
+
+def ensure_secret(state_dir: str | Path) -> Path:
+    """``state_dir/audit.secret``: created on first call with 32 random bytes, mode 0600; kept after that.
+
+    The bytes go to a temporary file created with O_EXCL and mode 0600 (never readable by others, not even
+    for a moment), fsynced, then hard-linked to the final name: the link fails if another process got there
+    first, so the secret appears whole or not at all, and is never replaced.
+    """
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / SECRET_FILE
+    if path.exists():
+        return path
+    tmp = state_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    _write_new(tmp, secrets.token_bytes(SECRET_BYTES))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another server on this state folder made it first: use theirs
+    finally:
+        tmp.unlink()
+    _fsync_dir(state_dir)
+    return path
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def server_key(state_dir: str | Path, secret_file: str | Path | None = None) -> tuple[AuditKey, Path]:
+    """The key a server hashes with, and its file: the user's ``secret_file``, or the state folder's."""
+    path = Path(secret_file) if secret_file is not None else ensure_secret(state_dir)
+    return read_secret(path), path
+
+
+# ---------------------------------------------------------------- writing
 
 
 @dataclass(frozen=True)
@@ -40,14 +140,15 @@ class AuditRecord:
     status: int
     latency_ms: float
     n_reports: int = 0
-    report_sha256: tuple[str, ...] = ()
+    report_hmac: tuple[str, ...] = ()  # HMAC-SHA-256 (hex) of each report text, under the server's secret
+    hmac_key_id: str | None = None  # which secret: AuditKey.key_id
     labels: tuple[tuple[str, ...], ...] = ()  # per report: the labels decided positive
     error: str | None = None  # our own message (never echoes the request body)
     client: str | None = None  # the peer address
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["report_sha256"] = list(self.report_sha256)
+        d["report_hmac"] = list(self.report_hmac)
         d["labels"] = [list(x) for x in self.labels]
         return json.dumps(d, separators=(",", ":"))
 
@@ -89,11 +190,7 @@ class AuditLog:
             target = self.directory / f"audit-{stamp}-{i}.jsonl"
             i += 1
         os.replace(path, target)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(self.directory)  # the rename itself survives a crash
 
 
 def now_iso() -> str:
@@ -168,5 +265,57 @@ def summarize(log_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(SUMMARY_COLUMNS))
 
 
-def hashes(texts: Sequence[str]) -> tuple[str, ...]:
-    return tuple(text_sha256(t) for t in texts)
+# ---------------------------------------------------------------- checking whether a text was sent
+
+
+@dataclass(frozen=True)
+class WasSent:
+    """The lines holding a text's keyed hash, and the lines the given secrets could not check."""
+
+    matches: tuple[dict[str, Any], ...]  # time, key_id, endpoint, status, hmac_key_id of each matching line
+    checked: int  # lines with report hashes under one of the given secrets
+    other_keys: dict[str, int]  # hmac_key_id -> lines with report hashes under a secret not given
+    unkeyed: int  # lines with report hashes but no keyed hash (written before keyed hashes)
+
+    @property
+    def found(self) -> bool:
+        return bool(self.matches)
+
+    @property
+    def unchecked(self) -> int:
+        return sum(self.other_keys.values()) + self.unkeyed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "found": self.found,
+            "matches": list(self.matches),
+            "checked_lines": self.checked,
+            "other_key_lines": dict(self.other_keys),
+            "unkeyed_lines": self.unkeyed,
+        }
+
+
+MATCH_FIELDS = ("time", "key_id", "endpoint", "status", "hmac_key_id")
+
+
+def was_sent(log_dir: str | Path, text: str, keys: Iterable[AuditKey]) -> WasSent:
+    """Every line of ``log_dir`` whose report hashes include ``text`` under one of ``keys``."""
+    wanted = {k.key_id: k.digest(text) for k in keys}
+    if not wanted:
+        raise DpradError("give at least one audit secret to check the log with")
+    matches: list[dict[str, Any]] = []
+    other: dict[str, int] = {}
+    checked = unkeyed = 0
+    for rec in read_records(log_dir):
+        digests = rec.get("report_hmac") or []
+        kid = rec.get("hmac_key_id")
+        if not digests:
+            unkeyed += bool(rec.get("report_sha256"))
+            continue
+        if kid not in wanted:
+            other[str(kid)] = other.get(str(kid), 0) + 1
+            continue
+        checked += 1
+        if wanted[kid] in digests:
+            matches.append({f: rec.get(f) for f in MATCH_FIELDS})
+    return WasSent(tuple(matches), checked, other, unkeyed)

@@ -1,4 +1,4 @@
-"""CLI commands for deployment: ``serve``, ``audit-log summarize`` and ``monitor``.
+"""CLI commands for deployment: ``serve``, ``audit-log summarize``, ``audit-log was-sent`` and ``monitor``.
 
 ``register(app)`` adds them to a Typer app (dprad's own, or one a test builds).
 """
@@ -8,13 +8,16 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from dprad.errors import DpradError
+
+if TYPE_CHECKING:
+    from dprad.serve.auditlog import WasSent
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
@@ -58,11 +61,20 @@ def register(app: typer.Typer) -> None:
         max_reports: Annotated[int, typer.Option(help="reports per request")] = 256,
         max_chars: Annotated[int, typer.Option(help="characters per report")] = 20_000,
         max_body_bytes: Annotated[int, typer.Option(help="bytes per request body")] = 1_000_000,
+        audit_secret_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--audit-secret-file",
+                help="secret (mode 0600, 16+ bytes) for the audit log's keyed hashes of report texts "
+                "(default: STATE_DIR/audit.secret, generated on first start)",
+            ),
+        ] = None,
     ) -> None:
         """Serve a run over HTTP: POST /v1/classify, GET /v1/model, /healthz, /metrics."""
         import uvicorn
 
         from dprad.serve.app import ServeLimits, create_app
+        from dprad.serve.auditlog import SECRET_FILE
 
         if not 0 < port < 65536:
             raise DpradError(f"--port {port} must be between 1 and 65535")
@@ -78,9 +90,18 @@ def register(app: typer.Typer) -> None:
             max_body_bytes=max_body_bytes, max_reports_per_request=max_reports, max_report_chars=max_chars
         )
         api = create_app(
-            run, keys_path=keys, state_dir=state, limits=limits, record_reference=record_reference
+            run,
+            keys_path=keys,
+            state_dir=state,
+            limits=limits,
+            record_reference=record_reference,
+            audit_secret_file=audit_secret_file,
         )
-        err.print(f"serving {run} on http://{host}:{port} (state in {state}; audit log {state / 'audit'})")
+        secret = audit_secret_file or state / SECRET_FILE
+        err.print(
+            f"serving {run} on http://{host}:{port} (state in {state}; audit log {state / 'audit'}, "
+            f"its hashes keyed by {secret})"
+        )
         uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
 
     @audit_app.command("summarize")
@@ -101,6 +122,35 @@ def register(app: typer.Typer) -> None:
         for row in df.itertuples(index=False):
             table.add_row(*(str(v) for v in row))
         Console().print(table)
+
+    @audit_app.command("was-sent")
+    def audit_was_sent(
+        log_dir: Annotated[Path, typer.Argument(help="the audit folder (STATE_DIR/audit)")],
+        secret_file: Annotated[
+            list[Path],
+            typer.Option(
+                "--secret-file",
+                help="the server's audit secret (STATE_DIR/audit.secret or its --audit-secret-file); "
+                "repeat to check lines written before a rotation with the old secrets",
+            ),
+        ],
+        text: Annotated[str | None, typer.Option("--text", help="the exact report text")] = None,
+        text_file: Annotated[
+            Path | None, typer.Option("--text-file", help="a UTF-8 file holding the exact report text")
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    ) -> None:
+        """Was this exact report text sent? Prints the matching lines; exit code 0 if found, 1 if not."""
+        from dprad.serve.auditlog import read_secret, was_sent
+
+        report = _text_to_check(text, text_file)
+        result = was_sent(log_dir, report, [read_secret(p) for p in secret_file])
+        if as_json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            _print_was_sent(result, text_file if text is None else None, report)
+        if not result.found:
+            raise typer.Exit(1)
 
     @app.command()
     def monitor(
@@ -132,6 +182,45 @@ def register(app: typer.Typer) -> None:
             _print_monitor(result)
         if result.alerted:
             raise typer.Exit(1)
+
+
+def _text_to_check(text: str | None, text_file: Path | None) -> str:
+    if (text is None) == (text_file is None):
+        raise DpradError("give the report text to check with exactly one of --text and --text-file")
+    if text is not None:
+        return text
+    assert text_file is not None
+    try:
+        return text_file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DpradError(f"--text-file {text_file}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise DpradError(f"--text-file {text_file}: not UTF-8 (byte {e.start})") from None
+
+
+def _print_was_sent(result: WasSent, text_file: Path | None, text: str) -> None:
+    for m in result.matches:
+        print(
+            f"{m['time']}  key {m['key_id'] or '(no key)'}  {m['endpoint']}  status {m['status']}  "
+            f"secret {m['hmac_key_id']}"
+        )
+    verdict = f"found in {len(result.matches)}" if result.found else "not found in any"
+    print(f"{verdict} of {_lines(result.checked)} with report hashes under the given secret(s)")
+    if result.other_keys:
+        n_other = sum(result.other_keys.values())
+        ids = ", ".join(f"{k} ({n})" for k, n in sorted(result.other_keys.items()))
+        print(
+            f"{_lines(n_other)} {'was' if n_other == 1 else 'were'} hashed under another secret: give "
+            f"that secret to check them (secret ids: {ids})"
+        )
+    if result.unkeyed:
+        print(f"not checked: {_lines(result.unkeyed)} with plain report_sha256 hashes (before keyed hashes)")
+    if not result.found and text_file is not None and text.endswith("\n"):
+        print(f"note: {text_file} ends with a newline, which is part of the text checked")
+
+
+def _lines(n: int) -> str:
+    return f"{n} line" if n == 1 else f"{n} lines"
 
 
 def _print_monitor(result: object) -> None:
