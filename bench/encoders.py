@@ -5,6 +5,7 @@ wall time per 1,000 reports measured side by side in the same run.
 
     python bench/encoders.py [--corpus iu|ct|both] [--eps 1,10,inf] [--seeds 0,1,2] [--threads 1]
                              [--variant label:name=minilm,pooling=mean,max_length=256 ...] [--cache DIR]
+                             [--time-only]
 
 `name` is `minilm` (the packaged MiniLM-L6) or any local Hugging Face model directory. Weighted F1 on the
 test split at the shipped thresholds; mean and (min..max) over split seeds. Timing encodes the same
@@ -91,6 +92,7 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run and for the timing")
     ap.add_argument("--out", default="")
+    ap.add_argument("--time-only", action="store_true", help="only the encoder timings, no training runs")
     args = ap.parse_args()
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
     out = Path(args.out or tempfile.mkdtemp(prefix="dprad-encoders-"))
@@ -114,7 +116,7 @@ def main() -> None:
                 pooling=str(settings.get("pooling", "auto")),
                 max_length=int(settings.get("max_length", 256)),
             )
-            for eps in [float(e) for e in args.eps.split(",")]:
+            for eps in [] if args.time_only else [float(e) for e in args.eps.split(",")]:
                 private = bool(np.isfinite(eps))
                 scores = []
                 for seed in [int(s) for s in args.seeds.split(",")]:
