@@ -134,6 +134,17 @@ def test_model_health_and_metrics(server: tuple[str, Path], run_dir: Path) -> No
     assert scored and int(scored[0].split()[-1]) >= 1
 
 
+def test_key_headers_empty_x_api_key_is_no_key_and_two_keys_are_refused(server: tuple[str, Path]) -> None:
+    url, state = server
+    before = len(audit_lines(state))
+    both = {"Authorization": f"Bearer {CLIENT}", "X-API-Key": ""}
+    assert httpx.get(f"{url}/v1/model", headers=both).status_code == 200
+    assert httpx.get(f"{url}/v1/model", headers={"X-API-Key": CLIENT}).status_code == 200
+    two = httpx.get(f"{url}/v1/model", headers={"Authorization": f"Bearer {CLIENT}", "X-API-Key": ADMIN})
+    assert two.status_code == 401 and "two different API keys" in two.json()["error"]["message"]
+    assert len(audit_lines(state)) == before + 3  # refused or not, one line each
+
+
 REFUSALS = [
     ("no key", {}, b'{"reports": [{"text": "x"}]}', 401, "API key"),
     ("bad key", auth("not-a-key-0123456789abcdef"), b'{"reports": [{"text": "x"}]}', 401, "API key"),

@@ -423,11 +423,16 @@ def create_app(
         return JSONResponse({"error": {"code": "not_found", "message": "no such endpoint"}}, status_code=404)
 
     def authorize(request: Request, endpoint: str) -> ApiKey:
-        raw = request.headers.get("x-api-key")
+        # an empty X-API-Key is no key (the fuzz test found it shadowing a valid Authorization header);
+        # two different keys in one request are refused rather than one of them picked
+        header = (request.headers.get("x-api-key") or "").strip() or None
         auth = request.headers.get("authorization", "")
-        if raw is None and auth.lower().startswith("bearer "):
-            raw = auth[7:].strip()
-        key = keys.authenticate(raw)
+        bearer = auth[7:].strip() or None if auth.lower().startswith("bearer ") else None
+        if header is not None and bearer is not None and header != bearer:
+            raise ApiError(
+                401, "unauthorized", "two different API keys (Authorization and X-API-Key): send one"
+            )
+        key = keys.authenticate(header or bearer)
         if key is None:
             raise ApiError(
                 401,
