@@ -208,26 +208,30 @@ def test_cli_llm_teacher(server: str, tmp_path: Path) -> None:
         {"id": ["a", "b"], "text": ["small effusion", "broken server"], "Pleural Effusion": [1, 0]}
     ).to_csv(data, index=False)
     out = tmp_path / "out.csv"
-    main(
-        [
-            "label",
-            str(data),
-            "--teacher",
-            "llm",
-            "--llm-url",
-            server,
-            "--llm-model",
-            "m",
-            "--out",
-            str(out),
-            "--llm-timeout",
-            "0.5",
-            "--llm-retries",
-            "1",
-            "--agreement-out",
-            str(tmp_path / "a.json"),
-        ]
-    )
+    with pytest.raises(
+        SystemExit
+    ) as failed:  # a report left unlabelled: exit 1, the table written all the same
+        main(
+            [
+                "label",
+                str(data),
+                "--teacher",
+                "llm",
+                "--llm-url",
+                server,
+                "--llm-model",
+                "m",
+                "--out",
+                str(out),
+                "--llm-timeout",
+                "0.5",
+                "--llm-retries",
+                "1",
+                "--agreement-out",
+                str(tmp_path / "a.json"),
+            ]
+        )
+    assert failed.value.code == 1
     df = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert df.loc[0, "Pleural Effusion"] == "1" and df.loc[1, "Pleural Effusion"] == ""  # failure left empty
     rep = json.loads((tmp_path / "a.json").read_text())

@@ -51,3 +51,11 @@ def test_a_broken_record_is_an_error_not_ignored(tmp_path: Path, tiny_bert: Path
         main(train_args(data, tmp_path / "r", tiny_bert))
     assert err.value.code == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_stated_teacher_is_an_error(tmp_path: Path, tiny_bert: Path) -> None:
+    data = tmp_path / "s.csv"
+    main(["synth", "--out", str(data), "--patients", "60"])
+    with pytest.raises(SystemExit) as err:
+        main([*train_args(data, tmp_path / "r", tiny_bert), "--teacher", " "])
+    assert err.value.code == 2 and not (tmp_path / "r").exists()

@@ -303,6 +303,11 @@ def label(
 
             write_json(agreement_out, report)
         _print_agreement(report, teacher)
+    if summary is not None and summary["failed"]:
+        # the table is written (rerun with the same --llm-cache to ask only for these), but a script must
+        # not go on to train as if every report had labels
+        console.print(f"[red]{summary['failed']} reports were not labelled by the LLM teacher[/red]")
+        raise typer.Exit(1)
 
 
 def _bounds(ci: dict[str, float] | None, digits: int) -> str:

@@ -102,6 +102,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self, "data")
+        if self.teacher is not None and not self.teacher.strip():
+            raise DpradError(
+                "--teacher is empty: say who wrote the labels, or leave it out (config data.teacher)"
+            )
 
 
 @dataclass(frozen=True)
