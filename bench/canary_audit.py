@@ -18,7 +18,7 @@ IU = Path(__file__).resolve().parents[2] / "shared" / "data" / "iu-xray" / "indi
 
 def main() -> None:
     from dprad.config import DataConfig, PrivacyConfig, RunConfig, TrainConfig
-    from dprad.train import train
+    from dprad.stages.train import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--canaries", type=int, default=1000)

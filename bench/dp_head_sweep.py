@@ -35,13 +35,13 @@ def main() -> None:
 
     from dprad.config import DataConfig, RunConfig
     from dprad.data.dataset import PoissonSampler, encode
-    from dprad.dp_step import plain_step, private_step
     from dprad.features import encoder_features, head_inputs, loss_per_example, public_corpus, warm_start
     from dprad.local_models import load_tokenizer, resolve_model_dir
-    from dprad.metrics import f1_scores, macro_auroc
+    from dprad.metrics.scores import f1_scores, macro_auroc
     from dprad.model import FeatureHead, load_encoder
     from dprad.privacy import calibrate_noise, default_delta
-    from dprad.train import prepare
+    from dprad.privacy.dp_step import plain_step, private_step
+    from dprad.stages.train import prepare
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(

@@ -9,7 +9,7 @@ Same encoder (MiniLM-L6, LoRA r=8 on query/value, mean pooling, linear head), sa
 (a) dprad: LoRA in the top k layers; logical batch of ``--batch`` (Poisson, q = 1 / ceil(n / batch), as
     opacus's loader), length-sorted micro-batches under ``--max-tokens`` with dynamic padding, the frozen
     bottom (embeddings + first N - k layers) run once per report and cached (``dprad.prefix_cache``),
-    ``dprad.dp_step.private_step`` over the top k layers. Its time includes the cache pass.
+    ``dprad.privacy.dp_step.private_step`` over the top k layers. Its time includes the cache pass.
 (b) the opacus tutorial: every report padded to 256 tokens in a TensorDataset, a DataLoader with
     batch size = the same expected batch, ``PrivacyEngine().make_private(module, optimizer, data_loader)``
     (Poisson sampling by default) and ``BatchMemoryManager`` for physical batches of ``--physical``.
@@ -76,7 +76,7 @@ def build(args: argparse.Namespace, num_labels: int, *, top_only: bool) -> tuple
 def evaluate(model: torch.nn.Module, enc: Any, max_tokens: int) -> tuple[float, float]:
     """(weighted F1 at 0.5, macro AUROC) over the test subset, dynamic padding, no gradients."""
     from dprad.data.dataset import collate, micro_batches
-    from dprad.metrics import f1_scores, macro_auroc
+    from dprad.metrics.scores import f1_scores, macro_auroc
 
     model.eval()
     probs = np.zeros(enc.targets.shape, dtype=np.float32)
@@ -95,9 +95,9 @@ def run_dprad(
     from opacus import GradSampleModule
 
     from dprad.data.dataset import PoissonSampler, micro_batches
-    from dprad.dp_step import private_step
     from dprad.features import loss_per_example
     from dprad.prefix_cache import PrefixLoraClassifier, cache_hidden_states, split_encoder
+    from dprad.privacy.dp_step import private_step
 
     encoder, head_state = build(args, len(schema), top_only=True)
     n, q = len(enc), 1 / -(-len(enc) // args.batch)  # the sample rate opacus's DataLoader gets

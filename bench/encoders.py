@@ -80,7 +80,7 @@ def seconds_per_1000(settings: dict[str, str | int], reports: list, schema: obje
 def main() -> None:
     from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
     from dprad.stages.plan import prepare
-    from dprad.train import train
+    from dprad.stages.train import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="both", choices=["iu", "ct", "both"])

@@ -17,8 +17,8 @@ import numpy as np
 def main() -> None:
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-    from dprad.bootstrap import patient_weights
-    from dprad.evaluate import evaluate_arrays
+    from dprad.metrics.bootstrap import patient_weights
+    from dprad.metrics.evaluation import evaluate_arrays
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reports", type=int, default=10_000)

@@ -149,15 +149,15 @@ def train_dpsgd(
     seed: int,
     warm: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Trained:
-    """DP-SGD (dprad.dp_step.private_step, Poisson sampling, PLD-calibrated noise) on a linear head."""
+    """DP-SGD (dprad.privacy.dp_step.private_step, Poisson sampling, PLD-calibrated noise) on a linear head."""
     import dp_accounting
     import torch
     from opacus import GradSampleModule
 
     from dprad.data.dataset import PoissonSampler
-    from dprad.dp_step import plain_step, private_step
     from dprad.features import loss_per_example, warm_start
     from dprad.privacy import calibrate_noise, dpsgd_event
+    from dprad.privacy.dp_step import plain_step, private_step
 
     n, d = x.shape
     q = min(BATCH, n) / n
@@ -221,7 +221,7 @@ def train_adassp(
     seed: int,
     public: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Trained:
-    from dprad.adassp import fit_adassp
+    from dprad.privacy.adassp import fit_adassp
 
     fit = fit_adassp(
         x,
@@ -261,8 +261,8 @@ def score(
     grid: tuple[float, ...],
     seed: int,
 ) -> Scored:
-    from dprad.dp_thresholds import compose_epsilon, dp_thresholds
-    from dprad.metrics import f1_scores, per_label
+    from dprad.metrics.scores import f1_scores, per_label
+    from dprad.privacy.thresholds import compose_epsilon, dp_thresholds
 
     _, va, te = idx
     p_va, p_te = sigmoid(trained.logits(x[va])), sigmoid(trained.logits(x[te]))
@@ -293,11 +293,11 @@ def fmt(vals: list[float]) -> str:
 
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
-    from dprad.adassp import block_projection, pca_projection
     from dprad.features import head_inputs
-    from dprad.metrics import f1_scores
+    from dprad.metrics.scores import f1_scores
     from dprad.priors import combine_features, rule_predictions
     from dprad.privacy import default_delta
+    from dprad.privacy.adassp import block_projection, pca_projection
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer tuning candidates")

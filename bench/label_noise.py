@@ -91,7 +91,7 @@ def binary(labels: Labels | None, names: list[str]) -> np.ndarray:
 
 def recall_draws(tp: int, support: int, seed: int) -> np.ndarray:
     """(B,) bootstrap replicates of recall on one test split (one report per patient in both corpora)."""
-    from dprad.bootstrap import patient_weights, weighted_label_metrics
+    from dprad.metrics.bootstrap import patient_weights, weighted_label_metrics
 
     if support == 0:
         return np.full(N_BOOT, np.nan)
@@ -102,11 +102,11 @@ def recall_draws(tp: int, support: int, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    from dprad.bootstrap import interval
     from dprad.config import DataConfig, PrivacyConfig, RunConfig, TrainConfig
     from dprad.labeling.rules import rules_for
+    from dprad.metrics.bootstrap import interval
     from dprad.stages.plan import prepare
-    from dprad.train import train
+    from dprad.stages.train import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="both", choices=["iu", "ct", "both"])

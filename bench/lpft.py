@@ -45,7 +45,7 @@ def parse_sets(items: list[str]) -> dict[str, object]:
 
 def main() -> None:
     from dprad.config import DataConfig, PrivacyConfig, RunConfig, TrainConfig
-    from dprad.train import train
+    from dprad.stages.train import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="iu", choices=["iu", "ct", "both"])

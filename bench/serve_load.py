@@ -43,7 +43,7 @@ def make_run(model: str, root: Path) -> Path:
     from dprad import CHEXPERT14, SynthConfig, generate_reports
     from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from dprad.data.table import reports_frame, write_table
-    from dprad.train import train
+    from dprad.stages.train import train
 
     data = root / "train.csv"
     write_table(reports_frame(generate_reports(SynthConfig(n_patients=300, seed=1)), CHEXPERT14), data)
@@ -128,7 +128,7 @@ def main() -> None:
     clients = set(cores) - scorer or set(cores)
 
     from dprad import SynthConfig, generate_reports
-    from dprad.predict import load_run
+    from dprad.modes import load_run
 
     tmp = Path(tempfile.mkdtemp(prefix="dprad-serve-bench-"))
     run = args.run or make_run(args.model, tmp)

@@ -27,13 +27,13 @@ CORPORA = {
 
 def teacher_f1(run: Path) -> float:
     """The rule teacher's weighted F1 on the run's own test split (its readings as decisions)."""
-    from dprad.data.read import read_run_split
     from dprad.data.reports import label_matrix
     from dprad.data.schemas import LabelSchema
-    from dprad.metrics import f1_scores
+    from dprad.metrics.scores import f1_scores
     from dprad.priors import report_prior_features, rule_predictions
+    from dprad.run import RunRecord
 
-    reports, _ = read_run_split(run, "test")
+    reports, _ = RunRecord.open(run).split_reports("test")
     schema = LabelSchema.from_dict(json.loads((run / "schema.json").read_text()), source=str(run))
     y, m = label_matrix(reports, schema)
     pred = rule_predictions(report_prior_features(reports, schema)).astype(float)
@@ -42,7 +42,7 @@ def teacher_f1(run: Path) -> float:
 
 def main() -> None:
     from dprad.config import DataConfig, PrivacyConfig, RunConfig, TrainConfig
-    from dprad.train import train
+    from dprad.stages.train import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="both", choices=["iu", "ct", "both"])

@@ -9,7 +9,8 @@ import pytest
 from dp_accounting import pld
 from sklearn.linear_model import Ridge
 
-from dprad.adassp import (
+from dprad.errors import DpradError
+from dprad.privacy.adassp import (
     LOGIT_SCALE,
     adassp_event,
     block_projection,
@@ -18,8 +19,7 @@ from dprad.adassp import (
     pca_projection,
     sufficient_statistics,
 )
-from dprad.dp_thresholds import compose_epsilon
-from dprad.errors import DpradError
+from dprad.privacy.thresholds import compose_epsilon
 
 
 def _data(n: int, d: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from dprad.audit.rmia import fit_offline_a, rmia_scores
 from dprad.audit.run_audit import audit_run
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.train import train
+from dprad.stages.train import train
 
 # ---- metrics ----
 

@@ -11,7 +11,7 @@ from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.features import resolve_device
-from dprad.train import train
+from dprad.stages.train import train
 
 
 def test_device_names_resolve_or_fail_clearly() -> None:

@@ -14,8 +14,8 @@ from opacus import GradSampleModule
 
 from dprad.data.dataset import PoissonSampler
 from dprad.data.sampling import PatientPoissonSampler
-from dprad.distributed import distributed_private_step, rank_and_world, shard
-from dprad.dp_step import private_step
+from dprad.privacy.distributed import distributed_private_step, rank_and_world, shard
+from dprad.privacy.dp_step import private_step
 
 N, STEPS, Q, CLIP, SIGMA = 48, 4, 0.4, 0.5, 0.7
 WORLD = 2

@@ -19,12 +19,12 @@ from dprad.data.dataset import (
     inference_batches,
     micro_batches,
 )
-from dprad.dp_step import per_sample_norms, plain_step, private_step
 from dprad.errors import DpradError
 from dprad.features import loss_per_example
 from dprad.local_models import load_tokenizer
 from dprad.model import ReportClassifier, attach_lora, encoder_type, freeze_for_dp_full, load_encoder
-from dprad.train import check_sampler
+from dprad.privacy.dp_step import per_sample_norms, plain_step, private_step
+from dprad.stages.train import check_sampler
 
 
 def build(model_dir: Path, *, lora: bool = True, seed: int = 0) -> ReportClassifier:

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from dp_accounting import pld
 
-from dprad.dp_thresholds import (
+from dprad.errors import DpradError
+from dprad.metrics.scores import per_label
+from dprad.privacy import dpsgd_event
+from dprad.privacy.thresholds import (
     DEFAULT_GRID,
     compose_epsilon,
     dp_thresholds,
@@ -17,9 +20,6 @@ from dprad.dp_thresholds import (
     one_report_per_patient,
     score_histograms,
 )
-from dprad.errors import DpradError
-from dprad.metrics import per_label
-from dprad.privacy import dpsgd_event
 
 
 def _scores(n: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

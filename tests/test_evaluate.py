@@ -12,9 +12,9 @@ from dprad import CHEXPERT14, CTRATE18, DpradError, SynthConfig, generate_report
 from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.evaluate import EvalOptions, compare_runs, evaluate_run
-from dprad.train import train
-from dprad.transfer import label_map
+from dprad.metrics.transfer import label_map
+from dprad.stages.evaluate import EvalOptions, compare_runs, evaluate_run
+from dprad.stages.train import train
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.config import DataConfig, LoraConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.reports import label_matrix
 from dprad.data.table import reports_frame, write_table
-from dprad.metrics import summary
-from dprad.predict import load_run
-from dprad.train import train
+from dprad.metrics.scores import summary
+from dprad.modes import load_run
+from dprad.stages.train import train
 
 
 def test_top_layer_lora_trains_saves_and_reloads(tiny_bert: Path, tmp_path: Path) -> None:

@@ -11,12 +11,11 @@ import pytest
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.config import DataConfig, LoraConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.modes import get_mode
+from dprad.modes import get_mode, load_run
 from dprad.modes.encoder import EncoderMode
-from dprad.predict import load_run
 from dprad.privacy import dpsgd_event, epsilon_of, event_from_dict
 from dprad.stages.plan import plan_run
-from dprad.train import fit_probe, train
+from dprad.stages.train import fit_probe, train
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +128,13 @@ def test_two_phase_ledger_recomputes_from_its_own_numbers(
     # the run loads back with its probe's input transform and scores as it did at the end of training
     assert (tmp_path / "run" / "model" / "center.pt").is_file()
     pred = load_run(tmp_path / "run")
-    from dprad.data.read import read_run_split
+    from dprad.run import RunRecord
 
-    test, _ = read_run_split(tmp_path / "run", "test")
+    test, _ = RunRecord.open(tmp_path / "run").split_reports("test")
     probs = pred.predict(test).probs
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     from dprad.data.reports import label_matrix
-    from dprad.metrics import summary
+    from dprad.metrics.scores import summary
 
     y, m = label_matrix(test, CHEXPERT14)
     again = summary(y, probs, mask=m, labels=CHEXPERT14.labels)["weighted_f1"]

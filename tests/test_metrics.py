@@ -6,15 +6,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from dprad.bootstrap import headline, interval, paired_difference, patient_weights, weighted_label_metrics
-from dprad.calibration import (
+from dprad.metrics.bootstrap import (
+    headline,
+    interval,
+    paired_difference,
+    patient_weights,
+    weighted_label_metrics,
+)
+from dprad.metrics.calibration import (
     apply_temperature,
     calibration_report,
     expected_calibration_error,
     fit_temperature,
 )
-from dprad.fairness import age_band, subgroup_gaps
-from dprad.metrics import f1_scores, fit_thresholds, per_label
+from dprad.metrics.fairness import age_band, subgroup_gaps
+from dprad.metrics.scores import f1_scores, fit_thresholds, per_label
 
 
 def random_problem(seed: int, n: int = 200, k: int = 5, ties: bool = False):

@@ -13,10 +13,12 @@ import pytest
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from dprad.data.read import read_run_split
 from dprad.data.reports import Report
 from dprad.data.table import reports_frame, write_table
-from dprad.monitor import (
+from dprad.modes import load_run
+from dprad.modes.predictor import Predictor
+from dprad.run import RunRecord
+from dprad.serve.monitor import (
     REFERENCE_FILE,
     MonitorResult,
     compare,
@@ -27,8 +29,7 @@ from dprad.monitor import (
     wilson,
     write_reference,
 )
-from dprad.predict import Predictor, load_run
-from dprad.train import train
+from dprad.stages.train import train
 
 SHIFTED = "Pneumothorax"
 
@@ -65,7 +66,7 @@ def test_two_halves_of_the_test_split_raise_no_alert(
     run_dir: Path, predictor: Predictor, tmp_path: Path
 ) -> None:
     run = fresh_run(run_dir, tmp_path)
-    test, _ = read_run_split(run, "test")
+    test, _ = RunRecord.open(run).split_reports("test")
     a, b = test[::2], test[1::2]
     path = write_reference(run, a, predictor.predict(a).probs)
     ref = json.loads(path.read_text())

@@ -16,11 +16,11 @@ from opacus import GradSampleModule
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.data.dataset import Encoded, collate, encode, micro_batches
 from dprad.data.sampling import PatientPoissonSampler, patient_groups
-from dprad.dp_step import clip_and_accumulate, per_sample_norms, private_step
 from dprad.errors import DpradError
 from dprad.features import loss_per_example
 from dprad.local_models import load_tokenizer
 from dprad.model import ReportClassifier, attach_lora, load_encoder
+from dprad.privacy.dp_step import clip_and_accumulate, per_sample_norms, private_step
 
 
 def build(model_dir: Path, seed: int = 0) -> ReportClassifier:
@@ -185,7 +185,7 @@ def old_private_step(
     expected_batch_size: float,
     generator: torch.Generator,
 ) -> float:
-    """dprad.dp_step.private_step as it was before patient-level DP (frozen copy)."""
+    """dprad.privacy.dp_step.private_step as it was before patient-level DP (frozen copy)."""
     summed = [torch.zeros_like(p) for p in params]
     total_loss = 0.0
     for idx in batches:

@@ -13,7 +13,7 @@ from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.privacy import epsilon_of, event_from_dict
-from dprad.train import train
+from dprad.stages.train import train
 
 
 def mimic_tree(root: Path, n_patients: int) -> Path:

@@ -11,9 +11,9 @@ import pytest
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.predict import load_run
+from dprad.modes import load_run
 from dprad.privacy import compute_epsilon, epsilon_of, event_from_dict
-from dprad.train import train
+from dprad.stages.train import train
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_the_rule_prior_is_on_by_default_recorded_and_used_after_reloading(
     reports = [r for r in generate_reports(SynthConfig(n_patients=240, seed=21)) if r.id in test_ids]
     probs = load_run(res.run_dir).predict(reports).probs
     from dprad.data.reports import label_matrix
-    from dprad.metrics import summary
+    from dprad.metrics.scores import summary
 
     y, m = label_matrix(reports, CHEXPERT14)
     assert summary(y, probs, mask=m)["weighted_f1"] == pytest.approx(

@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.evaluate import EvalOptions, evaluate_run
 from dprad.io import write_json
 from dprad.report import write_model_card, write_report
 from dprad.report.collect import read_run
 from dprad.report.commands import register
-from dprad.train import train
+from dprad.stages.evaluate import EvalOptions, evaluate_run
+from dprad.stages.train import train
 
 EXPECTED_PLOTS = ("plot-privacy-utility", "plot-labels-0", "plot-reliability", "plot-subgroups", "plot-audit")
 EXPECTED_TABLES = (

@@ -19,7 +19,7 @@ from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, Trai
 from dprad.data.table import reports_frame, write_table
 from dprad.report import write_report
 from dprad.report.label_noise import load_study
-from dprad.train import train
+from dprad.stages.train import train
 
 SECTION = "Teacher label noise under differential privacy"
 

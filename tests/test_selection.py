@@ -12,7 +12,7 @@ from dp_accounting import dp_event, pld, rdp
 
 from dprad.errors import DpradError
 from dprad.privacy import RDP_ORDERS, compute_epsilon
-from dprad.selection import Candidate, all_costs, rdp_curve, selection_cost, tnb_gamma, tnb_mean
+from dprad.privacy.selection import Candidate, all_costs, rdp_curve, selection_cost, tnb_gamma, tnb_mean
 
 # orders up to 256 are plenty for the epsilons (about 1 to 10) of these tests, and fast on a shared CPU
 ORDERS = tuple(o for o in RDP_ORDERS if o <= 256)

@@ -23,7 +23,7 @@ from dprad.serve.auditlog import AuditLog, AuditRecord, read_records, summarize
 from dprad.serve.budgets import BudgetStore
 from dprad.serve.commands import register
 from dprad.serve.keys import hash_key, load_keys
-from dprad.train import train
+from dprad.stages.train import train
 
 CLIENT, MONITOR = "client-key-0123456789abcdef", "monitor-key-0123456789abcdef"
 ADMIN = "admin-key-0123456789abcdef"
@@ -101,7 +101,7 @@ def test_classify_scores_at_the_runs_thresholds(server: tuple[str, Path], run_di
         assert [lab for lab, d in res["decisions"].items() if d] == want
     # the same reports scored offline give the same probabilities
     from dprad.data.reports import Report
-    from dprad.predict import load_run
+    from dprad.modes import load_run
 
     offline = load_run(run_dir).predict(
         [Report(id=str(i), patient_id=str(i), text=x["text"]) for i, x in enumerate(body["reports"])]
@@ -416,8 +416,8 @@ def test_live_traffic_reference_holds_scores_only_and_feeds_the_monitor(
 ) -> None:
     import shutil
 
-    from dprad.monitor import monitor_reports
     from dprad.serve.commands import _is_loopback
+    from dprad.serve.monitor import monitor_reports
 
     keys = write_keys(tmp_path / "keys.yaml")
     live = tmp_path / "live"

@@ -14,7 +14,7 @@ from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.train import prepare, train
+from dprad.stages.train import prepare, train
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_unknown_config_keys_are_an_error(tmp_path: Path, corpus: Path) -> None:
 def test_training_metrics_equal_evaluate_point_estimates(
     corpus: Path, tiny_bert: Path, tmp_path: Path
 ) -> None:
-    from dprad.evaluate import EvalOptions, evaluate_run
+    from dprad.stages.evaluate import EvalOptions, evaluate_run
 
     res = train(small(corpus, tiny_bert), tmp_path / "r")
     ev = evaluate_run(tmp_path / "r", corpus, options=EvalOptions(n_boot=20, split="test"))

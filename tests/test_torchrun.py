@@ -21,7 +21,7 @@ from dprad.cli import main
 from dprad.config import RunConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.errors import DpradError
-from dprad.train import StepInfo, train
+from dprad.stages.train import StepInfo, train
 
 WORLD_KEYS = ("sampler", "library_versions")  # the sampler says how many processes drew and clipped
 

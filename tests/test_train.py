@@ -14,9 +14,9 @@ from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
 from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.predict import load_run
+from dprad.modes import load_run
 from dprad.privacy import compute_epsilon, epsilon_of, event_from_dict
-from dprad.train import StepInfo, train
+from dprad.stages.train import StepInfo, train
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_run_directory_describes_itself_and_reloads(
     preds = predictor.predict(reports)
     assert preds.probs.shape == (len(reports), 14) and ((preds.probs >= 0) & (preds.probs <= 1)).all()
     from dprad.data.reports import label_matrix
-    from dprad.metrics import summary
+    from dprad.metrics.scores import summary
 
     y, m = label_matrix(reports, CHEXPERT14)
     again = summary(y, preds.probs, mask=m)["weighted_f1"]
@@ -316,7 +316,7 @@ def test_calibrated_runs_across_the_epsilon_range(
 def test_public_warm_start_is_resolved_recorded_and_refused_where_it_does_not_apply(
     corpus: Path, tiny_bert: Path, tmp_path: Path
 ) -> None:
-    from dprad.train import resolve
+    from dprad.stages.train import resolve
 
     base = cfg(corpus, tiny_bert, "dp-head")
     at = lambda eps: base.with_(privacy=PrivacyConfig(epsilon=eps))  # noqa: E731

@@ -10,7 +10,7 @@ import pytest
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.train import train
+from dprad.stages.train import train
 
 
 @pytest.fixture(scope="module")

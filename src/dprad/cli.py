@@ -646,8 +646,8 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from dprad.config import RunConfig
-    from dprad.train import StepInfo
-    from dprad.train import train as run_train
+    from dprad.stages.train import StepInfo
+    from dprad.stages.train import train as run_train
 
     base = _load_config(config) if config else RunConfig()
     cfg = config_from_flags(ctx, base, dict(locals()))
@@ -717,7 +717,7 @@ def predict(
 ) -> None:
     """Score reports with a trained run: per-label probability and per-example loss (where labels are known)."""
     from dprad.data.table import write_table
-    from dprad.predict import load_run
+    from dprad.modes import load_run
 
     predictor = load_run(run)
     result, _, _ = _read(
@@ -737,7 +737,8 @@ def predict(
 ThresholdsOpt = Annotated[
     str,
     typer.Option(
-        "--thresholds", help="0.5, or val: the per-label thresholds fitted on the run's validation split"
+        "--thresholds",
+        help="val (default): the per-label thresholds the run ships with (fitted on its validation split, under DP for a private run), or 0.5",
     ),
 ]
 BootOpt = Annotated[int, typer.Option("--bootstrap", help="patient-level bootstrap resamples")]
@@ -750,7 +751,7 @@ MapOpt = Annotated[
 
 
 def _eval_options(thresholds: str, n_boot: int, split: str, label_map: str | None, **extra: Any) -> Any:
-    from dprad.evaluate import EvalOptions
+    from dprad.stages.evaluate import EvalOptions
 
     if n_boot < 1:
         raise DpradError("--bootstrap must be at least 1")
@@ -769,7 +770,7 @@ def evaluate(
     groups: Annotated[
         str | None, typer.Option(help="comma-separated attributes for subgroup metrics, e.g. sex,site,age")
     ] = None,
-    thresholds: ThresholdsOpt = "0.5",
+    thresholds: ThresholdsOpt = "val",
     n_boot: BootOpt = 1000,
     split: SplitOpt = "auto",
     label_map: MapOpt = None,
@@ -781,8 +782,8 @@ def evaluate(
     ] = 30,
 ) -> None:
     """Per-label metrics with patient-level bootstrap CIs, calibration and subgroup gaps."""
-    from dprad.evaluate import evaluate_run
     from dprad.io import write_json
+    from dprad.stages.evaluate import evaluate_run
 
     opts = _eval_options(
         thresholds,
@@ -878,13 +879,13 @@ def compare(
     data: Annotated[Path, typer.Argument(help="labelled reports")],
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
     fmt: FormatOpt = "auto",
-    thresholds: ThresholdsOpt = "0.5",
+    thresholds: ThresholdsOpt = "val",
     n_boot: BootOpt = 1000,
     split: SplitOpt = "auto",
 ) -> None:
     """B - A on the same reports and the same patient resamples: difference, 95% CI and p-value."""
-    from dprad.evaluate import compare_runs
     from dprad.io import write_json
+    from dprad.stages.evaluate import compare_runs
 
     res = compare_runs(run_a, run_b, data, options=_eval_options(thresholds, n_boot, split, None), format=fmt)
     if out:

@@ -36,7 +36,7 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast for the encoder's forward pass on a GPU; a no-op on the CPU. Per-sample gradients,
-    clipping and noise stay in fp32 (dprad.dp_step)."""
+    clipping and noise stay in fp32 (dprad.privacy.dp_step)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 

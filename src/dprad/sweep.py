@@ -31,7 +31,7 @@ spec, attempts, last error) and ``done.json`` (written last). Re-running skips c
 ``privacy.json`` and ``evaluation.json`` exist and whose spec is unchanged; an interrupted cell resumes
 from its checkpoint (or evaluates only, when training had finished). ``OUT/results.parquet`` and
 ``results.csv`` hold one row per cell; ``OUT/selection.json`` says which cells were compared on which data
-and what choosing the best of them costs in privacy (:mod:`dprad.selection`).
+and what choosing the best of them costs in privacy (:mod:`dprad.privacy.selection`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from dprad.config import (
 )
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.evaluate import EvalOptions
+from dprad.stages.evaluate import EvalOptions
 
 TOP_KEYS = (
     "name",
@@ -563,7 +563,7 @@ def _train(
     fresh: bool,
     on_step: Callable[[Any], None] | None,
 ) -> None:
-    from dprad.train import train
+    from dprad.stages.train import train
 
     try:
         train(cell.config, run_dir, reports=reports, on_step=on_step, overwrite=fresh)
@@ -577,7 +577,7 @@ def _train(
 
 def _evaluate(cell: Cell, run_dir: Path, options: EvalOptions) -> dict[str, Any]:
     from dprad.data.schemas import load_schema
-    from dprad.evaluate import evaluate_run
+    from dprad.stages.evaluate import evaluate_run
 
     d = cell.config.data
     return evaluate_run(
@@ -755,7 +755,7 @@ def _read_datasets(
 ) -> tuple[dict[str, tuple[Report, ...]], dict[str, str | None], dict[str, str], dict[str, str]]:
     """Read each dataset once; pin its schema; resolve what ``auto`` means for it. Failures are per dataset."""
     from dprad.data.read import read_data
-    from dprad.train import prepare, resolve
+    from dprad.stages.train import prepare, resolve
 
     reports: dict[str, tuple[Report, ...]] = {}
     schemas: dict[str, str | None] = {}
@@ -867,7 +867,7 @@ def write_results(out: Path, cells: Sequence[Cell], outcomes: Mapping[str, CellO
 
 def write_selection(out: Path, cells: Sequence[Cell], cfg: SweepConfig) -> Path:
     """Which finished private cells were compared on which data, and the cost of choosing among them."""
-    from dprad.selection import Candidate, all_costs
+    from dprad.privacy.selection import Candidate, all_costs
 
     groups = []
     by_dataset: dict[str, list[Cell]] = {}

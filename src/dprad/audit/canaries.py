@@ -9,7 +9,7 @@ the k- lowest (k+ and k- fixed before scoring), and :func:`dprad.audit.bound.eps
 
 The training stage (1) calls :func:`make_canaries`, (2) removes ``CanarySet.source_ids`` from the training
 split (so that no duplicate text sits in training) and adds ``CanarySet.included_reports()`` (steps 1-2
-are :func:`canary_hook`, ready for ``dprad.train.train(..., canaries=...)``), (3) trains,
+are :func:`canary_hook`, ready for ``dprad.stages.train.train(..., canaries=...)``), (3) trains,
 (4) computes every canary's loss with ``Predictor.predict(canaries.reports).loss`` and (5) writes
 :func:`canary_section` into ``audit.json``. Excluded canaries go nowhere: not val, not test, not metrics.
 """

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from dprad.bootstrap import interval
 from dprad.data.reports import Report
 from dprad.errors import DpradError
+from dprad.metrics.bootstrap import interval
 
 LOW_FPRS = (0.01, 0.001)
 SUBGROUP_ATTRS = ("sex", "site")

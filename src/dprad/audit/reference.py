@@ -3,10 +3,10 @@
 Head modes: the frozen features are computed once; each reference head is trained on a random half with
 the run's hyper-parameters (lr, epochs, batch size, weight decay, public warm start) and, for a private
 run, its noise multiplier, clipping norm, sample rate and number of steps (Poisson sampling, DP-SGD via
-:func:`dprad.dp_step.private_step`). A reference head costs seconds on a CPU.
+:func:`dprad.privacy.dp_step.private_step`). A reference head costs seconds on a CPU.
 
-LoRA / full modes: each reference model is a whole :func:`dprad.train.train` run on its half (fixed
-``split`` attributes), then scored with :func:`dprad.predict.load_run`; use a tiny model on a CPU.
+LoRA / full modes: each reference model is a whole :func:`dprad.stages.train.train` run on its half (fixed
+``split`` attributes), then scored with :func:`dprad.modes.predictor.load_run`; use a tiny model on a CPU.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 
 from dprad.data.dataset import PoissonSampler, ShuffleSampler
 from dprad.data.reports import Report
-from dprad.dp_step import plain_step, private_step
 from dprad.errors import DpradError
 from dprad.features import loss_per_example, warm_start
 from dprad.model import FeatureHead
+from dprad.privacy.dp_step import plain_step, private_step
 
 PROB_CLIP = 1e-7  # probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] before taking logits
 
@@ -207,8 +207,8 @@ def run_reference_models(
     each on a random half of ``pool``, written under ``work_dir`` and scored on the whole pool.
     ``schema_path``: the run's schema.json."""
     from dprad.config import PrivacyConfig, RunConfig
-    from dprad.predict import load_run
-    from dprad.train import train
+    from dprad.modes import load_run
+    from dprad.stages.train import train
 
     sections: dict[str, Any] = {
         s: config[s] for s in ("data", "model", "lora", "privacy", "train") if s in config

@@ -192,7 +192,7 @@ def audit_run(
     if mode in HEAD_MODES:
         x, logits, pub = _head_logits(run_dir, config, pool, schema, public=public)
     else:
-        from dprad.predict import load_run
+        from dprad.modes import load_run
 
         logits = probs_to_logits(load_run(run_dir).predict(pool).probs)
     loss = loss_per_example(torch.from_numpy(logits.astype(np.float32)), y, mask).numpy()  # (N,)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from dprad.data.ct_rate import read_ct_rate_manual, read_ct_rate_official
 from dprad.data.iu_xray import read_iu_xray
 from dprad.data.mimic_cxr import read_mimic_cxr
-from dprad.data.reports import ReadResult, Report, read_generic
+from dprad.data.reports import ReadResult, read_generic
 from dprad.data.schemas import CHEXPERT14, CTRATE18, LabelSchema
 from dprad.errors import DpradError
 
@@ -109,16 +109,3 @@ def read_data(data: DataConfig) -> tuple[ReadResult, LabelSchema, str]:
         split_col=data.split_col,
         labels_path=data.labels_path,
     )
-
-
-def read_run_split(run_dir: Path, split: str) -> tuple[list[Report], LabelSchema]:
-    """The reports of one of a finished run's own splits (``splits.json``), read again from the run's
-    training data with its reader settings, and the schema they were read with."""
-    import json
-
-    from dprad.config import RunConfig
-
-    path = run_dir / "config.json"
-    result, schema, _ = read_data(RunConfig.from_dict(json.loads(path.read_text()), source=str(path)).data)
-    ids = set(json.loads((run_dir / "splits.json").read_text())[split])
-    return [r for r in result.reports if r.id in ids], schema

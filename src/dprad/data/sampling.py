@@ -2,7 +2,7 @@
 
 Each step, every *patient* joins the logical batch independently with probability ``sample_rate``, and
 brings all of their reports with them. With the patient's reports summed into one gradient that is clipped
-to C (``dprad.dp_step.private_step(..., groups=...)``), this is DP-SGD over patients: the accountant's
+to C (``dprad.privacy.dp_step.private_step(..., groups=...)``), this is DP-SGD over patients: the accountant's
 n is the number of patients and q the patient sample rate.
 """
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
-from dprad.bootstrap import headline, interval, patient_weights, weighted_label_metrics
 from dprad.data.schemas import LabelSchema, UncertainPolicy
-from dprad.metrics import f1_scores, per_label
+from dprad.metrics.bootstrap import headline, interval, patient_weights, weighted_label_metrics
+from dprad.metrics.scores import f1_scores, per_label
 
 STATES = {1: "positive", 0: "negative", -1: "uncertain", None: "not mentioned"}
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dprad.errors import DpradError
 from dprad.modes.base import Mode, ModeDefaults
 from dprad.modes.full import FullMode
 from dprad.modes.head import HeadMode
 from dprad.modes.lora import LoraMode
+from dprad.modes.predictor import Predictor
+from dprad.run import RunRecord
 
 REGISTRY: dict[str, type[Mode]] = {m.name: m for m in (HeadMode, LoraMode, FullMode)}
 
@@ -19,4 +23,12 @@ def get_mode(name: str) -> type[Mode]:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "Mode", "ModeDefaults", "get_mode"]
+def load_run(run: str | Path | RunRecord) -> Predictor:
+    """Rebuild the classifier of a finished run directory in one call (the mode registry knows how)."""
+    record = run if isinstance(run, RunRecord) else RunRecord.open(run)
+    if not (record.model_path / "head.pt").is_file():
+        raise DpradError(f"{record.path}: not a finished dprad run directory (no model/head.pt)")
+    return get_mode(record.mode).load(record)
+
+
+__all__ = ["REGISTRY", "Mode", "ModeDefaults", "Predictor", "get_mode", "load_run"]

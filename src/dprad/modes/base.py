@@ -21,8 +21,9 @@ from dprad.data.schemas import LabelSchema
 from dprad.errors import DpradError
 
 if TYPE_CHECKING:
-    from dprad.predict import Predictor
-    from dprad.stages.plan import RunPlan
+    from dprad.modes.predictor import Predictor
+    from dprad.run import RunRecord
+    from dprad.run.plan import RunPlan
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class Mode(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, run_dir: Path, config: dict[str, Any], schema: LabelSchema) -> Predictor: ...
+    def load(cls, record: RunRecord) -> Predictor:
+        """Rebuild the trained classifier of a finished run of this mode."""
 
     @property
     @abstractmethod

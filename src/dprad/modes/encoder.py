@@ -20,7 +20,8 @@ from dprad.modes.base import Mode, resolve_rule_prior
 
 if TYPE_CHECKING:
     from dprad.model import FeatureHead
-    from dprad.predict import Predictor
+    from dprad.modes.predictor import Predictor
+    from dprad.run import RunRecord
 
 CENTER_FILE = "center.pt"  # LP-FT runs: the public feature centre the head's inputs are centred on
 
@@ -178,29 +179,29 @@ class EncoderMode(Mode):
         raise NotImplementedError
 
     @classmethod
-    def load(cls, run_dir: Path, config: dict[str, Any], schema: LabelSchema) -> Predictor:
+    def load(cls, record: RunRecord) -> Predictor:
         from dprad.local_models import load_tokenizer
         from dprad.model import ReportClassifier
 
-        model_dir = Path(config["derived"]["model_dir"])
-        prior = bool(config["train"].get("rule_prior"))
-        center_file = run_dir / "model" / CENTER_FILE
+        run_dir, model_dir, schema, cfg = record.path, Path(record.model_dir), record.schema, record.config
+        prior = bool(cfg.train.rule_prior)
+        center_file = record.model_path / CENTER_FILE
         center = torch.load(center_file, weights_only=True).numpy() if center_file.is_file() else None
         model = ReportClassifier(
             cls.load_encoder(run_dir, model_dir),
             len(schema),
-            pooling=config["model"]["pooling"],
+            pooling=str(cfg.model.pooling),
             prior_dim=4 * len(schema) if prior else 0,
             center=center,
         )
-        model.head.load_state_dict(torch.load(run_dir / "model" / "head.pt", weights_only=True))
+        model.head.load_state_dict(torch.load(record.model_path / "head.pt", weights_only=True))
         return encoder_predictor(
             model,
             tokenizer=load_tokenizer(str(model_dir)),
             schema=schema,
-            max_length=int(config["model"]["max_length"]),
-            max_tokens=int(config["train"]["max_tokens"]),
-            policy=UncertainPolicy(config["data"]["uncertain_policy"]),
+            max_length=int(cfg.model.max_length),
+            max_tokens=int(cfg.train.max_tokens),
+            policy=UncertainPolicy(cfg.data.uncertain_policy),
             mode=cls.name,
             prior=prior,
         )
@@ -218,7 +219,7 @@ def encoder_predictor(
     prior: bool = False,
 ) -> Predictor:
     """Reports -> length-sorted micro-batches -> the whole classifier (+ rule readings) -> logits."""
-    from dprad.predict import Predictor
+    from dprad.modes.predictor import Predictor
 
     def logits(reports: Sequence[Report]) -> tuple[np.ndarray, Any]:
         enc = encode(reports, tokenizer, schema, max_length=max_length, policy=policy)

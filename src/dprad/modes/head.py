@@ -31,7 +31,8 @@ from dprad.features import (
 from dprad.modes.base import Mode, ModeDefaults, resolve_public_warm_start, resolve_rule_prior
 
 if TYPE_CHECKING:
-    from dprad.predict import Predictor
+    from dprad.modes.predictor import Predictor
+    from dprad.run import RunRecord
 
 
 class HeadMode(Mode):
@@ -157,13 +158,13 @@ class HeadMode(Mode):
         io.write_with(model_dir / "head.pt", lambda tmp: torch.save(state, tmp))
 
     @classmethod
-    def load(cls, run_dir: Path, config: dict[str, Any], schema: LabelSchema) -> Predictor:
+    def load(cls, record: RunRecord) -> Predictor:
         from dprad.local_models import load_tokenizer
         from dprad.model import FeatureHead, load_encoder
 
-        model_dir = Path(config["derived"]["model_dir"])
+        model_dir, schema, cfg = Path(record.model_dir), record.schema, record.config
         encoder = load_encoder(model_dir).eval()
-        state = torch.load(run_dir / "model" / "head.pt", weights_only=True)
+        state = torch.load(record.model_path / "head.pt", weights_only=True)
         in_dim = int(state["head.weight"].shape[1])
         head = FeatureHead(in_dim, len(schema), center=state["center"].numpy())  # (H,), inputs may be wider
         head.load_state_dict(state)
@@ -172,11 +173,11 @@ class HeadMode(Mode):
             encoder,
             tokenizer=load_tokenizer(str(model_dir)),
             schema=schema,
-            pooling=config["model"]["pooling"],
-            max_length=int(config["model"]["max_length"]),
-            max_tokens=int(config["train"]["max_tokens"]),
-            policy=UncertainPolicy(config["data"]["uncertain_policy"]),
-            prior=bool(config["train"].get("rule_prior")),
+            pooling=str(cfg.model.pooling),
+            max_length=int(cfg.model.max_length),
+            max_tokens=int(cfg.train.max_tokens),
+            policy=UncertainPolicy(cfg.data.uncertain_policy),
+            prior=bool(cfg.train.rule_prior),
         )
 
 
@@ -204,7 +205,7 @@ def head_predictor(
     prior: bool,
 ) -> Predictor:
     """Reports -> frozen features (+ rule readings) -> the head's inputs -> logits."""
-    from dprad.predict import Predictor
+    from dprad.modes.predictor import Predictor
 
     center = head.center.numpy()  # type: ignore[operator]
 

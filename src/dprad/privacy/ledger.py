@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
+
+from dprad.errors import DpradError
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,38 @@ class PrivacyLedger:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, *, source: str = "privacy.json") -> PrivacyLedger:
+        """A ledger as ``to_dict`` wrote it. Fields added since a run was written take their defaults;
+        a missing required field or an unknown key is an error (a ledger is never read half-understood)."""
+        if not isinstance(d, dict):
+            raise DpradError(f"{source}: not a privacy ledger (expected a JSON object)")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise DpradError(f"{source}: not a dprad privacy ledger (unknown key(s) {unknown})")
+        missing = sorted(
+            n
+            for n, f in known.items()
+            if n not in d and f.default is MISSING and f.default_factory is MISSING
+        )
+        if missing:
+            raise DpradError(f"{source}: not a complete privacy ledger (missing {missing})")
+        return cls(**d)
+
+    @property
+    def spent_epsilon(self) -> float:
+        """The epsilon the run spent: ``math.inf`` for a non-private run."""
+        return float(self.epsilon) if self.private and self.epsilon is not None else float("inf")
+
+    def part_epsilon(self, *words: str) -> tuple[float, str] | None:
+        """The first of ``parts`` whose name mentions one of ``words`` (e.g. "threshold"), and its name."""
+        for p in self.parts:
+            name = str(p.get("part") or "")
+            if p.get("epsilon") is not None and any(w in name.lower() for w in words):
+                return float(p["epsilon"]), name
+        return None
 
 
 def library_versions() -> dict[str, str]:

@@ -16,7 +16,6 @@ from torch import nn
 
 from dprad.data.dataset import PoissonSampler, ShuffleSampler
 from dprad.data.sampling import PatientPoissonSampler
-from dprad.dp_step import LossFn, plain_step, private_step
 from dprad.privacy.accounting import (
     Accounting,
     compute_epsilon,
@@ -25,6 +24,7 @@ from dprad.privacy.accounting import (
     event_to_dict,
     with_releases,
 )
+from dprad.privacy.dp_step import LossFn, plain_step, private_step
 
 
 class Sampler(Protocol):
@@ -102,7 +102,7 @@ class DpSgd:
         reports stay together, so per-patient clipping is local to one rank."""
         if self.world_size == 1:
             return indices
-        from dprad.distributed import shard
+        from dprad.privacy.distributed import shard
 
         return shard(indices, rank=self.rank, world_size=self.world_size, groups=self.unit_groups)
 
@@ -132,7 +132,7 @@ class DpSgd:
         del realised  # the private step divides by the *expected* batch size: the realised one would leak
         step: Callable[..., float] = private_step
         if self.world_size > 1:  # ``batches``: this rank's share; every rank calls once per step
-            from dprad.distributed import distributed_private_step, rank_and_world
+            from dprad.privacy.distributed import distributed_private_step, rank_and_world
 
             if rank_and_world() != (self.rank, self.world_size):  # else the all-reduce would be skipped
                 raise RuntimeError(

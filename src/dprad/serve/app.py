@@ -273,7 +273,7 @@ class LiveReference:
         self.unwritten = 0
 
     def add(self, texts: Sequence[str], probs: np.ndarray) -> None:
-        from dprad.monitor import text_features
+        from dprad.serve.monitor import text_features
 
         lengths, oov = text_features(texts, self.vocab)
         self.probs.append(probs)
@@ -283,7 +283,7 @@ class LiveReference:
 
     def write(self) -> None:
         from dprad.io import write_json
-        from dprad.monitor import reference_from_arrays
+        from dprad.serve.monitor import reference_from_arrays
 
         if not self.probs:
             return
@@ -319,8 +319,8 @@ def create_app(
     The audit log hashes report texts under ``audit_secret_file`` when given, else under
     ``state_dir/audit.secret`` (generated on first start, mode 0600, reused after that).
     """
-    from dprad.monitor import run_thresholds, tokenizer_vocab
-    from dprad.predict import load_run
+    from dprad.modes import load_run
+    from dprad.serve.monitor import run_thresholds, tokenizer_vocab
 
     run_dir = Path(run_dir)
     state_dir = Path(state_dir)

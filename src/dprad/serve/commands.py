@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Drift and rare-label sensitivity of NEW_DATA against the run's reference; exit code 1 on an alert."""
         from dprad.io import write_json
-        from dprad.monitor import monitor_run
+        from dprad.serve.monitor import monitor_run
 
         result = monitor_run(run, new_data, use_labels=labels, format=fmt, text_col=text_col, id_col=id_col)
         d = result.to_dict()
@@ -224,7 +224,7 @@ def _lines(n: int) -> str:
 
 
 def _print_monitor(result: object) -> None:
-    from dprad.monitor import MonitorResult
+    from dprad.serve.monitor import MonitorResult
 
     assert isinstance(result, MonitorResult)
     con = Console()

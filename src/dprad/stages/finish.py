@@ -15,8 +15,8 @@ from dprad.data.splits import Splits
 from dprad.model import trainable_parameters
 from dprad.modes.base import Mode
 from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, epsilon_of, guarantee_statement, library_versions
+from dprad.run.plan import RunPlan
 from dprad.stages.fit import Fitted
-from dprad.stages.plan import RunPlan
 from dprad.stages.rundir import RunDir
 
 CRITICAL_SENSITIVITY = 0.9  # validation sensitivity targeted by the thresholds of a schema's critical labels
@@ -138,7 +138,7 @@ def split_metrics(
     """Validation-fitted thresholds, and val / test metrics at 0.5 and at those thresholds."""
     from dprad.data.reports import label_matrix
     from dprad.data.schemas import UncertainPolicy
-    from dprad.metrics import summary
+    from dprad.metrics.scores import summary
 
     policy = UncertainPolicy(plan.cfg.data.uncertain_policy)
     out: dict[str, Any] = {}
@@ -151,7 +151,7 @@ def split_metrics(
     critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
     thresholds = None
     if rule == "dp":
-        from dprad.dp_thresholds import dp_thresholds, one_report_per_patient
+        from dprad.privacy.thresholds import dp_thresholds, one_report_per_patient
 
         y, m, p = data["val"]
         if plan.unit == "patient":  # the histograms' sensitivity holds per report: keep one per patient
@@ -180,7 +180,7 @@ def split_metrics(
             "values": thresholds.tolist(),
         }
     elif rule == "val":  # the same grid rule as the DP thresholds, on exact counts
-        from dprad.dp_thresholds import dp_thresholds, one_report_per_patient
+        from dprad.privacy.thresholds import dp_thresholds, one_report_per_patient
 
         y, m, p = data["val"]
         if plan.unit == "patient":  # the histograms' sensitivity holds per report: keep one per patient
@@ -246,7 +246,7 @@ def finish(
     run_dir.write_json("splits.json", {k: [r.id for r in v] for k, v in plan.splits.as_dict().items()})
     run_dir.write_json("notes.json", notes)
     if splits.test:  # the monitor's reference: test-split scores and statistics, no report text
-        from dprad.monitor import write_reference
+        from dprad.serve.monitor import write_reference
 
         write_reference(run_dir.path, splits.test, probs_for("test"))
     if plan.canaries is not None:

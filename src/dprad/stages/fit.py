@@ -14,7 +14,7 @@ import torch
 
 from dprad.modes.base import Mode
 from dprad.privacy.mechanism import DpSgd, NonPrivate, check_sampler
-from dprad.stages.plan import RunPlan
+from dprad.run.plan import RunPlan
 from dprad.stages.rundir import RunDir
 from dprad.stages.world import SOLO, World
 

@@ -11,17 +11,7 @@ import torch
 
 from dprad import io
 from dprad.errors import DpradError
-
-RUN_FILES = (
-    "privacy.json",
-    "metrics.json",
-    "history.json",
-    "schema.json",
-    "splits.json",
-    "notes.json",
-    "audit.json",
-    "reference.json",
-)
+from dprad.run.files import CONFIG, PRIVACY, RUN_FILES, read_object
 
 
 class RunDir:
@@ -33,9 +23,9 @@ class RunDir:
 
     def open(self, config: dict[str, Any], *, overwrite: bool) -> bool:
         """Prepare the directory for ``config``; True when an interrupted run of it will resume."""
-        if (self.path / "config.json").exists():
-            previous = json.loads((self.path / "config.json").read_text())
-            finished = (self.path / "privacy.json").exists() and not self.checkpoint.exists()
+        if (self.path / CONFIG).exists():
+            previous = read_object(self.path / CONFIG)
+            finished = (self.path / PRIVACY).exists() and not self.checkpoint.exists()
             if overwrite:
                 self.checkpoint.unlink(missing_ok=True)
             elif finished:
@@ -52,7 +42,7 @@ class RunDir:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "model", ignore_errors=True)
-        io.write_json(self.path / "config.json", config)
+        io.write_json(self.path / CONFIG, config)
         return resume
 
     @property

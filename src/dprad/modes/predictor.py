@@ -1,11 +1,9 @@
-"""Load a run directory and predict: per-label probabilities and per-example loss."""
+"""A trained classifier ready for inference: per-label probabilities and per-example loss."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,6 @@ from scipy.special import expit
 from dprad.data.dataset import Encoded
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema
-from dprad.errors import DpradError
 from dprad.features import loss_per_example
 
 
@@ -51,17 +48,3 @@ class Predictor:
         loss = loss_per_example(torch.from_numpy(logits), enc.targets, enc.mask).numpy()
         has_labels = np.array([r.labels is not None for r in reports])
         return Predictions([r.id for r in reports], expit(logits), np.where(has_labels, loss, np.nan))
-
-
-def load_run(run_dir: str | Path) -> Predictor:
-    """Rebuild the classifier of a finished run directory in one call (the mode registry knows how)."""
-    from dprad.config import MODE_ALIASES
-    from dprad.modes import get_mode
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file() or not (run_dir / "model" / "head.pt").is_file():
-        raise DpradError(f"{run_dir}: not a finished dprad run directory (no config.json / model/head.pt)")
-    cfg = json.loads((run_dir / "config.json").read_text())
-    schema = LabelSchema.from_dict(json.loads((run_dir / "schema.json").read_text()), source=str(run_dir))
-    mode = cfg["train"]["mode"]
-    return get_mode(MODE_ALIASES.get(mode, mode)).load(run_dir, cfg, schema)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dprad.dp_step import LossFn, apply_step, clip_and_accumulate, gaussian_noise
+from dprad.privacy.dp_step import LossFn, apply_step, clip_and_accumulate, gaussian_noise
 
 
 def rank_and_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:

@@ -20,9 +20,10 @@ from dprad.errors import DpradError
 from dprad.model import FeatureHead, trainable_parameters
 from dprad.modes import get_mode
 from dprad.privacy.mechanism import DpSgd, check_sampler
+from dprad.run.plan import RunPlan
 from dprad.stages.finish import CRITICAL_SENSITIVITY, TrainResult, build_ledger, finish
 from dprad.stages.fit import StepInfo, fit
-from dprad.stages.plan import CanaryHook, RunPlan, plan_run, planned_steps, prepare, resolve
+from dprad.stages.plan import CanaryHook, plan_run, planned_steps, prepare, resolve
 from dprad.stages.rundir import RunDir
 from dprad.stages.world import SOLO, World, env_world_size, joined
 

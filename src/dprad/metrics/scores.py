@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dprad.bootstrap import headline, weighted_label_metrics
+from dprad.metrics.bootstrap import headline, weighted_label_metrics
 
 
 def _masked(y: np.ndarray, s: np.ndarray, m: np.ndarray | None, j: int) -> tuple[np.ndarray, np.ndarray]:

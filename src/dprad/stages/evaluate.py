@@ -3,34 +3,37 @@ domain transfer; and paired comparison of two runs on the same reports."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dprad.bootstrap import headline, interval, paired_difference, patient_weights, weighted_label_metrics
-from dprad.calibration import apply_temperature, calibration_report, fit_temperature
-from dprad.data.read import read_reports, read_run_split
+from dprad.data.read import read_reports
 from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import UncertainPolicy
 from dprad.errors import DpradError
-from dprad.fairness import group_values, subgroup_gaps
-from dprad.metrics import binarize
-from dprad.predict import Predictor, load_run
-from dprad.transfer import label_map
-
-PER_LABEL_METRICS = ("precision", "recall", "specificity", "f1", "auroc", "auprc")
-HEADLINE_METRICS = ("weighted_f1", "macro_f1", "micro_f1", "macro_auroc")
+from dprad.metrics.bootstrap import (
+    headline,
+    paired_difference,
+    patient_weights,
+    weighted_label_metrics,
+)
+from dprad.metrics.calibration import apply_temperature, calibration_report, fit_temperature
+from dprad.metrics.evaluation import HEADLINE_METRICS, evaluate_arrays
+from dprad.metrics.fairness import group_values, subgroup_gaps
+from dprad.metrics.scores import binarize
+from dprad.metrics.transfer import label_map
+from dprad.modes import load_run
+from dprad.modes.predictor import Predictor
+from dprad.run import RunRecord
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    thresholds: str = (
-        "0.5"  # "0.5" or "val" (the per-label thresholds the run fitted on its validation split)
-    )
+    # "val": the thresholds the run ships with (fitted on its validation split, under DP when the run
+    # was private; 0.5 where it fitted none), which serving uses; or "0.5" for every label
+    thresholds: str = "val"
     n_boot: int = 1000
     groups: tuple[str, ...] = ()
     min_group_size: int = 30
@@ -54,58 +57,8 @@ class Scored:
     notes: list[str]
 
 
-def evaluate_arrays(
-    y: np.ndarray,
-    probs: np.ndarray,
-    mask: np.ndarray,
-    patient_ids: Sequence[str],
-    *,
-    labels: Sequence[str],
-    thresholds: np.ndarray,
-    n_boot: int,
-    random_state: int = 0,
-) -> dict[str, Any]:
-    """Point estimates and patient-level bootstrap CIs for headline and per-label metrics."""
-    pred = binarize(probs, thresholds)
-    ones = np.ones((1, len(y)), dtype=np.float32)
-    point = weighted_label_metrics(y, probs, pred, ones, mask)
-    point_head = headline(point)
-    boot = weighted_label_metrics(
-        y, probs, pred, patient_weights(patient_ids, n_boot, random_state=random_state), mask
-    )
-    boot_head = headline(boot)
-    heads = {k: interval(float(point_head[k][0]), boot_head[k]).to_dict() for k in HEADLINE_METRICS}
-    per = []
-    for j, name in enumerate(labels):
-        support = int(point["support"][0, j])
-        row: dict[str, Any] = {
-            "label": name,
-            "support": support,
-            "n": int(mask[:, j].sum()),
-            "prevalence": float(support / max(mask[:, j].sum(), 1)),
-            "threshold": float(thresholds[j]),
-            "no_positives": support == 0,
-        }
-        for metric in PER_LABEL_METRICS:
-            row[metric] = interval(float(point[metric][0, j]), boot[metric][:, j]).to_dict()
-        per.append(row)
-    missing = [r["label"] for r in per if r["no_positives"]]
-    return {
-        "headline": heads,
-        "per_label": per,
-        "labels_without_positives": missing,
-        "macro_auroc_labels": int((~np.isnan(point["auroc"][0])).sum()),
-        "bootstrap": {"resamples": n_boot, "unit": "patient", "level": 0.95, "random_state": random_state},
-    }
-
-
 def score(
-    predictor: Predictor,
-    run_dir: Path,
-    reports: list[Report],
-    data_schema: Any,
-    options: EvalOptions,
-    run_config: dict[str, Any],
+    predictor: Predictor, run: RunRecord, reports: list[Report], data_schema: Any, options: EvalOptions
 ) -> Scored:
     notes: list[str] = []
     mapping = label_map(predictor.schema, data_schema, options.label_map)
@@ -117,22 +70,19 @@ def score(
             f"domain transfer: {len(mapping)} labels mapped from '{predictor.schema.name}' to '{data_schema.name}'"
         )
     probs = predictor.predict(reports).probs[:, run_idx]
-    policy = UncertainPolicy(run_config["data"]["uncertain_policy"])
+    policy = UncertainPolicy(run.config.data.uncertain_policy)
     y_all, m_all = label_matrix(reports, data_schema, policy=policy)
     y, mask = y_all[:, data_idx], m_all[:, data_idx]
     if options.temperature:
-        val_reports, val_schema = read_run_split(run_dir, "val")
+        val_reports, val_schema = run.split_reports("val")
         vy, vm = label_matrix(val_reports, val_schema, policy=policy)
         vp = predictor.predict(val_reports).probs
         t = fit_temperature(vy, vp, mask=vm)
         probs = apply_temperature(probs, t)
         notes.append(f"temperature {t:.3f} fitted on the run's {len(val_reports)} validation reports")
-    if options.thresholds == "val":
-        fitted = json.loads((run_dir / "metrics.json").read_text()).get("thresholds")
-        if not fitted:
-            raise DpradError(f"{run_dir}: --thresholds val, but the run has no validation thresholds")
-        thresholds = np.asarray(fitted["values"], dtype=float)[run_idx]
-        notes.append(f"thresholds: per label, {fitted['rule']}, fitted on the run's validation split")
+    if options.thresholds == "val":  # the run's shipped thresholds
+        thresholds = run.thresholds.array[run_idx]
+        notes.append(f"thresholds: the run's shipped ones ({run.thresholds.source}: {run.thresholds.rule})")
     elif options.thresholds == "0.5":
         thresholds = np.full(len(run_idx), 0.5)
     else:
@@ -140,16 +90,16 @@ def score(
     return Scored(reports, data_labels, y, mask, probs, thresholds, notes)
 
 
-def select_reports(run_dir: Path, reports: list[Report], split: str) -> tuple[list[Report], str]:
+def select_reports(run: RunRecord, reports: list[Report], split: str) -> tuple[list[Report], str]:
     labelled = [r for r in reports if r.labels is not None]
     if split == "all":
         return labelled, "all"
-    test_ids = set(json.loads((run_dir / "splits.json").read_text())["test"])
+    test_ids = set(run.splits.get("test", ()))
     chosen = [r for r in labelled if r.id in test_ids]
     if split == "test":
         if not chosen:
             raise DpradError(
-                f"--split test: none of the run's test reports is in this data ({run_dir}/splits.json)"
+                f"--split test: none of the run's test reports is in this data ({run.path}/splits.json)"
             )
         return chosen, "test"
     if split != "auto":
@@ -165,22 +115,21 @@ def _read(data: str | Path, **read_kw: Any) -> tuple[list[Report], Any]:
 def evaluate_run(
     run_dir: str | Path, data: str | Path, *, options: EvalOptions = EvalOptions(), **read_kw: Any
 ) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    predictor = load_run(run_dir)
-    run_config = json.loads((run_dir / "config.json").read_text())
+    run = RunRecord.open(run_dir)
+    predictor = load_run(run)
     reports, data_schema = _read(data, **read_kw)
-    chosen, split = select_reports(run_dir, reports, options.split)
+    chosen, split = select_reports(run, reports, options.split)
     if not chosen:
         raise DpradError(f"{data}: no labelled report to evaluate on")
-    s = score(predictor, run_dir, chosen, data_schema, options, run_config)
+    s = score(predictor, run, chosen, data_schema, options)
     patients = [r.patient_id for r in chosen]
     out: dict[str, Any] = {
-        "run": str(run_dir),
+        "run": str(run.path),
         "data": str(data),
         "split": split,
         "reports": len(chosen),
         "patients": len(set(patients)),
-        "privacy": json.loads((run_dir / "privacy.json").read_text()),
+        "privacy": run.ledger.to_dict(),
         "thresholds": {
             "source": options.thresholds,
             "values": dict(zip(s.labels, s.thresholds.tolist(), strict=True)),
@@ -247,18 +196,16 @@ def compare_runs(
     **read_kw: Any,
 ) -> dict[str, Any]:
     """B vs A on the same reports, with the same patient resamples: differences with CIs and p-values."""
-    run_a, run_b = Path(run_a), Path(run_b)
-    pa, pb = load_run(run_a), load_run(run_b)
+    ra, rb = RunRecord.open(run_a), RunRecord.open(run_b)
+    pa, pb = load_run(ra), load_run(rb)
     if pa.schema.labels != pb.schema.labels:
         raise DpradError(
             f"{run_a} and {run_b} use different label schemas: nothing to compare label by label"
         )
     reports, data_schema = _read(data, **read_kw)
-    chosen, split = select_reports(run_a, reports, options.split)
-    ca = json.loads((run_a / "config.json").read_text())
-    cb = json.loads((run_b / "config.json").read_text())
-    sa = score(pa, run_a, chosen, data_schema, options, ca)
-    sb = score(pb, run_b, chosen, data_schema, options, cb)
+    chosen, split = select_reports(ra, reports, options.split)
+    sa = score(pa, ra, chosen, data_schema, options)
+    sb = score(pb, rb, chosen, data_schema, options)
     w = patient_weights([r.patient_id for r in chosen], options.n_boot, random_state=options.random_state)
     ones = np.ones((1, len(chosen)), dtype=np.float32)
     res: dict[str, Any] = {

@@ -31,6 +31,7 @@ from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
 from dprad.io import write_json
+from dprad.run import RunRecord
 
 REFERENCE_FILE = "reference.json"
 REFERENCE_FORMAT = "dprad-monitor-reference/1"
@@ -368,14 +369,13 @@ def _reference_for(
 
 def _test_split(run_dir: Path) -> list[Report]:
     """The run's test reports, read again from its training data (to compute a missing reference)."""
-    from dprad.data.read import read_run_split
 
     d = _run_config(run_dir)["data"]
     if not Path(d["path"]).exists():
         raise DpradError(
             f"{run_dir}: no {REFERENCE_FILE}, and the run's data {d['path']} is not here to rebuild it from"
         )
-    return read_run_split(run_dir, "test")[0]
+    return RunRecord.open(run_dir).split_reports("test")[0]
 
 
 def load_reference(run_dir: str | Path, predictor: Any) -> tuple[dict[str, Any], str | None]:
@@ -598,7 +598,7 @@ def monitor_reports(
     notes: Sequence[str] = (),
 ) -> MonitorResult:
     """Score ``reports`` with the run and compare them with the run's reference."""
-    from dprad.predict import load_run
+    from dprad.modes import load_run
 
     run_dir = Path(run_dir)
     if not reports:

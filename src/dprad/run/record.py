@@ -1,0 +1,235 @@
+"""A finished run directory read back, typed: the one reader of a run's files.
+
+Everything that reads a run (the report and model card, evaluation, monitoring, serving, the audit, the
+sweep, prediction) opens it here; nothing else parses ``config.json``, ``privacy.json``, ``schema.json``,
+``splits.json``, ``metrics.json``, ``notes.json``, ``audit.json``, ``reference.json`` or an
+``evaluation*.json``. Run directories written by earlier versions load too (fields added since take
+their defaults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dprad.config import MODE_ALIASES, RunConfig
+from dprad.data.reports import Report
+from dprad.data.schemas import LabelSchema
+from dprad.errors import DpradError
+from dprad.privacy.ledger import PrivacyLedger
+from dprad.run import files
+from dprad.run.audit import Audit, read_audit
+from dprad.run.files import mapping, read_json, read_object
+from dprad.run.results import SHIPPED, Evaluation, evaluation_from_metrics, read_evaluation
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The per-label decision thresholds a run ships with (``metrics.json``), and how they were chosen."""
+
+    values: tuple[float, ...]  # (L,) in the schema's label order
+    fitted_on: str | None  # "val (DP)", "val (NOT private)", "val", or None (0.5 for every label)
+    rule: str
+    epsilon: float | None = None  # their share of the ledger's epsilon, when chosen under DP
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=float)
+
+    @property
+    def source(self) -> str:
+        """One phrase a reader can quote: which thresholds these are."""
+        if self.fitted_on is None:
+            return "0.5 for every label"
+        return (
+            f"fitted on the validation split ({self.fitted_on.removeprefix('val').strip(' ()') or 'exact'})"
+        )
+
+    def describe(self) -> str:
+        return f"validation-fitted: {self.rule}" if self.fitted_on else self.rule
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any], schema: LabelSchema, *, source: str) -> Thresholds:
+        fitted = mapping(metrics.get("thresholds"))
+        values = fitted.get("values")
+        if values is None:  # a run from before thresholds were recorded: it shipped 0.5
+            return cls(
+                tuple([0.5] * len(schema)), None, "0.5 for every label (the run records no fitted thresholds)"
+            )
+        if not isinstance(values, list) or len(values) != len(schema):
+            raise DpradError(f"{source}: thresholds.values must list one number per label ({len(schema)})")
+        fitted_on = fitted.get("fitted_on")
+        rule = str(fitted.get("rule") or ("fitted on the validation split" if fitted_on else "0.5"))
+        eps = fitted.get("epsilon")
+        return cls(
+            tuple(float(v) for v in values),
+            None if fitted_on is None else str(fitted_on),
+            rule,
+            None if eps is None else float(eps),
+        )
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run directory, typed. ``RunRecord.open(path)``; every field is the run's own."""
+
+    path: Path
+    config: RunConfig
+    derived: Mapping[str, Any]  # config.json's informational section (model_dir, steps, sigma, ...)
+    ledger: PrivacyLedger
+    schema: LabelSchema
+    splits: Mapping[str, tuple[str, ...]]  # split name -> report ids, as trained
+    thresholds: Thresholds  # the shipped thresholds
+    metrics: Mapping[str, Any] = field(repr=False)  # metrics.json as written (see ``evaluation_of``)
+    notes: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ opening
+
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        """A finished run directory: config.json and privacy.json (written last) are both there."""
+        p = Path(path)
+        return p.is_dir() and (p / files.CONFIG).is_file() and (p / files.PRIVACY).is_file()
+
+    @staticmethod
+    def is_dprad_config(path: str | Path) -> bool:
+        """A dprad run's config.json (it has a 'train' section), not some other tool's (a model's, say)."""
+        try:
+            return "train" in mapping(read_json(Path(path)))
+        except DpradError:
+            return False
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunRecord:
+        path = Path(path)
+        if not path.is_dir():
+            raise DpradError(f"{path}: no such run directory")
+        for name in (files.CONFIG, files.PRIVACY):
+            if not (path / name).is_file():
+                raise DpradError(f"{path}: not a finished dprad run directory ({name} is missing)")
+        raw = read_object(path / files.CONFIG)
+        config = RunConfig.from_dict(raw, source=str(path / files.CONFIG))
+        ledger = PrivacyLedger.from_dict(read_json(path / files.PRIVACY), source=str(path / files.PRIVACY))
+        schema = LabelSchema.from_dict(read_object(path / files.SCHEMA), source=str(path / files.SCHEMA))
+        splits_raw = read_object(path / files.SPLITS)
+        splits = {str(k): tuple(str(i) for i in v) for k, v in splits_raw.items() if isinstance(v, list)}
+        metrics = read_object(path / files.METRICS) if (path / files.METRICS).is_file() else {}
+        notes_raw = read_json(path / files.NOTES) if (path / files.NOTES).is_file() else []
+        return cls(
+            path=path,
+            config=config,
+            derived=mapping(raw.get("derived")),
+            ledger=ledger,
+            schema=schema,
+            splits=splits,
+            thresholds=Thresholds.from_metrics(metrics, schema, source=str(path / files.METRICS)),
+            metrics=metrics,
+            notes=tuple(str(n) for n in notes_raw) if isinstance(notes_raw, list) else (),
+        )
+
+    # ------------------------------------------------------------------ what the run is
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def mode(self) -> str:
+        """The registry name of the run's mode (``head``, ``lora``, ``full``)."""
+        m = self.config.train.mode
+        return MODE_ALIASES.get(m, m)
+
+    @property
+    def display_mode(self) -> str:
+        """The mode as the ledger names it: ``dp-head`` for a private head."""
+        mode = self.ledger.mode if self.ledger.mode not in ("", "unknown") else self.mode
+        return f"dp-{mode}" if self.ledger.private and not mode.startswith("dp-") else mode
+
+    @property
+    def model_dir(self) -> str:
+        """The encoder the run was trained from (a local directory)."""
+        return str(self.derived.get("model_dir") or self.config.model.name)
+
+    @property
+    def model_path(self) -> Path:
+        """The run's own trained weights (``model/``)."""
+        return self.path / files.MODEL
+
+    @property
+    def data_path(self) -> str:
+        return str(self.config.data.path or "")
+
+    # ------------------------------------------------------------------ results
+
+    def evaluation_of(self, split: str = "test", *, thresholds: str = SHIPPED) -> Evaluation | None:
+        """metrics.json's point estimates for one split, at the shipped thresholds (or ``"0.5"``)."""
+        return evaluation_from_metrics(
+            self.path / files.METRICS,
+            self.metrics,
+            train_data=self.data_path,
+            critical=self.schema.critical,
+            split=split,
+            thresholds=thresholds,
+        )
+
+    @cached_property
+    def evaluation(self) -> Evaluation | None:
+        """``evaluation.json`` (with CIs) when the run was evaluated, else None."""
+        p = self.path / files.EVALUATION
+        if not p.is_file():
+            return None
+        return read_evaluation(p, train_data=self.data_path, critical=self.schema.critical)
+
+    @cached_property
+    def extra_evaluations(self) -> tuple[Evaluation, ...]:
+        """``evaluation-*.json``: evaluations on other datasets (domain transfer)."""
+        return tuple(
+            read_evaluation(p, train_data=self.data_path, critical=self.schema.critical)
+            for p in sorted(self.path.glob("evaluation-*.json"))
+        )
+
+    @cached_property
+    def audit(self) -> Audit | None:
+        p = self.path / files.AUDIT
+        return read_audit(p) if p.is_file() else None
+
+    def audit_sections(self) -> dict[str, Any]:
+        """``audit.json`` as written (sections are added to it by later audits), or an empty one."""
+        p = self.path / files.AUDIT
+        return read_object(p) if p.is_file() else {}
+
+    def reference(self) -> dict[str, Any] | None:
+        """``reference.json`` (the monitor's baseline), when the run wrote one."""
+        p = self.path / files.REFERENCE
+        return read_object(p) if p.is_file() else None
+
+    def history(self) -> list[Any]:
+        p = self.path / files.HISTORY
+        raw = read_json(p) if p.is_file() else []
+        return list(raw) if isinstance(raw, list) else []
+
+    # ------------------------------------------------------------------ its data
+
+    def split_ids(self, split: str) -> tuple[str, ...]:
+        if split not in self.splits:
+            raise DpradError(f"{self.path / files.SPLITS}: no '{split}' split")
+        return self.splits[split]
+
+    def split_reports(self, split: str) -> tuple[list[Report], LabelSchema]:
+        """The reports of one of the run's own splits, read again from its training data with its reader
+        settings, and the schema they were read with."""
+        from dprad.data.read import read_data
+
+        ids = set(self.split_ids(split))
+        result, schema, _ = read_data(self.config.data)
+        return [r for r in result.reports if r.id in ids], schema
+
+
+def open_run(path: str | Path) -> RunRecord:
+    """``RunRecord.open``: the typed read side of a finished run directory."""
+    return RunRecord.open(path)
