@@ -262,7 +262,8 @@ def score(
     seed: int,
 ) -> Scored:
     from dprad.metrics.scores import f1_scores, per_label
-    from dprad.privacy.thresholds import compose_epsilon, dp_thresholds
+    from dprad.privacy.accounting import compose_epsilon
+    from dprad.privacy.thresholds import dp_thresholds
 
     _, va, te = idx
     p_va, p_te = sigmoid(trained.logits(x[va])), sigmoid(trained.logits(x[te]))

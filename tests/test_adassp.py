@@ -10,6 +10,7 @@ from dp_accounting import pld
 from sklearn.linear_model import Ridge
 
 from dprad.errors import DpradError
+from dprad.privacy.accounting import compose_epsilon
 from dprad.privacy.adassp import (
     LOGIT_SCALE,
     adassp_event,
@@ -19,7 +20,6 @@ from dprad.privacy.adassp import (
     pca_projection,
     sufficient_statistics,
 )
-from dprad.privacy.thresholds import compose_epsilon
 
 
 def _data(n: int, d: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,9 +16,10 @@ from dprad.audit.canaries import canary_section, make_canaries
 from dprad.audit.commands import register
 from dprad.audit.lira import lira_scores, true_label_logit
 from dprad.audit.mia import attack_metrics, bootstrap_attack, confidence_scores, roc, slices
-from dprad.audit.reference import HeadRecipe, random_halves, run_reference_models, train_head
+from dprad.modes.reference import HeadRecipe, random_halves, run_reference_models, train_head
 from dprad.audit.rmia import fit_offline_a, rmia_scores
 from dprad.audit.run_audit import audit_run
+from dprad.run import RunRecord
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.stages.train import train
@@ -286,19 +287,17 @@ def test_lora_reference_runs_on_a_tiny_model(corpus: Path, tiny_bert: Path, tmp_
     cfg = _cfg(corpus, tiny_bert, "dp-lora", epochs=1.0, lr=1e-2)
     run = tmp_path / "run"
     train(cfg, run)
-    config = json.loads((run / "config.json").read_text())
     ledger = json.loads((run / "privacy.json").read_text())
     pool = generate_reports(
         SynthConfig(n_patients=200, seed=11, prevalence={"Pneumothorax": 0.08, "Pleural Other": 0.08})
     )
     refs = run_reference_models(
-        config,
-        ledger,
+        RunRecord.open(run),
         pool,
         k=2,
         rng=np.random.default_rng(0),
         work_dir=tmp_path / "refs",
-        schema_path=run / "schema.json",
+        train_fn=train,
     )
     assert refs.logits.shape == (2, len(pool), len(CHEXPERT14)) and np.isfinite(refs.logits).all()
     assert (refs.keep.sum(0) == 1).all()

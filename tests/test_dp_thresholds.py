@@ -12,11 +12,10 @@ from dp_accounting import pld
 from dprad.errors import DpradError
 from dprad.metrics.scores import per_label
 from dprad.privacy import dpsgd_event
+from dprad.privacy.accounting import compose_epsilon, gaussian_epsilon
 from dprad.privacy.thresholds import (
     DEFAULT_GRID,
-    compose_epsilon,
     dp_thresholds,
-    gaussian_epsilon,
     one_report_per_patient,
     score_histograms,
 )

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from dprad import io
 from dprad.errors import DpradError
+from dprad.run import RunRecord
 
 # The demo corpus's seed, on the user stream of dprad.data.synth: the public corpus (used for the head's
 # feature centre and warm start) has a stream of its own, so the two share no report.
@@ -295,6 +296,7 @@ def _pick(df: Any, *, private: bool, epsilon: float | None, lora: bool) -> dict[
 def _audit(run_dir: Path, s: DemoSettings, bars: _Bars, notes: list[str]) -> Path | None:
     try:
         from dprad.audit.run_audit import audit_run
+        from dprad.stages.train import train
     except ImportError:
         notes.append("audit: dprad.audit is not available in this install; no audit run")
         return None
@@ -309,6 +311,7 @@ def _audit(run_dir: Path, s: DemoSettings, bars: _Bars, notes: list[str]) -> Pat
                 rng=np.random.default_rng(0),
                 n_boot=s.audit_boot,
                 on_progress=lambda msg: update(description=f"audit: {msg}"[:42]),
+                train_fn=train,
             )
         except Exception as err:  # noqa: BLE001 - the demo reports a failed audit and goes on
             notes.append(f"audit failed: {type(err).__name__}: {err}")
@@ -351,17 +354,20 @@ def _line(df: Any, *, private: bool, epsilon: float | None, lora: bool, what: st
     row = _pick(df, private=private, epsilon=epsilon, lora=lora)
     if row is None:
         return f"{what}: failed (see the results table)"
-    ev = json.loads((Path(row["run_dir"]) / "evaluation.json").read_text())
-    led = json.loads((Path(row["run_dir"]) / "privacy.json").read_text())
-    f1, auc = ev["headline"]["weighted_f1"], ev["headline"]["macro_auroc"]
+    run = RunRecord.open(row["run_dir"])
+    ev, led = run.evaluation, run.ledger
+    if ev is None:
+        return f"{what}: not evaluated (see the results table)"
+    f1, auc = ev.metric("weighted_f1"), ev.metric("macro_auroc")
     eps = (
-        f"eps = {led['epsilon']:.4g} spent of {led['target_epsilon']:g}, delta = {led['delta']:.0e}"
-        if led["private"]
+        f"eps = {led.epsilon:.4g} spent of {led.target_epsilon:g}, delta = {led.delta:.0e}"
+        if led.private
         else "no privacy guarantee"
     )
+    at = "the shipped thresholds" if ev.thresholds == "val" else f"threshold {ev.thresholds}"
     return (
-        f"{what} ({led['mode']}, {led['steps']} steps): weighted F1 {f1['estimate']:.3f} "
-        f"[{f1['ci_low']:.3f}, {f1['ci_high']:.3f}], macro AUROC {auc['estimate']:.3f} on {ev['reports']} test reports; {eps}"
+        f"{what} ({led.mode}, {led.steps} steps): weighted F1 {f1.estimate:.3f} "
+        f"[{f1.low:.3f}, {f1.high:.3f}], macro AUROC {auc.estimate:.3f} on {ev.reports} test reports at {at}; {eps}"
     )
 
 
@@ -401,7 +407,7 @@ def _print(
     if audit:
         con.print(f"  audit (MIA)   {audit.resolve()}")
     if canary and canary.is_file():
-        c = json.loads(canary.read_text()).get("canary") or {}
+        c = RunRecord.open(canary.parent).audit_sections().get("canary") or {}
         if c:
             con.print(
                 f"  canary audit  {canary.resolve()}: {c['correct']}/{c['guesses']} guesses right of {c['m']} "

@@ -8,7 +8,6 @@ training with canaries) is kept; canary ids in splits.json are left to that sect
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,40 +19,22 @@ from dprad import io
 from dprad.audit.canaries import CANARY_PREFIX
 from dprad.audit.lira import lira_scores, true_label_logit
 from dprad.audit.mia import confidence_scores, evaluate_attack, loss_scores, slices
-from dprad.audit.reference import (
-    HeadRecipe,
-    ReferenceModels,
-    head_reference_models,
-    probs_to_logits,
-    run_is_private,
-    run_reference_models,
-)
 from dprad.audit.rmia import DEFAULT_GAMMA, fit_offline_a, rmia_scores
-from dprad.config import MODE_ALIASES
 from dprad.data.reports import Report, label_matrix
-from dprad.data.schemas import LabelSchema, UncertainPolicy
+from dprad.data.schemas import UncertainPolicy
 from dprad.errors import DpradError
 from dprad.features import loss_per_example
+from dprad.modes import get_mode
+from dprad.modes.reference import TrainFn
+from dprad.run import RunRecord
 
 ATTACKS = ("loss", "lira", "rmia")  # "loss" runs the loss and the confidence attack
-HEAD_MODES = ("head",)
 WHAT_IT_CHECKS = (
     "Membership inference measures what an attacker holding the released model (and, for LiRA / RMIA, the "
     "ability to train look-alike models on similar data) learns about whether a report was in training. "
     "AUC near 0.5 and TPR near the FPR mean the attacks tried here learn little; it does not prove that no "
     "attack can do better, and it says nothing about patients with several reports beyond each report."
 )
-
-
-def _read_json(path: Path, *, required: bool) -> Any:
-    if not path.is_file():
-        if required:
-            raise DpradError(f"{path}: missing (is {path.parent} a finished dprad run directory?)")
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DpradError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
 def parse_attacks(attacks: Sequence[str] | str) -> tuple[str, ...]:
@@ -64,17 +45,15 @@ def parse_attacks(attacks: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _run_reports(config: dict[str, Any], reports: Sequence[Report] | None) -> dict[str, Report]:
+def _run_reports(run: RunRecord, reports: Sequence[Report] | None) -> dict[str, Report]:
     if reports is None:
-        from dprad.config import RunConfig
         from dprad.data.read import read_data
 
-        data = config.get("data") or {}
-        if not data.get("path"):
+        if not run.data_path:
             raise DpradError(
                 "the run was trained on reports passed directly: pass the same reports to audit it"
             )
-        result, _, _ = read_data(RunConfig.from_dict({"data": data}).data)
+        result, _, _ = read_data(run.config.data)
         reports = result.reports
     return {r.id: r for r in reports}
 
@@ -90,57 +69,6 @@ def _pick(by_id: dict[str, Report], ids: Sequence[str], split: str, run_dir: Pat
     return [by_id[i] for i in ids]
 
 
-def _head_logits(
-    run_dir: Path, config: dict[str, Any], reports: Sequence[Report], schema: LabelSchema, *, public: bool
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
-    """Head inputs (N, H) of every report (features computed once), the run's logits (N, L), and the public
-    corpus (x, y, mask) when the run warm-started on it."""
-    from dprad.data.dataset import encode
-    from dprad.features import encoder_features, head_inputs, public_corpus
-    from dprad.local_models import load_tokenizer
-    from dprad.model import FeatureHead, load_encoder
-
-    model_dir = Path(config["derived"]["model_dir"])
-    pooling, max_length = config["model"]["pooling"], int(config["model"]["max_length"])
-    max_tokens = int(config["train"]["max_tokens"])
-    tokenizer = load_tokenizer(str(model_dir))
-    encoder = load_encoder(model_dir)
-    state = torch.load(run_dir / "model" / "head.pt", weights_only=True)
-    center = state["center"].numpy()  # (H,) the public feature centre the run used
-    head = FeatureHead(int(state["head.weight"].shape[1]), len(schema))
-    head.center = state["center"]
-    head.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
-    head.eval()
-    prior = bool(config["train"].get("rule_prior"))
-
-    def inputs(raw: np.ndarray, texts: list[str]) -> np.ndarray:
-        """The head's input rows exactly as the run built them (features, plus the rule prior if used)."""
-        if prior:
-            from dprad.modes.head import head_x
-
-            return head_x(raw, center, texts, schema, prior=True)
-        return head_inputs(raw, center)
-
-    enc = encode(reports, tokenizer, schema, max_length=max_length)
-    raw = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)
-    x = inputs(raw, [r.text for r in reports])
-    with torch.inference_mode():
-        logits = head(torch.from_numpy(x)).numpy()
-    pub = None
-    if public:
-        corpus = public_corpus(
-            encoder, tokenizer, pooling=pooling, max_length=max_length, max_tokens=max_tokens
-        )
-        if schema.name not in corpus.labelled:
-            raise DpradError(
-                f"the run warm-started on a public corpus dprad has no match for ('{schema.name}')"
-            )
-        xp, yp, mp = corpus.labelled[schema.name]
-        texts = getattr(corpus, "texts", {}).get(schema.name, [])
-        pub = (inputs(xp, texts), yp, mp)
-    return x, logits, pub
-
-
 def audit_run(
     run_dir: str | Path,
     *,
@@ -152,8 +80,12 @@ def audit_run(
     gamma: float = DEFAULT_GAMMA,
     work_dir: str | Path | None = None,
     on_progress: Callable[[str], None] | None = None,
+    train_fn: TrainFn | None = None,
 ) -> dict[str, Any]:
-    """Attack the run's model and write RUN/audit.json (keeping any "canary" section); returns the dict."""
+    """Attack the run's model and write RUN/audit.json (keeping any "canary" section); returns the dict.
+
+    ``train_fn`` (``dprad.stages.train.train``) makes the reference runs of LoRA / full modes; a head's
+    reference models need none."""
     run_dir = Path(run_dir)
     attacks = parse_attacks(attacks)
     if n_boot < 1:
@@ -164,37 +96,27 @@ def audit_run(
             f"--reference-models {reference_models}: LiRA / RMIA need at least 4 (16 or more is better)"
         )
     say = on_progress or (lambda _msg: None)
-    config = _read_json(run_dir / "config.json", required=True)
-    splits = _read_json(run_dir / "splits.json", required=True)
-    schema_raw = _read_json(run_dir / "schema.json", required=True)
-    ledger = _read_json(run_dir / "privacy.json", required=False)
-    schema = LabelSchema.from_dict(schema_raw, source=str(run_dir / "schema.json"))
-    mode = MODE_ALIASES.get(config["train"]["mode"], config["train"]["mode"])
-    private = run_is_private(config, ledger)
-    led = ledger or {}
+    run = RunRecord.open(run_dir)
+    schema, mode, led = run.schema, get_mode(run.mode), run.ledger
+    private = led.private
 
-    by_id = _run_reports(config, reports)
-    members = _pick(by_id, splits.get("train", []), "train", run_dir)
-    nonmembers = _pick(by_id, splits.get("test", []), "test", run_dir)
-    population = _pick(by_id, splits.get("val", []), "val", run_dir)
+    by_id = _run_reports(run, reports)
+    members = _pick(by_id, run.splits.get("train", ()), "train", run_dir)
+    nonmembers = _pick(by_id, run.splits.get("test", ()), "test", run_dir)
+    population = _pick(by_id, run.splits.get("val", ()), "val", run_dir)
     if not members or not nonmembers:
         raise DpradError(f"{run_dir}: membership inference needs training and test reports")
     if "rmia" in attacks and not population:  # before any reference model is trained
         raise DpradError(f"{run_dir}: RMIA needs population reports and the run's validation split is empty")
     pool = [*members, *nonmembers, *population]
     n_in, n_out = len(members), len(nonmembers)
-    policy = UncertainPolicy(config["data"].get("uncertain_policy", "ones"))
+    policy = UncertainPolicy(run.config.data.uncertain_policy)
     y, mask = label_matrix(pool, schema, policy=policy)  # (N, L)
 
     say(f"scoring {len(pool)} reports with the run's model")
-    public = bool(config["train"].get("public_warm_start")) and needs_refs and mode in HEAD_MODES
-    x = pub = None
-    if mode in HEAD_MODES:
-        x, logits, pub = _head_logits(run_dir, config, pool, schema, public=public)
-    else:
-        from dprad.modes import load_run
-
-        logits = probs_to_logits(load_run(run_dir).predict(pool).probs)
+    work = Path(work_dir) if work_dir is not None else None
+    view = mode.audit_view(run, pool, train_fn=train_fn, work_dir=work)
+    logits = view.logits  # (N, L)
     loss = loss_per_example(torch.from_numpy(logits.astype(np.float32)), y, mask).numpy()  # (N,)
     probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
     tgt = slice(0, n_in + n_out)
@@ -218,38 +140,14 @@ def audit_run(
         results["loss"] = evaluate(loss_scores(loss))
         results["confidence"] = evaluate(confidence_scores(probs))
     if needs_refs:
-        refs: ReferenceModels
-        if mode in HEAD_MODES:
-            assert x is not None
-            recipe = HeadRecipe.from_run(config, ledger)
-            say(f"training {reference_models} reference heads on random halves of {len(pool)} reports")
-            refs = head_reference_models(
-                x,
-                y,
-                mask,
-                recipe,
-                k=reference_models,
-                rng=rng,
-                public=pub,
-                on_model=lambda j: say(f"reference {j}"),
-            )
-        else:
-            wd = Path(work_dir) if work_dir is not None else run_dir / "audit-reference"
-            say(f"training {reference_models} reference runs under {wd}")
-            refs = run_reference_models(
-                config,
-                ledger,
-                pool,
-                k=reference_models,
-                rng=rng,
-                work_dir=wd,
-                schema_path=run_dir / "schema.json",
-                on_model=lambda j: say(f"reference {j}"),
-            )
+        say(f"training {reference_models} reference models on random halves of {len(pool)} reports")
+        refs = view.references(
+            k=reference_models, rng=rng, y=y, mask=mask, on_model=lambda j: say(f"reference {j}")
+        )
         extra["reference_models"] = reference_models
-        if private and led.get("privacy_unit", "report") != "report":
+        if private and led.privacy_unit != "report":
             extra["reference_note"] = (
-                f"the run protects each {led['privacy_unit']}; its reference models sample reports (Poisson, "
+                f"the run protects each {led.privacy_unit}; its reference models sample reports (Poisson, "
                 "same rate and noise), so they are a close stand-in, not an exact copy, of its training"
             )
         keep, ref_logits = refs.keep[:, tgt], refs.logits[:, tgt]
@@ -290,15 +188,15 @@ def audit_run(
         "attacks": results,
         "what_it_checks": WHAT_IT_CHECKS,
     }
-    previous = _read_json(run_dir / "audit.json", required=False) or {}
+    previous = run.audit_sections()
     audit = {
         **previous,
         "run": str(run_dir),
         "theory": {
             "private": private,
-            "mode": mode,
-            "epsilon": led.get("epsilon"),
-            "delta": led.get("delta"),
+            "mode": run.mode,
+            "epsilon": led.epsilon,
+            "delta": led.delta,
         },
         "mia": section,
     }

@@ -22,6 +22,7 @@ from dprad.errors import DpradError
 
 if TYPE_CHECKING:
     from dprad.modes.predictor import Predictor
+    from dprad.modes.reference import AuditView, TrainFn
     from dprad.run import RunRecord
     from dprad.run.plan import RunPlan
 
@@ -129,6 +130,41 @@ class Mode(ABC):
     @abstractmethod
     def load(cls, record: RunRecord) -> Predictor:
         """Rebuild the trained classifier of a finished run of this mode."""
+
+    @classmethod
+    def audit_view(
+        cls,
+        record: RunRecord,
+        pool: Sequence[Report],
+        *,
+        train_fn: TrainFn | None = None,
+        work_dir: Path | None = None,
+    ) -> AuditView:
+        """The run's logits on the audit's ``pool`` and its reference models. By default each reference
+        model is a whole training run on its half, made by ``train_fn`` under ``work_dir``."""
+        from dprad.modes.reference import AuditView, ReferenceModels, probs_to_logits, run_reference_models
+
+        logits = probs_to_logits(cls.load(record).predict(list(pool)).probs)  # (N, L)
+
+        def references(
+            *, k: int, rng: np.random.Generator, y: np.ndarray, mask: np.ndarray, on_model: Any = None
+        ) -> ReferenceModels:
+            del y, mask  # whole runs read their targets from the reports
+            if train_fn is None:
+                raise DpradError(
+                    f"reference models of a --mode {cls.name} run are whole training runs: pass train_fn"
+                )
+            return run_reference_models(
+                record,
+                pool,
+                k=k,
+                rng=rng,
+                work_dir=work_dir if work_dir is not None else record.path / "audit-reference",
+                train_fn=train_fn,
+                on_model=on_model,
+            )
+
+        return AuditView(logits=logits, references=references)
 
     @property
     @abstractmethod

@@ -32,6 +32,7 @@ from dprad.modes.base import Mode, ModeDefaults, resolve_public_warm_start, reso
 
 if TYPE_CHECKING:
     from dprad.modes.predictor import Predictor
+    from dprad.modes.reference import AuditView, TrainFn
     from dprad.run import RunRecord
 
 
@@ -158,27 +159,81 @@ class HeadMode(Mode):
         io.write_with(model_dir / "head.pt", lambda tmp: torch.save(state, tmp))
 
     @classmethod
-    def load(cls, record: RunRecord) -> Predictor:
+    def _restore(cls, record: RunRecord) -> tuple[nn.Module, nn.Module, Any]:
+        """The run's head (with its public feature centre), its frozen encoder and tokenizer."""
         from dprad.local_models import load_tokenizer
         from dprad.model import FeatureHead, load_encoder
 
-        model_dir, schema, cfg = Path(record.model_dir), record.schema, record.config
-        encoder = load_encoder(model_dir).eval()
+        encoder = load_encoder(Path(record.model_dir)).eval()
         state = torch.load(record.model_path / "head.pt", weights_only=True)
         in_dim = int(state["head.weight"].shape[1])
-        head = FeatureHead(in_dim, len(schema), center=state["center"].numpy())  # (H,), inputs may be wider
+        head = FeatureHead(in_dim, len(record.schema), center=state["center"].numpy())  # inputs may be wider
         head.load_state_dict(state)
+        return head.eval(), encoder, load_tokenizer(record.model_dir)
+
+    @classmethod
+    def load(cls, record: RunRecord) -> Predictor:
+        head, encoder, tokenizer = cls._restore(record)
+        cfg = record.config
         return head_predictor(
             head,
             encoder,
-            tokenizer=load_tokenizer(str(model_dir)),
-            schema=schema,
+            tokenizer=tokenizer,
+            schema=record.schema,
             pooling=str(cfg.model.pooling),
             max_length=int(cfg.model.max_length),
             max_tokens=int(cfg.train.max_tokens),
             policy=UncertainPolicy(cfg.data.uncertain_policy),
             prior=bool(cfg.train.rule_prior),
         )
+
+    @classmethod
+    def audit_view(
+        cls,
+        record: RunRecord,
+        pool: Sequence[Report],
+        *,
+        train_fn: TrainFn | None = None,
+        work_dir: Path | None = None,
+    ) -> AuditView:
+        """Features computed once; each reference head trains on them with the run's own recipe (noise,
+        clipping, sampling and public warm start included): seconds per reference model."""
+        from dprad.modes.reference import AuditView, HeadRecipe, ReferenceModels, head_reference_models
+
+        del train_fn, work_dir  # a head's reference models need no whole runs
+        head, encoder, tokenizer = cls._restore(record)
+        cfg, schema = record.config, record.schema
+        pooling, max_length, max_tokens = (
+            str(cfg.model.pooling),
+            int(cfg.model.max_length),
+            int(cfg.train.max_tokens),
+        )
+        prior, center = bool(cfg.train.rule_prior), head.center.numpy()  # type: ignore[operator]
+        enc = encode(pool, tokenizer, schema, max_length=max_length)
+        raw = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)  # (N, H)
+        x = head_x(raw, center, [r.text for r in pool], schema, prior=prior)  # (N, D)
+        with torch.inference_mode():
+            logits = head(torch.from_numpy(x)).numpy()  # (N, L)
+
+        def references(
+            *, k: int, rng: np.random.Generator, y: np.ndarray, mask: np.ndarray, on_model: Any = None
+        ) -> ReferenceModels:
+            recipe = HeadRecipe.from_run(record)
+            public = None
+            if recipe.warm_start:
+                corpus = public_corpus(
+                    encoder, tokenizer, pooling=pooling, max_length=max_length, max_tokens=max_tokens
+                )
+                if schema.name not in corpus.labelled:
+                    raise DpradError(
+                        f"the run warm-started on a public corpus dprad has no match for ('{schema.name}')"
+                    )
+                xp, yp, mp = corpus.labelled[schema.name]
+                texts = getattr(corpus, "texts", {}).get(schema.name, [])
+                public = (head_x(xp, center, texts, schema, prior=prior), yp, mp)
+            return head_reference_models(x, y, mask, recipe, k=k, rng=rng, public=public, on_model=on_model)
+
+        return AuditView(logits=logits, references=references)
 
 
 def head_x(

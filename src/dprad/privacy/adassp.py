@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dprad.errors import DpradError
-from dprad.privacy.thresholds import compose_epsilon, gaussian_noise_multiplier
+from dprad.privacy.accounting import compose_epsilon, gaussian_noise_multiplier
 
 SPLIT = (0.1, 0.45, 0.45)  # shares of the Gaussian budget: (smallest eigenvalue, X^T X, X^T T)
 FAILURE_PROB = 0.05  # the ridge keeps the noisy system positive definite with probability >= 1 - this

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from dprad.errors import DpradError
+from dprad.privacy.accounting import gaussian_epsilon, gaussian_noise_multiplier
 
 # 0.1, 0.2, ..., 0.9: a coarse grid keeps the noisy tail sums short (see bench/head_trainers.py)
 DEFAULT_GRID: tuple[float, ...] = tuple(float(g) for g in np.round(np.arange(0.1, 0.91, 0.1), 2))
@@ -47,93 +48,6 @@ class DpThresholds:
     delta: float
     rule: str
     noise_multiplier: float  # std / sensitivity of each count (0 when not private)
-
-
-# --------------------------------------------------------------------------------------------------------
-# accounting
-
-
-def gaussian_epsilon(noise_multiplier: float, *, delta: float) -> float:
-    """Exact epsilon at ``delta`` of one Gaussian mechanism with std / sensitivity ``noise_multiplier``."""
-    from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
-
-    if noise_multiplier <= 0:
-        return math.inf
-    loss = GaussianPrivacyLoss(noise_multiplier, sensitivity=1.0)
-    lo, hi = 0.0, 1.0
-    while loss.get_delta_for_epsilon(hi) > delta:
-        lo, hi = hi, hi * 2
-    if loss.get_delta_for_epsilon(lo) <= delta:
-        return lo
-    for _ in range(100):  # smallest epsilon with delta(epsilon) <= delta; hi always satisfies it
-        mid = 0.5 * (lo + hi)
-        if loss.get_delta_for_epsilon(mid) > delta:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-9 * hi:
-            break
-    return hi
-
-
-def gaussian_noise_multiplier(*, epsilon: float, delta: float) -> float:
-    """The smallest noise multiplier of one Gaussian mechanism spending at most ``epsilon`` at ``delta``."""
-    from dp_accounting.pld.common import DifferentialPrivacyParameters
-    from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
-
-    if not epsilon > 0 or not math.isfinite(epsilon):
-        raise DpradError(f"--epsilon {epsilon} must be a positive number")
-    if not 0 < delta < 1:
-        raise DpradError(f"--delta {delta} must be in (0, 1)")
-    sigma = float(
-        GaussianPrivacyLoss.from_privacy_guarantee(
-            DifferentialPrivacyParameters(epsilon, delta), sensitivity=1.0
-        ).standard_deviation
-    )
-    while gaussian_epsilon(sigma, delta=delta) > epsilon:  # guard the search's tolerance: never overspend
-        sigma *= 1.0 + 1e-6
-    return sigma
-
-
-def _flatten(event: Any, count: int = 1) -> list[tuple[Any, int]]:
-    import dp_accounting
-
-    if isinstance(event, dp_accounting.ComposedDpEvent):
-        return [x for e in event.events for x in _flatten(e, count)]
-    if isinstance(event, dp_accounting.SelfComposedDpEvent):
-        return _flatten(event.event, count * event.count)
-    return [(event, count)]
-
-
-def compose_epsilon(events: Sequence[Any], delta: float) -> float:
-    """Epsilon at ``delta`` of the sequential composition of dp-accounting events (training's, the
-    thresholds', ...). Gaussian parts merge exactly into one Gaussian; the rest goes through PLD."""
-    import dp_accounting
-    from dp_accounting import pld
-
-    if not 0 < delta < 1:
-        raise DpradError(f"--delta {delta} must be in (0, 1)")
-    inv_var, others = 0.0, []
-    for event, count in (x for e in events for x in _flatten(e)):
-        if isinstance(event, dp_accounting.NoOpDpEvent) or count == 0:
-            continue
-        if isinstance(event, dp_accounting.NonPrivateDpEvent):
-            return math.inf
-        if isinstance(event, dp_accounting.GaussianDpEvent):
-            if event.noise_multiplier <= 0:
-                return math.inf
-            inv_var += count / event.noise_multiplier**2
-        else:
-            others.append(dp_accounting.SelfComposedDpEvent(event, count) if count > 1 else event)
-    sigma = 1.0 / math.sqrt(inv_var) if inv_var > 0 else 0.0
-    if not others:
-        return gaussian_epsilon(sigma, delta=delta) if inv_var > 0 else 0.0
-    acc = pld.PLDAccountant()
-    for event in others:
-        acc.compose(event)
-    if inv_var > 0:
-        acc.compose(dp_accounting.GaussianDpEvent(sigma))
-    return float(acc.get_epsilon(delta))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -368,10 +282,7 @@ __all__ = [
     "DEFAULT_GRID",
     "THRESHOLD_SHARE",
     "DpThresholds",
-    "compose_epsilon",
     "dp_thresholds",
-    "gaussian_epsilon",
-    "gaussian_noise_multiplier",
     "score_histograms",
     "select_thresholds",
 ]

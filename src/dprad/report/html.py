@@ -16,18 +16,10 @@ from typing import Any
 from dprad.errors import DpradError
 from dprad.io import write_text
 from dprad.report import plots
-from dprad.report.collect import (
-    Audit,
-    Evaluation,
-    Interval,
-    Run,
-    Selection,
-    SweepTable,
-    find_selection,
-    read_runs,
-    read_sweep_table,
-)
+from dprad.report.collect import Run, Selection, SweepTable, find_selection, read_runs, read_sweep_table
 from dprad.report.label_noise import Corpus, LabelNoiseStudy, load_study
+from dprad.run.audit import Audit
+from dprad.run.results import Evaluation, Interval, number
 
 DEFAULT_TITLE = "dprad privacy-utility report"
 
@@ -55,13 +47,13 @@ def fmt_interval(iv: Interval, spec: str = ".3f") -> str:
 
 def fmt_eps(run: Run) -> str:
     """The eps a reader should quote: the target when the run spent at most it, with the spent value."""
-    led = run.ledger
-    if not led.private:
+    if not run.private:
         return "∞ (non-private)"
-    if led.target_epsilon is not None and led.epsilon <= led.target_epsilon:
-        target, spent = fmt_num(led.target_epsilon, "g"), fmt_num(led.epsilon, ".4g")
-        return target if spent == target else f"{target} (spent {spent})"
-    return fmt_num(led.epsilon, ".4g")
+    target = run.ledger.target_epsilon
+    if target is not None and run.epsilon <= target:
+        quoted, spent = fmt_num(target, "g"), fmt_num(run.epsilon, ".4g")
+        return quoted if spent == quoted else f"{quoted} (spent {spent})"
+    return fmt_num(run.epsilon, ".4g")
 
 
 def eval_source(ev: Evaluation | None) -> str:
@@ -92,7 +84,7 @@ def reference_for(run: Run, runs: Sequence[Run]) -> Run | None:
     refs = [
         r
         for r in runs
-        if not r.ledger.private and r.dataset == run.dataset and r.model == run.model and r.evaluation
+        if not r.private and r.dataset == run.dataset and r.model == run.model and r.evaluation
     ]
     if not refs:
         return None
@@ -100,11 +92,17 @@ def reference_for(run: Run, runs: Sequence[Run]) -> Run | None:
     return refs[0]
 
 
+def weighted_f1(run: Run) -> str:
+    """The run's weighted F1 as every place quotes it, followed by which thresholds it is at."""
+    if run.evaluation is None:
+        return "not evaluated"
+    return f"{fmt_interval(run.evaluation.metric('weighted_f1'))} {run.at}"
+
+
 def headline(run: Run, runs: Sequence[Run]) -> Headline:
     who = f"{run.mode}, {run.model}, trained on {run.dataset}"
-    ev = run.evaluation
-    f1 = fmt_interval(ev.metric("weighted_f1")) if ev else "not evaluated"
-    if not run.ledger.private:
+    f1 = weighted_f1(run)
+    if not run.private:
         text = (
             f"Without differential privacy, weighted F1 {f1}. A reference point: this model has no formal "
             "privacy guarantee and should not leave the institution."
@@ -115,21 +113,29 @@ def headline(run: Run, runs: Sequence[Run]) -> Headline:
     text = f"At ε = {fmt_eps(run)}, δ = {delta} per {led.privacy_unit}: weighted F1 {f1}"
     ref = reference_for(run, runs)
     if ref is not None and ref.evaluation is not None:
-        text += (
-            f" vs {fmt_interval(ref.evaluation.metric('weighted_f1'))} non-private ({ref.name}, {ref.mode})."
-        )
+        ref_f1 = fmt_interval(ref.evaluation.metric("weighted_f1"))
+        text += f" vs {ref_f1} non-private ({ref.name}, {ref.mode}, {ref.at})."
     else:
         text += "; no non-private run of this model on this data to compare with."
-    if led.selection_epsilon is not None:
-        text += (
-            f" Choosing its thresholds under DP is accounted as ε = {fmt_num(led.selection_epsilon, '.3g')}"
-            f" ({led.selection_note})."
-        )
+    if run.selection is not None:
+        eps, name = run.selection
+        text += f" Choosing its thresholds under DP is accounted as ε = {fmt_num(eps, '.3g')} ({name})."
     return Headline(run.name, who, text, True)
 
 
 # ---------------------------------------------------------------------------------------------------
 # tables
+
+
+def ledger_parts(run: Run) -> str:
+    """The releases the ledger's epsilon is made of: 'training (DP-SGD) 0.991; thresholds (...) 0.1'."""
+    parts = run.ledger.parts
+    return "; ".join(f"{p.get('part') or '?'} {fmt_num(number(p.get('epsilon')), '.4g')}" for p in parts)
+
+
+def selection_text(run: Run) -> str:
+    """The ledger's DP threshold / model selection epsilon and its part's name, or '—'."""
+    return "—" if run.selection is None else f"{fmt_num(run.selection[0], '.3g')} ({run.selection[1]})"
 
 
 def _dp_row(r: Run) -> dict[str, str]:
@@ -138,7 +144,7 @@ def _dp_row(r: Run) -> dict[str, str]:
         "run": r.name,
         "mode": led.mode,
         "private": "yes" if led.private else "no",
-        "ε spent": fmt_num(led.epsilon, ".4g") if led.private else "∞",
+        "ε spent": fmt_num(r.epsilon, ".4g") if led.private else "∞",
         "target ε": fmt_num(led.target_epsilon, "g"),
         "δ": fmt_num(led.delta, ".1e"),
         "unit": led.privacy_unit,
@@ -152,27 +158,29 @@ def _dp_row(r: Run) -> dict[str, str]:
         "accountant": (led.accountant or "—") + (f" ({led.accountant_note})" if led.accountant_note else ""),
         "train reports": fmt_num(led.dataset_size, "d"),
         "trainable params": fmt_num(led.trainable_parameters, ",d"),
-        "selection ε": fmt_num(led.selection_epsilon, ".3g")
-        + (f" ({led.selection_note})" if led.selection_note else ""),
-        "ε parts": "; ".join(f"{name} {fmt_num(eps, '.4g')}" for name, eps in led.parts) or "—",
+        "selection ε": selection_text(r),
+        "ε parts": ledger_parts(r) or "—",
         "canaries": fmt_num(led.canaries, "d"),
     }
+
+
+HEADLINE_METRICS = (
+    ("weighted_f1", "weighted F1"),
+    ("macro_f1", "macro F1"),
+    ("micro_f1", "micro F1"),
+    ("macro_auroc", "macro AUROC"),
+)
 
 
 def _metrics_row(r: Run) -> dict[str, str]:
     ev = r.evaluation
     row = {"run": r.name, "data": r.dataset, "mode": r.mode, "ε": fmt_eps(r)}
-    for key, name in (
-        ("weighted_f1", "weighted F1"),
-        ("macro_f1", "macro F1"),
-        ("micro_f1", "micro F1"),
-        ("macro_auroc", "macro AUROC"),
-    ):
+    for key, name in HEADLINE_METRICS:
         row[name] = fmt_interval(ev.metric(key)) if ev else "—"
     if ev is not None:
         size = f", {ev.reports} reports / {ev.patients} patients" if ev.reports else ""
         row["evaluated on"] = f"{Path(ev.data).name if ev.data else '?'} ({ev.split or '?'}{size})"
-        row["thresholds"] = ev.thresholds or "—"
+        row["thresholds"] = r.at
     else:
         row["evaluated on"] = row["thresholds"] = "—"
     row["source"] = eval_source(ev)
@@ -261,6 +269,7 @@ def _transfer_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
                     "reports": fmt_num(ev.reports, "d"),
                     "weighted F1": fmt_interval(ev.metric("weighted_f1")),
                     "macro AUROC": fmt_interval(ev.metric("macro_auroc")),
+                    "thresholds": r.at_of(ev),
                     "in-domain weighted F1": fmt_interval(home.metric("weighted_f1")) if home else "—",
                     "notes": "; ".join(ev.notes),
                 }
@@ -469,14 +478,14 @@ def build_context(
         "audit": plots.audit(ordered),
     }
     ledger_items = list(dict.fromkeys(x for r in ordered for x in r.ledger.not_protected))
-    private_by_data = {d: sum(r.ledger.private for r in ordered if r.dataset == d) for d in datasets}
+    private_by_data = {d: sum(r.private for r in ordered if r.dataset == d) for d in datasets}
     no_ci = [r.name for r in ordered if r.evaluation is not None and not r.evaluation.has_ci]
     selection_cols = [c for c in (sweep.columns if sweep else ()) if "select" in c.lower()]
     return {
         "title": title,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "n_runs": len(ordered),
-        "n_private": sum(r.ledger.private for r in ordered),
+        "n_private": sum(r.private for r in ordered),
         "datasets": datasets,
         "headlines": [headline(r, ordered) for r in ordered],
         "figures": figures,
@@ -498,11 +507,10 @@ def build_context(
         "several_private": any(n > 1 for n in private_by_data.values()),
         # a DP threshold release is paid inside each run; it does not pay for choosing among runs
         "selection_paid": any(
-            r.ledger.selection_epsilon is not None
-            and "threshold" not in (r.ledger.selection_note or "").lower()
-            for r in ordered
+            r.selection is not None and "threshold" not in r.selection[1].lower() for r in ordered
         ),
         "no_ci": no_ci,
+        "not_shipped": [(r.name, r.at) for r in ordered if r.evaluation is not None and not r.at_shipped],
         "not_covered": PLAIN_NOT_COVERED,
         "ledger_not_covered": ledger_items,
         "statements": [(r.name, r.ledger.statement) for r in ordered if r.ledger.statement],

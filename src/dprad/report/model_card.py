@@ -7,8 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from dprad.io import write_text
-from dprad.report.collect import RARE_SUPPORT, Run, read_run
-from dprad.report.html import eval_source, fmt_eps, fmt_interval, fmt_num
+from dprad.report.collect import Run, read_run
+from dprad.report.html import (
+    HEADLINE_METRICS,
+    eval_source,
+    fmt_eps,
+    fmt_interval,
+    fmt_num,
+    ledger_parts,
+    selection_text,
+    weighted_f1,
+)
+from dprad.run.results import RARE_SUPPORT
 
 ECE_WARN = 0.05  # a pooled ECE above this gets a plain-words warning
 
@@ -36,36 +46,31 @@ def _intended_use(run: Run) -> list[str]:
         "training data without first evaluating it there (`dprad evaluate`).",
     ]
     if run.critical:
-        rule = (
-            run.metrics.get("thresholds", {}).get("rule")
-            if isinstance(run.metrics.get("thresholds"), dict)
-            else None
-        )
+        shipped = run.thresholds
         lines += [
             "",
             f"Critical findings: {', '.join(run.critical)}. "
-            + (f"Validation-fitted thresholds: {rule}. " if rule else "")
+            + (f"Validation-fitted thresholds: {shipped.rule}. " if shipped.fitted_on else "")
             + "Check their recall below before relying on the model to flag them.",
         ]
     return lines
 
 
 def _data(run: Run) -> list[str]:
-    d = run.config.get("data", {}) if isinstance(run.config.get("data"), dict) else {}
+    d = run.config.data
     split = ", ".join(f"{k} {v}" for k, v in run.splits.items()) or "unknown"
-    uncertain = d.get("uncertain_policy", "?")
     lines = [
         "## Data, labels and teacher",
         "",
-        f"- Training data: `{run.data_path or 'unknown'}` (format `{d.get('format', '?')}`).",
+        f"- Training data: `{run.data_path or 'unknown'}` (format `{d.format}`).",
         f"- Reports per split (by patient, no patient in two splits): {split}.",
         f"- Label schema: `{run.schema}`, {len(run.labels)} labels"
         + (f"; critical: {', '.join(run.critical)}" if run.critical else "")
         + ".",
-        f"- Uncertain mentions (-1) trained as: `{uncertain}`.",
+        f"- Uncertain mentions (-1) trained as: `{d.uncertain_policy}`.",
         (
-            f"- Teacher: {d['teacher']}."
-            if d.get("teacher")
+            f"- Teacher: {d.teacher}."
+            if d.teacher
             else "- Teacher: the labels are the ones in the training file. The run does not record which teacher "
             "wrote them (gold labels, `dprad label --teacher rules`, or a local LLM; `dprad label` records it, "
             "`--teacher` states it); state it here before sharing."
@@ -90,14 +95,14 @@ def _privacy(run: Run) -> list[str]:
         unit = led.privacy_unit
         lines += [
             f"**In plain words.** Whether or not any one {unit} was in the training data changes what this model "
-            f"can do by at most a factor of e^ε = e^{fmt_num(led.epsilon, '.3g')} in probability (plus a chance "
+            f"can do by at most a factor of e^ε = e^{fmt_num(run.epsilon, '.3g')} in probability (plus a chance "
             f"of δ = {fmt_num(led.delta, '.1e')} that this bound fails). Smaller ε is stronger privacy; a value "
             "near 1 or below is generally called strong, around 10 moderate.",
             "",
         ]
     rows = [
         ["private", "yes" if led.private else "no"],
-        ["ε (spent)", fmt_num(led.epsilon, ".4g") if led.private else "∞"],
+        ["ε (spent)", fmt_num(run.epsilon, ".4g") if led.private else "∞"],
         ["target ε", fmt_num(led.target_epsilon, "g")],
         ["δ", fmt_num(led.delta, ".1e")],
         ["unit of privacy", led.privacy_unit],
@@ -115,16 +120,10 @@ def _privacy(run: Run) -> list[str]:
         ["training reports", fmt_num(led.dataset_size, "d")],
         ["trainable parameters", fmt_num(led.trainable_parameters, ",d")],
     ]
-    if led.selection_epsilon is not None:
-        rows.append(
-            [
-                "threshold / model selection ε",
-                fmt_num(led.selection_epsilon, ".3g")
-                + (f" ({led.selection_note})" if led.selection_note else ""),
-            ]
-        )
+    if run.selection is not None:
+        rows.append(["threshold / model selection ε", selection_text(run)])
     if led.parts:
-        rows.append(["ε made of", "; ".join(f"{n} {fmt_num(e, '.4g')}" for n, e in led.parts)])
+        rows.append(["ε made of", ledger_parts(run)])
     if led.canaries:
         rows.append(["audit canaries in the training split", fmt_num(led.canaries, "d")])
     lines += ["**In numbers** (from `privacy.json`):", "", *_md_table(["parameter", "value"], rows)]
@@ -150,24 +149,19 @@ def _metrics(run: Run) -> list[str]:
     if ev.has_ci:
         lines.append(
             f"From `{Path(ev.source).name}`: {ev.split or '?'} split of `{ev.data}`, {ev.reports} reports from "
-            f"{ev.patients} patients, thresholds `{ev.thresholds}`; brackets are 95% intervals from "
+            f"{ev.patients} patients, {run.at}; brackets are 95% intervals from "
             f"{ev.bootstrap_resamples or '?'} patient-level bootstrap resamples."
         )
     else:
         lines.append(
-            "From `metrics.json` (test split, threshold 0.5): **point estimates only, no confidence interval** "
-            "(this run has no evaluation.json; run `dprad evaluate RUN DATA --out RUN/evaluation.json`)."
+            f"From `{Path(ev.source).name}` ({ev.split or '?'} split, {run.at}): **point estimates only, no "
+            "confidence interval** (this run has no evaluation.json; run "
+            "`dprad evaluate RUN DATA --out RUN/evaluation.json`)."
         )
+    if not run.at_shipped:
+        lines += ["", f"**These numbers are not what the shipped model does**: they are {run.at}."]
     lines.append("")
-    head = [
-        [name, fmt_interval(ev.metric(key))]
-        for key, name in (
-            ("weighted_f1", "weighted F1"),
-            ("macro_f1", "macro F1"),
-            ("micro_f1", "micro F1"),
-            ("macro_auroc", "macro AUROC"),
-        )
-    ]
+    head = [[name, fmt_interval(ev.metric(key))] for key, name in HEADLINE_METRICS]
     lines += _md_table(["metric", "value"], head)
     if ev.per_label:
         lines += ["", "Per label:", ""]
@@ -186,8 +180,8 @@ def _metrics(run: Run) -> list[str]:
     for extra in run.extra_evaluations:
         lines += [
             "",
-            f"On `{extra.data}` ({eval_source(extra)}): weighted F1 {fmt_interval(extra.metric('weighted_f1'))}, "
-            f"macro AUROC {fmt_interval(extra.metric('macro_auroc'))}.",
+            f"On `{extra.data}` ({eval_source(extra)}, {run.at_of(extra)}): weighted F1 "
+            f"{fmt_interval(extra.metric('weighted_f1'))}, macro AUROC {fmt_interval(extra.metric('macro_auroc'))}.",
         ]
     return lines
 
@@ -226,7 +220,7 @@ def _limits(run: Run) -> list[str]:
     crit = [lr for lr in ev.per_label if lr.critical]
     if crit:
         values = "; ".join(f"{lr.label} {fmt_interval(lr.recall)}" for lr in crit)
-        lines.append(f"- **Recall of the critical findings** (thresholds `{ev.thresholds}`): {values}.")
+        lines.append(f"- **Recall of the critical findings** ({run.at}): {values}.")
     cal = ev.calibration
     if cal is not None and cal.pooled_ece is not None:
         worst = max(cal.per_label_ece, key=lambda t: t[1], default=None)
@@ -262,7 +256,7 @@ def _not_protected(run: Run) -> list[str]:
         f"- **The base model `{run.model}` and its own pre-training data**: they were trained by others, "
         "without this guarantee."
     )
-    if led.selection_epsilon is None:
+    if run.selection is None:
         lines.append(
             f"- **The validation split** ({run.splits.get('val', '?')} reports): thresholds (and any choice of "
             "run or ε made by looking at validation or test scores) were fitted on it without DP, so it is not "
@@ -270,7 +264,7 @@ def _not_protected(run: Run) -> list[str]:
         )
     else:
         lines.append(
-            f"- The validation split is covered only through the selection ε = {fmt_num(led.selection_epsilon, '.3g')} "
+            f"- The validation split is covered only through the selection ε = {fmt_num(run.selection[0], '.3g')} "
             "recorded in the ledger; choices made by people after seeing other scores are not."
         )
     lines.append(
@@ -291,14 +285,12 @@ def _not_protected(run: Run) -> list[str]:
 def model_card_markdown(run: Run) -> str:
     led = run.ledger
     guarantee = f"ε = {fmt_eps(run)}, δ = {fmt_num(led.delta, '.1e')}" if led.private else "no DP (ε = ∞)"
-    ev = run.evaluation
-    f1 = fmt_interval(ev.metric("weighted_f1")) if ev else "not evaluated"
     lines = [
         f"# Model card: {run.name}",
         "",
         f"{run.mode} classifier of `{run.schema}` findings in radiology reports, encoder `{run.model}`, "
         f"trained on `{run.dataset}`. Privacy: {guarantee} per {led.privacy_unit}. "
-        f"Weighted F1 on the test split: {f1}.",
+        f"Weighted F1 on the test split: {weighted_f1(run)}.",
         "",
         *_intended_use(run),
         "",

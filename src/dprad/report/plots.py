@@ -20,7 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from dprad.report.collect import Interval, Run
+from dprad.report.collect import Run
+from dprad.run.results import Interval
 
 DPI = 100
 CMAP = colormaps["viridis"].with_extremes(bad="#dddddd")  # a copy: the registry's map is untouched
@@ -56,7 +57,7 @@ def to_data_uri(fig: Figure) -> str:
 
 def run_order(run: Run) -> tuple[str, str, int, float, int, str]:
     """Sort key: dataset, series, private runs by increasing eps, non-private last."""
-    return (run.dataset, run.series, int(not run.ledger.private), run.ledger.epsilon, run.seed or 0, run.name)
+    return (run.dataset, run.series, int(not run.private), run.epsilon, run.seed or 0, run.name)
 
 
 PLAIN = FuncFormatter(lambda v, _pos: f"{v:g}")  # 0.1, 1, 10 instead of 10^-1, 10^0, 10^1
@@ -99,83 +100,15 @@ def privacy_utility(runs: Sequence[Run], *, metric: str = "weighted_f1") -> Plot
     no_ci = False
     for ax, dataset in zip(axes, datasets, strict=True):
         mine = sorted((r for r in have if r.dataset == dataset), key=run_order)
-        private = [r for r in mine if r.ledger.private and math.isfinite(r.ledger.epsilon)]
-        eps = [r.ledger.epsilon for r in private]
-        _log_eps_axis(ax, eps)
+        private = [r for r in mine if r.private and math.isfinite(r.epsilon)]
+        _log_eps_axis(ax, [r.epsilon for r in private])
         for s in series:
             color = _color(series.index(s))
             pts = [r for r in private if r.series == s]
             if pts:
-                xs = np.array([r.ledger.epsilon for r in pts])
-                ivs = [r.evaluation.metric(metric) for r in pts if r.evaluation]
-                ys = np.array([iv.estimate for iv in ivs], dtype=float)
-                # several runs at one target eps (seeds): the line and band follow their mean at each eps,
-                # every run keeps its own point and CI
-                levels = np.unique(np.round(xs, 6))
-                at = [np.isclose(np.round(xs, 6), e) for e in levels]
-                many = any(m.sum() > 1 for m in at)
-                ax.plot(
-                    levels,
-                    [ys[m].mean() for m in at],
-                    "-",
-                    color=color,
-                    lw=1.8,
-                    label=f"{s} (DP{', mean over runs' if many else ''})",
-                )
-                with_ci = [(x, iv) for x, iv in zip(xs, ivs, strict=True) if iv.has_ci]
-                if with_ci:
-                    cx = np.array([x for x, _ in with_ci])
-                    band = [
-                        (
-                            e,
-                            np.mean([iv.low for x, iv in with_ci if np.isclose(x, e)]),
-                            np.mean([iv.high for x, iv in with_ci if np.isclose(x, e)]),
-                        )
-                        for e in np.unique(np.round(cx, 6))
-                    ]
-                    ax.fill_between(
-                        [b[0] for b in band],
-                        [b[1] for b in band],
-                        [b[2] for b in band],
-                        color=color,
-                        alpha=0.18,
-                        lw=0,
-                    )
-                    ax.errorbar(
-                        cx,
-                        [iv.estimate for _, iv in with_ci],
-                        yerr=np.array([_err(iv) for _, iv in with_ci]).T,
-                        fmt="o",
-                        color=color,
-                        capsize=3,
-                        ms=6,
-                    )
-                without = [(x, iv) for x, iv in zip(xs, ivs, strict=True) if not iv.has_ci]
-                if without:
-                    no_ci = True
-                    ax.plot(
-                        [x for x, _ in without],
-                        [iv.estimate for _, iv in without],
-                        "o",
-                        mfc="white",
-                        color=color,
-                        ms=7,
-                    )
-            for r in (r for r in mine if not r.ledger.private and r.series == s):
-                assert r.evaluation is not None
-                iv = r.evaluation.metric(metric)
-                style = ":" if r.family == "full" else "--"
-                ax.axhline(
-                    iv.estimate,
-                    color=color,
-                    ls=style,
-                    lw=1.6,
-                    label=f"{s}, non-private{'' if iv.has_ci else ' (no CI)'}: {iv.estimate:.3f}",
-                )
-                if iv.has_ci:
-                    ax.axhspan(iv.low, iv.high, color=color, alpha=0.07, lw=0)
-                else:
-                    no_ci = True
+                no_ci |= _private_series(ax, pts, metric, color=color, label=s)
+            for r in (r for r in mine if not r.private and r.series == s):
+                no_ci |= _reference_line(ax, r, metric, color=color, label=s)
         ax.set_ylim(0, 1)
         ax.set_xlabel("ε spent (log scale; smaller = stronger privacy)")
         ax.set_ylabel("weighted F1 on the test split")
@@ -187,10 +120,17 @@ def privacy_utility(runs: Sequence[Run], *, metric: str = "weighted_f1") -> Plot
     caption = (
         "Points: private runs at the ε they spent, with 95% patient-level bootstrap intervals (bars and band). "
         "Dashed lines: non-private runs of the same model and mode (dotted: full fine-tuning), with their "
-        "interval shaded."
+        "interval shaded. Each run's F1 is at the thresholds its row of the headline table names."
     )
     if no_ci:
-        caption += " Hollow points and lines marked 'no CI' come from metrics.json (no evaluation.json)."
+        caption += (
+            " Hollow points and lines marked 'no CI' come from metrics.json at the shipped thresholds "
+            "(no evaluation.json)."
+        )
+    if any(not r.at_shipped for r in have):
+        caption += " Some runs are NOT at the thresholds they ship: " + "; ".join(
+            f"{r.name} {r.at}" for r in have if not r.at_shipped
+        )
     return Plot(
         "plot-privacy-utility",
         "Privacy-utility curve",
@@ -200,12 +140,78 @@ def privacy_utility(runs: Sequence[Run], *, metric: str = "weighted_f1") -> Plot
     )
 
 
+def _private_series(ax: Axes, pts: Sequence[Run], metric: str, *, color: str, label: str) -> bool:
+    """One model · mode's private runs: a line through the mean at each eps, every run's own point and CI
+    (hollow without one). Returns whether any run had no CI."""
+    xs = np.array([r.epsilon for r in pts])
+    ivs = [r.evaluation.metric(metric) for r in pts if r.evaluation]
+    ys = np.array([iv.estimate for iv in ivs], dtype=float)
+    # several runs at one target eps (seeds): the line and band follow their mean at each eps
+    levels = np.unique(np.round(xs, 6))
+    at = [np.isclose(np.round(xs, 6), e) for e in levels]
+    many = any(m.sum() > 1 for m in at)
+    ax.plot(
+        levels,
+        [ys[m].mean() for m in at],
+        "-",
+        color=color,
+        lw=1.8,
+        label=f"{label} (DP{', mean over runs' if many else ''})",
+    )
+    with_ci = [(x, iv) for x, iv in zip(xs, ivs, strict=True) if iv.has_ci]
+    if with_ci:
+        cx = np.array([x for x, _ in with_ci])
+        band = [
+            (
+                e,
+                np.mean([iv.low for x, iv in with_ci if np.isclose(x, e)]),
+                np.mean([iv.high for x, iv in with_ci if np.isclose(x, e)]),
+            )
+            for e in np.unique(np.round(cx, 6))
+        ]
+        ax.fill_between(
+            [b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.18, lw=0
+        )
+        ax.errorbar(
+            cx,
+            [iv.estimate for _, iv in with_ci],
+            yerr=np.array([_err(iv) for _, iv in with_ci]).T,
+            fmt="o",
+            color=color,
+            capsize=3,
+            ms=6,
+        )
+    without = [(x, iv) for x, iv in zip(xs, ivs, strict=True) if not iv.has_ci]
+    if without:
+        ax.plot(
+            [x for x, _ in without], [iv.estimate for _, iv in without], "o", mfc="white", color=color, ms=7
+        )
+    return bool(without)
+
+
+def _reference_line(ax: Axes, r: Run, metric: str, *, color: str, label: str) -> bool:
+    """A non-private run as a horizontal line (dotted: full fine-tuning), its CI shaded. Returns whether
+    it had no CI."""
+    assert r.evaluation is not None
+    iv = r.evaluation.metric(metric)
+    ax.axhline(
+        iv.estimate,
+        color=color,
+        ls=":" if r.family == "full" else "--",
+        lw=1.6,
+        label=f"{label}, non-private{'' if iv.has_ci else ' (no CI)'}: {iv.estimate:.3f}",
+    )
+    if iv.has_ci:
+        ax.axhspan(iv.low, iv.high, color=color, alpha=0.07, lw=0)
+    return not iv.has_ci
+
+
 # ---------------------------------------------------------------------------------------------------
 # per-label heat maps
 
 
 def _column_label(r: Run) -> str:
-    eps = "ε = ∞" if not r.ledger.private else f"ε = {r.ledger.epsilon:.3g}"
+    eps = "ε = ∞" if not r.private else f"ε = {r.epsilon:.3g}"
     return f"{r.mode}\n{eps}\n{r.name}"
 
 
@@ -367,19 +373,17 @@ def _gap(run: Run, attribute: str) -> tuple[float, bool] | None:
 
 
 def _gap_panel(ax: Axes, runs: Sequence[Run], attribute: str, series: list[str]) -> None:
-    private = [r for r in runs if r.ledger.private and math.isfinite(r.ledger.epsilon)]
-    _log_eps_axis(ax, [r.ledger.epsilon for r in private])
+    private = [r for r in runs if r.private and math.isfinite(r.epsilon)]
+    _log_eps_axis(ax, [r.epsilon for r in private])
     for s in series:
         color = _color(series.index(s))
-        pts = [
-            (r.ledger.epsilon, g) for r in private if r.series == s and (g := _gap(r, attribute)) is not None
-        ]
+        pts = [(r.epsilon, g) for r in private if r.series == s and (g := _gap(r, attribute)) is not None]
         if pts:
             ax.plot([x for x, _ in pts], [g[0] for _, g in pts], "-", color=color, lw=1.5, label=s)
             for x, (value, big) in pts:
                 ax.plot([x], [value], "o", color=color, mfc=color if big else "white", ms=6)
         for r in runs:
-            if not r.ledger.private and r.series == s:
+            if not r.private and r.series == s:
                 g = _gap(r, attribute)
                 if g is not None:
                     ax.axhline(g[0], color=color, ls="--", lw=1.3, label=f"{s}, non-private")
@@ -409,12 +413,12 @@ def audit(runs: Sequence[Run]) -> Plot | None:
     fig = Figure(figsize=(8, 0.55 * len(mine) + 1.6))
     ax = fig.subplots()
     y = np.arange(len(mine))
-    theory = [r.ledger.epsilon if math.isfinite(r.ledger.epsilon) else np.nan for r in mine]
+    theory = [r.epsilon if math.isfinite(r.epsilon) else np.nan for r in mine]
     lower = [float(r.audit.canary.epsilon_lower_bound or 0.0) for r in mine if r.audit and r.audit.canary]
     ax.barh(y - 0.2, np.nan_to_num(theory, nan=0.0), height=0.38, color=COLORS[0], label="ε from the ledger")
     ax.barh(y + 0.2, lower, height=0.38, color=COLORS[4], label="empirical lower bound (canaries)")
     for i, r in enumerate(mine):
-        if not math.isfinite(r.ledger.epsilon):
+        if not math.isfinite(r.epsilon):
             ax.text(0, i - 0.2, " ∞ (non-private)", va="center", fontsize=8)
         c = r.audit.canary if r.audit else None
         if c is not None and c.ceiling is not None:

@@ -2,405 +2,144 @@
 
 The reference is what the run looked like on data it was validated on: its test split's scores (numbers
 only, never text), predicted prevalence at the run's thresholds, report length, vocabulary coverage and,
-where the reports had labels, per-label sensitivity with confidence intervals. ``write_reference`` stores
-it as ``RUN/reference.json``; without that file the monitor scores the run's test split again.
+where the reports had labels, per-label sensitivity with confidence intervals. Training stores it as
+``RUN/reference.json`` (``write_reference`` writes it again for a finished run); without that file the
+monitor scores the run's test split again.
 
-New reports are compared with it per label (population stability index and a two-sample
-Kolmogorov-Smirnov test of the scores, predicted prevalence with a Newcombe CI of the difference), on
-text length and on out-of-vocabulary rate. With labels, a rare or critical label alerts when its
-sensitivity fell below the reference by more than the CI of the drop. p-values and CIs used for alerting
-are Bonferroni-adjusted over the labels tested, so that a clean comparison does not page someone by chance.
+This module is the run-level part: it reads the run through :class:`dprad.run.RunRecord`, scores reports
+with the run's model and hands the numbers to the pure statistics of :mod:`dprad.metrics.drift` (PSI, KS,
+Newcombe intervals, the comparison and its alerts).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-import warnings
-from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import stats
 
-from dprad.data.reports import Report, label_matrix
-from dprad.data.schemas import LabelSchema, UncertainPolicy
+from dprad.data.reports import Report
 from dprad.errors import DpradError
 from dprad.io import write_json
+from dprad.metrics.drift import (
+    REFERENCE_FORMAT,
+    MonitorOptions,
+    MonitorResult,
+    compare,
+    labels_of,
+    reference_of_reports,
+    reference_statistics,
+    tokenizer_vocab,
+)
 from dprad.run import RunRecord
+from dprad.run.files import REFERENCE as REFERENCE_FILE
 
-REFERENCE_FILE = "reference.json"
-REFERENCE_FORMAT = "dprad-monitor-reference/1"
-_WORD = re.compile(r"[a-z]+")
-OK, WARNING, ALERT = "ok", "warning", "alert"
+if TYPE_CHECKING:
+    from dprad.modes.predictor import Predictor
 
-
-# ---------------------------------------------------------------- options and typed results
-
-
-@dataclass(frozen=True)
-class MonitorOptions:
-    alpha: float = 0.05  # family-wise error rate of the alerting tests (Bonferroni over labels)
-    psi_warning: float = 0.10  # population stability index: 0.1-0.25 moderate shift
-    psi_alert: float = 0.25  # >= 0.25 major shift
-    bins: int = 10  # PSI bins: quantiles of the reference
-    min_prevalence_shift: float = 0.02  # absolute: smaller significant shifts are not worth a page
-    rare_prevalence: float = 0.05  # a label rarer than this in the reference is "rare"
-    min_positives: int = 5  # sensitivity is checked only with at least this many positives on both sides
-    level: float = 0.95  # reported confidence intervals
+__all__ = [
+    "REFERENCE_FILE",
+    "MonitorOptions",
+    "MonitorResult",
+    "load_reference",
+    "monitor_reports",
+    "monitor_run",
+    "write_reference",
+]
 
 
-@dataclass(frozen=True)
-class Proportion:
-    estimate: float
-    ci_low: float
-    ci_high: float
-    k: int
-    n: int
-
-
-@dataclass(frozen=True)
-class LabelDrift:
-    label: str
-    psi: float
-    ks_stat: float
-    ks_p: float
-    ks_p_adj: float  # Bonferroni over the score tests
-    score_severity: str
-    reference_prevalence: Proportion  # predicted positive at the run's threshold
-    new_prevalence: Proportion
-    prevalence_diff: float  # new - reference
-    prevalence_diff_low: float  # CI at the reported level (Newcombe)
-    prevalence_diff_high: float
-    prevalence_severity: str
-
-
-@dataclass(frozen=True)
-class FeatureDrift:
-    name: str
-    reference_mean: float
-    new_mean: float
-    psi: float
-    ks_stat: float
-    ks_p: float
-    ks_p_adj: float
-    severity: str
-
-
-@dataclass(frozen=True)
-class SensitivityCheck:
-    label: str
-    rare: bool
-    critical: bool
-    reference: Proportion | None
-    new: Proportion
-    drop: float | None  # reference - new
-    drop_low: float | None  # CI of the drop at the alerting level (Bonferroni-adjusted)
-    drop_high: float | None
-    checked: bool  # rare or critical with enough positives on both sides
-    severity: str
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Alert:
-    severity: str  # warning | alert
-    kind: str  # score_shift | prevalence_shift | length_shift | oov_shift | sensitivity_drop
-    label: str | None
-    message: str
-
-
-@dataclass(frozen=True)
-class MonitorResult:
-    run: str
-    data: str
-    reference_source: str
-    n_reference: int
-    n_new: int
-    threshold_rule: str
-    labels: tuple[LabelDrift, ...]
-    length: FeatureDrift
-    oov: FeatureDrift
-    sensitivity: tuple[SensitivityCheck, ...]
-    alerts: tuple[Alert, ...]
-    notes: tuple[str, ...] = ()
-    options: MonitorOptions = field(default_factory=MonitorOptions)
-
-    @property
-    def alerted(self) -> bool:
-        return any(a.severity == ALERT for a in self.alerts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _finite(asdict(self)) | {"alerted": self.alerted}
-
-
-def _finite(obj: Any) -> Any:
-    """NaN / inf become None so that the result is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-# ---------------------------------------------------------------- pure statistics
-
-
-def wilson(k: int, n: int, *, level: float = 0.95) -> Proportion:
-    """Wilson score interval for k successes out of n."""
-    if n == 0:
-        return Proportion(float("nan"), float("nan"), float("nan"), k, n)
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Proportion(p, max(0.0, centre - half), min(1.0, centre + half), k, n)
-
-
-def newcombe_diff(a: Proportion, b: Proportion) -> tuple[float, float, float]:
-    """b - a with Newcombe's hybrid score interval, built from the two Wilson intervals' level."""
-    d = b.estimate - a.estimate
-    low = d - math.sqrt((b.estimate - b.ci_low) ** 2 + (a.ci_high - a.estimate) ** 2)
-    high = d + math.sqrt((b.ci_high - b.estimate) ** 2 + (a.estimate - a.ci_low) ** 2)
-    return d, low, high
-
-
-def psi(reference: np.ndarray, new: np.ndarray, *, bins: int = 10, floor: float = 1e-4) -> float:
-    """Population stability index of ``new`` against ``reference``, on the reference's quantile bins."""
-    reference, new = np.asarray(reference, dtype=float), np.asarray(new, dtype=float)
-    if len(reference) == 0 or len(new) == 0:
-        return float("nan")
-    inner = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref_p = np.bincount(np.searchsorted(inner, reference, side="right"), minlength=len(inner) + 1)
-    new_p = np.bincount(np.searchsorted(inner, new, side="right"), minlength=len(inner) + 1)
-    r = np.maximum(ref_p / len(reference), floor)
-    q = np.maximum(new_p / len(new), floor)
-    return float(np.sum((q - r) * np.log(q / r)))
-
-
-def ks(reference: np.ndarray, new: np.ndarray) -> tuple[float, float]:
-    if len(reference) == 0 or len(new) == 0:
-        return float("nan"), float("nan")
-    with warnings.catch_warnings():  # ties: scipy falls back from the exact to the asymptotic p-value
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ks_2samp(reference, new)
-    return float(res.statistic), float(res.pvalue)
-
-
-def text_features(texts: Sequence[str], vocab: Collection[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per report: word count ``(N,)`` and out-of-vocabulary rate ``(N,)``.
-
-    A word (a run of letters, lower-cased) is out of vocabulary when the encoder's tokenizer has no
-    whole-word entry for it, so it is split into pieces or unknown. NaN for a report with no words.
-    """
-    lengths = np.zeros(len(texts), dtype=np.int64)
-    oov = np.full(len(texts), np.nan)
-    for i, text in enumerate(texts):
-        lengths[i] = len(text.split())
-        words = _WORD.findall(text.lower())
-        if words:
-            oov[i] = sum(w not in vocab for w in words) / len(words)
-    return lengths, oov
-
-
-def tokenizer_vocab(tokenizer: Any) -> frozenset[str]:
-    return frozenset(w.lower().removeprefix("Ġ").removeprefix("▁") for w in tokenizer.get_vocab())
-
-
-# ---------------------------------------------------------------- reference statistics
-
-
-def reference_from_arrays(
-    probs: np.ndarray,
-    lengths: np.ndarray,
-    oov: np.ndarray,
-    *,
-    labels: Sequence[str],
-    critical: Sequence[str],
-    thresholds: np.ndarray,
-    threshold_rule: str,
-    source: str,
-    y: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """The reference statistics as a JSON-able dict: numbers only, never text.
-
-    ``probs`` is ``(N, L)``; ``y`` / ``mask`` ``(N, L)`` are given when the reports had labels.
-    """
-    n, k = probs.shape
-    if len(labels) != k or len(thresholds) != k:
-        raise ValueError(f"probs has {k} labels, labels {len(labels)}, thresholds {len(thresholds)}")
-    pred = probs >= thresholds[None, :]  # (N, L)
-    ref: dict[str, Any] = {
-        "format": REFERENCE_FORMAT,
-        "source": source,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "n": int(n),
-        "labels": list(labels),
-        "critical": list(critical),
-        "thresholds": [float(t) for t in thresholds],
-        "threshold_rule": threshold_rule,
-        "scores": {lab: np.round(probs[:, j], 6).tolist() for j, lab in enumerate(labels)},
-        "predicted_prevalence": {
-            lab: asdict(wilson(int(pred[:, j].sum()), n)) for j, lab in enumerate(labels)
-        },
-        "length_words": {
-            "values": [int(x) for x in lengths],
-            "mean": float(np.mean(lengths)) if n else None,
-            "quantiles": _quantiles(lengths),
-        },
-        "oov_rate": {
-            "values": [None if math.isnan(x) else round(float(x), 6) for x in oov],
-            "mean": float(np.nanmean(oov)) if np.isfinite(oov).any() else None,
-            "quantiles": _quantiles(oov[np.isfinite(oov)]),
-        },
-        "label_prevalence": None,
-        "sensitivity": None,
-    }
-    if y is not None and mask is not None:
-        ref["label_prevalence"] = {
-            lab: float(y[mask[:, j] > 0, j].mean()) if (mask[:, j] > 0).any() else None
-            for j, lab in enumerate(labels)
-        }
-        ref["sensitivity"] = {
-            lab: asdict(_sensitivity(y[:, j], mask[:, j], pred[:, j])) for j, lab in enumerate(labels)
-        }
-    return ref
-
-
-def _quantiles(x: np.ndarray) -> dict[str, float] | None:
-    if len(x) == 0:
-        return None
-    qs = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-    return {f"q{int(q * 100):02d}": float(v) for q, v in zip(qs, np.quantile(x, qs), strict=True)}
-
-
-def _sensitivity(y: np.ndarray, mask: np.ndarray, pred: np.ndarray, *, level: float = 0.95) -> Proportion:
-    pos = (y > 0.5) & (mask > 0)
-    return wilson(int((pred & pos).sum()), int(pos.sum()), level=level)
-
-
-def run_thresholds(run_dir: str | Path, schema: LabelSchema) -> tuple[np.ndarray, str]:
-    """The run's decision thresholds (metrics.json) and their rule; 0.5 for every label when absent."""
-    path = Path(run_dir) / "metrics.json"
-    if path.is_file():
-        fitted = (json.loads(path.read_text()) or {}).get("thresholds") or {}
-        values = fitted.get("values")
-        if values is not None and len(values) == len(schema):
-            rule = str(fitted.get("rule") or "fitted on the validation split")
-            return np.asarray(values, dtype=float), f"validation-fitted: {rule}"
-    return np.full(len(schema), 0.5), "0.5 for every label (the run records no fitted thresholds)"
-
-
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise DpradError(f"{run_dir}: not a dprad run directory (no config.json)")
-    return dict(json.loads(path.read_text()))
-
-
-def _run_schema(run_dir: Path) -> LabelSchema:
-    return LabelSchema.from_dict(json.loads((run_dir / "schema.json").read_text()), source=str(run_dir))
-
-
-def _labels_of(
-    reports: Sequence[Report], schema: LabelSchema, cfg: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    if not any(r.labels is not None for r in reports):
-        return None
-    policy = UncertainPolicy(cfg.get("data", {}).get("uncertain_policy", "ones"))
-    return label_matrix(reports, schema, policy=policy)
+def _record(run: str | Path | RunRecord) -> RunRecord:
+    return run if isinstance(run, RunRecord) else RunRecord.open(run)
 
 
 def write_reference(
     run_dir: str | Path, reports: Sequence[Report], probs: np.ndarray, *, source: str = "test split"
 ) -> Path:
-    """Write ``RUN/reference.json`` from scored reports (their labels too, when they have them)."""
+    """Write ``RUN/reference.json`` of a finished run from scored reports (their labels too, when they
+    have them), at the run's shipped thresholds."""
     from dprad.local_models import load_tokenizer
 
-    run_dir = Path(run_dir)
-    cfg = _run_config(run_dir)
-    schema = _run_schema(run_dir)
-    if probs.shape != (len(reports), len(schema)):
-        raise DpradError(
-            f"write_reference: probs has shape {probs.shape}, expected ({len(reports)}, {len(schema)})"
-        )
-    thresholds, rule = run_thresholds(run_dir, schema)
-    vocab = tokenizer_vocab(load_tokenizer(str(cfg["derived"]["model_dir"])))
-    ref = _reference_for(reports, probs, schema, cfg, thresholds, rule, vocab, source=source)
+    if not RunRecord.is_run(run_dir):
+        return _write_reference_while_training(Path(run_dir), reports, probs, source=source)
+    record = RunRecord.open(run_dir)
+    ref = reference_of_reports(
+        reports,
+        probs,
+        schema=record.schema,
+        policy=record.config.data.uncertain_policy,
+        thresholds=record.thresholds.array,
+        threshold_rule=record.thresholds.describe(),
+        vocab=tokenizer_vocab(load_tokenizer(record.model_dir)),
+        source=source,
+    )
+    path = record.path / REFERENCE_FILE
+    write_json(path, ref)
+    return path
+
+
+def _write_reference_while_training(
+    run_dir: Path, reports: Sequence[Report], probs: np.ndarray, *, source: str
+) -> Path:
+    """TRANSITIONAL (issue 19): ``stages/finish.py`` still calls ``write_reference`` before privacy.json
+    exists, so no RunRecord opens. Delete this once finish.py computes the reference itself with
+    :func:`dprad.metrics.drift.reference_of_reports` (stages must not import serve)."""
+    from dprad.config import RunConfig
+    from dprad.data.schemas import LabelSchema
+    from dprad.local_models import load_tokenizer
+    from dprad.run import Thresholds, files
+
+    raw = files.read_object(run_dir / files.CONFIG)
+    cfg = RunConfig.from_dict(raw, source=str(run_dir / files.CONFIG))
+    schema = LabelSchema.from_dict(files.read_object(run_dir / files.SCHEMA), source=str(run_dir))
+    metrics = files.read_object(run_dir / files.METRICS) if (run_dir / files.METRICS).is_file() else {}
+    shipped = Thresholds.from_metrics(metrics, schema, source=str(run_dir / files.METRICS))
+    model_dir = str(files.mapping(raw.get("derived")).get("model_dir") or cfg.model.name)
+    ref = reference_of_reports(
+        reports,
+        probs,
+        schema=schema,
+        policy=cfg.data.uncertain_policy,
+        thresholds=shipped.array,
+        threshold_rule=shipped.describe(),
+        vocab=tokenizer_vocab(load_tokenizer(model_dir)),
+        source=source,
+    )
     path = run_dir / REFERENCE_FILE
     write_json(path, ref)
     return path
 
 
-def _reference_for(
-    reports: Sequence[Report],
-    probs: np.ndarray,
-    schema: LabelSchema,
-    cfg: dict[str, Any],
-    thresholds: np.ndarray,
-    rule: str,
-    vocab: Collection[str],
-    *,
-    source: str,
-) -> dict[str, Any]:
-    lengths, oov = text_features([r.text for r in reports], vocab)
-    lab = _labels_of(reports, schema, cfg)
-    return reference_from_arrays(
-        probs,
-        lengths,
-        oov,
-        labels=schema.labels,
-        critical=schema.critical,
-        thresholds=thresholds,
-        threshold_rule=rule,
-        source=source,
-        y=None if lab is None else lab[0],
-        mask=None if lab is None else lab[1],
-    )
-
-
-def _test_split(run_dir: Path) -> list[Report]:
+def _test_split(record: RunRecord) -> list[Report]:
     """The run's test reports, read again from its training data (to compute a missing reference)."""
-
-    d = _run_config(run_dir)["data"]
-    if not Path(d["path"]).exists():
+    if not Path(record.data_path).exists():
         raise DpradError(
-            f"{run_dir}: no {REFERENCE_FILE}, and the run's data {d['path']} is not here to rebuild it from"
+            f"{record.path}: no {REFERENCE_FILE}, and the run's data {record.data_path} is not here to "
+            "rebuild it from"
         )
-    return RunRecord.open(run_dir).split_reports("test")[0]
+    return record.split_reports("test")[0]
 
 
-def load_reference(run_dir: str | Path, predictor: Any) -> tuple[dict[str, Any], str | None]:
+def load_reference(run: str | Path | RunRecord, predictor: Predictor) -> tuple[dict[str, Any], str | None]:
     """``RUN/reference.json``, or (with a note saying so) the same statistics computed now from the test split."""
-    run_dir = Path(run_dir)
-    path = run_dir / REFERENCE_FILE
-    if path.is_file():
-        ref = json.loads(path.read_text())
+    record = _record(run)
+    path = record.path / REFERENCE_FILE
+    ref = record.reference()
+    if ref is not None:
         if ref.get("format") != REFERENCE_FORMAT:
             raise DpradError(f"{path}: not a {REFERENCE_FORMAT} file")
         return ref, None
-    reports = _test_split(run_dir)
+    reports = _test_split(record)
     if not reports:
-        raise DpradError(f"{run_dir}: no {REFERENCE_FILE} and no test report found to compute one")
-    cfg = _run_config(run_dir)
-    thresholds, rule = run_thresholds(run_dir, predictor.schema)
-    probs = predictor.predict(reports).probs
-    ref = _reference_for(
+        raise DpradError(f"{record.path}: no {REFERENCE_FILE} and no test report found to compute one")
+    ref = reference_of_reports(
         reports,
-        probs,
-        predictor.schema,
-        cfg,
-        thresholds,
-        rule,
-        tokenizer_vocab(predictor.tokenizer),
+        predictor.predict(reports).probs,
+        schema=predictor.schema,
+        policy=record.config.data.uncertain_policy,
+        thresholds=record.thresholds.array,
+        threshold_rule=record.thresholds.describe(),
+        vocab=tokenizer_vocab(predictor.tokenizer),
         source="test split (computed now)",
     )
     note = (
@@ -409,227 +148,44 @@ def load_reference(run_dir: str | Path, predictor: Any) -> tuple[dict[str, Any],
     return ref, note
 
 
-# ---------------------------------------------------------------- the comparison (pure)
-
-
-def compare(
-    reference: dict[str, Any],
-    new: dict[str, Any],
-    *,
-    run: str = "",
-    data: str = "",
-    options: MonitorOptions = MonitorOptions(),
-    notes: Sequence[str] = (),
-) -> MonitorResult:
-    """Compare two statistics dicts (both from :func:`reference_from_arrays`) and decide the alerts."""
-    labels = list(reference["labels"])
-    if list(new["labels"]) != labels:
-        raise DpradError("monitor: the new data's labels do not match the reference's")
-    o = options
-    n_tests = len(labels) + 2  # score KS per label, length, OOV
-    alerts: list[Alert] = []
-    drifts: list[LabelDrift] = []
-    z_adj_level = 1 - o.alpha / len(labels)
-    for lab in labels:
-        r_scores = np.asarray(reference["scores"][lab], dtype=float)
-        n_scores = np.asarray(new["scores"][lab], dtype=float)
-        p = psi(r_scores, n_scores, bins=o.bins)
-        stat, pval = ks(r_scores, n_scores)
-        p_adj = min(1.0, pval * n_tests) if not math.isnan(pval) else float("nan")
-        score_sev = _shift_severity(p, p_adj, o)
-        if score_sev != OK:
-            alerts.append(
-                Alert(
-                    score_sev,
-                    "score_shift",
-                    lab,
-                    f"{lab}: score distribution shifted (PSI {p:.2f}, KS p {p_adj:.2g} adjusted)",
-                )
-            )
-        rp, np_ = (
-            Proportion(**reference["predicted_prevalence"][lab]),
-            Proportion(**new["predicted_prevalence"][lab]),
-        )
-        rp_r, np_r = wilson(rp.k, rp.n, level=o.level), wilson(np_.k, np_.n, level=o.level)
-        diff, low, high = newcombe_diff(rp_r, np_r)
-        _, a_low, a_high = newcombe_diff(
-            wilson(rp.k, rp.n, level=z_adj_level), wilson(np_.k, np_.n, level=z_adj_level)
-        )
-        prev_sev = ALERT if (a_low > 0 or a_high < 0) and abs(diff) >= o.min_prevalence_shift else OK
-        if prev_sev != OK:
-            alerts.append(
-                Alert(
-                    ALERT,
-                    "prevalence_shift",
-                    lab,
-                    f"{lab}: predicted prevalence {rp.estimate:.3f} -> {np_.estimate:.3f} "
-                    f"(difference {diff:+.3f}, {o.level:.0%} CI {low:+.3f} to {high:+.3f})",
-                )
-            )
-        drifts.append(LabelDrift(lab, p, stat, pval, p_adj, score_sev, rp_r, np_r, diff, low, high, prev_sev))
-    length = _feature("length_words", reference, new, n_tests, o)
-    oov = _feature("oov_rate", reference, new, n_tests, o)
-    for f, kind, what in (
-        (length, "length_shift", "report length (words)"),
-        (oov, "oov_shift", "out-of-vocabulary rate"),
-    ):
-        if f.severity != OK:
-            alerts.append(
-                Alert(
-                    f.severity,
-                    kind,
-                    None,
-                    f"{what}: mean {f.reference_mean:.3g} -> {f.new_mean:.3g} (PSI {f.psi:.2f}, KS p {f.ks_p_adj:.2g} adjusted)",
-                )
-            )
-    checks, more_notes = _sensitivity_checks(reference, new, labels, o)
-    alerts += [
-        Alert(
-            ALERT,
-            "sensitivity_drop",
-            c.label,
-            f"{c.label}: sensitivity {c.reference.estimate:.3f} -> {c.new.estimate:.3f} "
-            f"(drop {c.drop:.3f}, CI {c.drop_low:.3f} to {c.drop_high:.3f})",
-        )
-        for c in checks
-        if c.severity == ALERT and c.reference is not None
-    ]
-    return MonitorResult(
-        run=run,
-        data=data,
-        reference_source=str(reference.get("source", "")),
-        n_reference=int(reference["n"]),
-        n_new=int(new["n"]),
-        threshold_rule=str(reference.get("threshold_rule", "")),
-        labels=tuple(drifts),
-        length=length,
-        oov=oov,
-        sensitivity=tuple(checks),
-        alerts=tuple(alerts),
-        notes=tuple(notes) + tuple(more_notes),
-        options=o,
-    )
-
-
-def _shift_severity(p: float, p_adj: float, o: MonitorOptions) -> str:
-    if math.isnan(p) or math.isnan(p_adj) or p_adj >= o.alpha:
-        return OK
-    if p >= o.psi_alert:
-        return ALERT
-    return WARNING if p >= o.psi_warning else OK
-
-
-def _values(stat: dict[str, Any]) -> np.ndarray:
-    return np.asarray([np.nan if v is None else v for v in stat["values"]], dtype=float)
-
-
-def _feature(
-    name: str, reference: dict[str, Any], new: dict[str, Any], n_tests: int, o: MonitorOptions
-) -> FeatureDrift:
-    r = _values(reference[name])
-    n = _values(new[name])
-    r, n = r[np.isfinite(r)], n[np.isfinite(n)]
-    p = psi(r, n, bins=o.bins)
-    stat, pval = ks(r, n)
-    p_adj = min(1.0, pval * n_tests) if not math.isnan(pval) else float("nan")
-    mean_r = float(r.mean()) if len(r) else float("nan")
-    mean_n = float(n.mean()) if len(n) else float("nan")
-    return FeatureDrift(name, mean_r, mean_n, p, stat, pval, p_adj, _shift_severity(p, p_adj, o))
-
-
-def _sensitivity_checks(
-    reference: dict[str, Any], new: dict[str, Any], labels: Sequence[str], o: MonitorOptions
-) -> tuple[list[SensitivityCheck], list[str]]:
-    if new.get("sensitivity") is None:
-        return [], []
-    notes: list[str] = []
-    ref_sens = reference.get("sensitivity")
-    if ref_sens is None:
-        notes.append("the reference has no labels (live traffic): sensitivity is reported, not compared")
-    critical = set(reference.get("critical") or ())
-    prevalence = reference.get("label_prevalence") or {
-        lab: reference["predicted_prevalence"][lab]["estimate"] for lab in labels
-    }
-    new_props = {lab: Proportion(**new["sensitivity"][lab]) for lab in labels}
-    ref_props = {lab: Proportion(**ref_sens[lab]) for lab in labels} if ref_sens else {}
-    rare = {lab: prevalence.get(lab) is not None and prevalence[lab] < o.rare_prevalence for lab in labels}
-    watched = [
-        lab
-        for lab in labels
-        if (rare[lab] or lab in critical)
-        and lab in ref_props
-        and min(ref_props[lab].n, new_props[lab].n) >= o.min_positives
-    ]
-    level = 1 - o.alpha / max(1, len(watched))
-    out: list[SensitivityCheck] = []
-    for lab in labels:
-        nw = new_props[lab]
-        rf = ref_props.get(lab)
-        if rf is None:
-            out.append(
-                SensitivityCheck(lab, rare[lab], lab in critical, None, nw, None, None, None, False, OK)
-            )
-            continue
-        checked = lab in watched
-        note = ""
-        if (rare[lab] or lab in critical) and not checked:
-            note = f"fewer than {o.min_positives} positives (reference {rf.n}, new {nw.n}): not checked"
-        drop, low, high = newcombe_diff(
-            wilson(nw.k, nw.n, level=level), wilson(rf.k, rf.n, level=level)
-        )  # reference - new
-        sev = ALERT if checked and low > 0 else OK
-        out.append(
-            SensitivityCheck(lab, rare[lab], lab in critical, rf, nw, drop, low, high, checked, sev, note)
-        )
-    return out, notes
-
-
-# ---------------------------------------------------------------- the job
-
-
 def monitor_reports(
-    run_dir: str | Path,
+    run_dir: str | Path | RunRecord,
     reports: Sequence[Report],
     *,
     use_labels: bool = False,
     options: MonitorOptions = MonitorOptions(),
-    predictor: Any = None,
+    predictor: Predictor | None = None,
     data: str = "",
     notes: Sequence[str] = (),
 ) -> MonitorResult:
     """Score ``reports`` with the run and compare them with the run's reference."""
     from dprad.modes import load_run
 
-    run_dir = Path(run_dir)
     if not reports:
         raise DpradError(f"{data or 'monitor'}: no report to monitor")
-    predictor = predictor or load_run(run_dir)
-    cfg = _run_config(run_dir)
-    reference, note = load_reference(run_dir, predictor)
+    record = _record(run_dir)
+    predictor = predictor or load_run(record)
+    reference, note = load_reference(record, predictor)
     all_notes = list(notes) + ([note] if note else [])
-    if list(reference["labels"]) != list(predictor.schema.labels):
-        raise DpradError(f"{run_dir}/{REFERENCE_FILE}: its labels are not the run's labels")
-    thresholds = np.asarray(reference["thresholds"], dtype=float)
-    probs = predictor.predict(reports).probs
-    lengths, oov = text_features([r.text for r in reports], tokenizer_vocab(predictor.tokenizer))
-    lab = _labels_of(reports, predictor.schema, cfg) if use_labels else None
+    schema = predictor.schema
+    if list(reference["labels"]) != list(schema.labels):
+        raise DpradError(f"{record.path}/{REFERENCE_FILE}: its labels are not the run's labels")
+    lab = labels_of(reports, schema, record.config.data.uncertain_policy) if use_labels else None
     if use_labels and lab is None:
-        raise DpradError(
-            f"{data or 'monitor'}: --labels, but no report has labels of schema '{predictor.schema.name}'"
-        )
-    new = reference_from_arrays(
-        probs,
-        lengths,
-        oov,
-        labels=predictor.schema.labels,
-        critical=predictor.schema.critical,
-        thresholds=thresholds,
+        raise DpradError(f"{data or 'monitor'}: --labels, but no report has labels of schema '{schema.name}'")
+    new = reference_statistics(
+        [r.text for r in reports],
+        predictor.predict(reports).probs,
+        labels=schema.labels,
+        critical=schema.critical,
+        thresholds=np.asarray(reference["thresholds"], dtype=float),
         threshold_rule=str(reference.get("threshold_rule", "")),
+        vocab=tokenizer_vocab(predictor.tokenizer),
         source=data,
         y=None if lab is None else lab[0],
         mask=None if lab is None else lab[1],
     )
-    return compare(reference, new, run=str(run_dir), data=data, options=options, notes=all_notes)
+    return compare(reference, new, run=str(record.path), data=data, options=options, notes=all_notes)
 
 
 def monitor_run(
@@ -643,8 +199,8 @@ def monitor_run(
     """Read NEW_DATA with the run's label schema (when its format allows) and monitor it."""
     from dprad.data.read import read_reports
 
-    run_dir = Path(run_dir)
-    schema = _run_schema(run_dir) if (run_dir / "schema.json").is_file() else None
+    record = RunRecord.open(run_dir)
+    schema = record.schema
     notes: list[str] = []
     try:
         result, used, _ = read_reports(data, schema=schema, **read_kw)
@@ -653,7 +209,7 @@ def monitor_run(
             raise
         result, used, _ = read_reports(data, **read_kw)  # another schema: drift only
     reports = result.reports
-    if schema is not None and used.name != schema.name:
+    if used.name != schema.name:
         notes.append(f"{data}: labels are in schema '{used.name}', not the run's '{schema.name}': ignored")
         if use_labels:
             raise DpradError(
@@ -663,5 +219,5 @@ def monitor_run(
     if result.skipped:
         notes.append(f"{len(result.skipped)} reports skipped by the reader")
     return monitor_reports(
-        run_dir, reports, use_labels=use_labels, options=options, data=str(data), notes=notes
+        record, reports, use_labels=use_labels, options=options, data=str(data), notes=notes
     )

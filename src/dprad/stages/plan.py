@@ -213,7 +213,7 @@ def plan_run(
     p = cfg.privacy
     noise, th_eps, th_sigma, probe_sigma = None, None, None, None
     if cfg.private:
-        from dprad.privacy.thresholds import gaussian_noise_multiplier
+        from dprad.privacy.accounting import gaussian_noise_multiplier
 
         assert p.delta is not None
 

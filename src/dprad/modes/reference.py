@@ -5,8 +5,12 @@ the run's hyper-parameters (lr, epochs, batch size, weight decay, public warm st
 run, its noise multiplier, clipping norm, sample rate and number of steps (Poisson sampling, DP-SGD via
 :func:`dprad.privacy.dp_step.private_step`). A reference head costs seconds on a CPU.
 
-LoRA / full modes: each reference model is a whole :func:`dprad.stages.train.train` run on its half (fixed
-``split`` attributes), then scored with :func:`dprad.modes.predictor.load_run`; use a tiny model on a CPU.
+LoRA / full modes: each reference model is a whole training run on its half (fixed ``split`` attributes),
+made by the training function the caller passes in (``dprad.stages.train.train``: the modes sit below the
+stages and never import them), then scored with :func:`dprad.modes.load_run`; use a tiny model on a CPU.
+
+A mode hands the audit an :class:`AuditView`: its logits on the audit's pool and a way to train
+look-alike reference models; the audit never branches on the mode.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -27,16 +31,10 @@ from dprad.features import loss_per_example, warm_start
 from dprad.model import FeatureHead
 from dprad.privacy.dp_step import plain_step, private_step
 
+if TYPE_CHECKING:
+    from dprad.run import RunRecord
+
 PROB_CLIP = 1e-7  # probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] before taking logits
-
-
-def run_is_private(config: dict[str, Any], ledger: dict[str, Any] | None) -> bool:
-    """The ledger says; without one, a privacy target in the config (or a legacy ``dp-*`` mode) does."""
-    if ledger is not None and "private" in ledger:
-        return bool(ledger["private"])
-    p = config.get("privacy") or {}
-    legacy = str(config["train"]["mode"]).startswith("dp-")
-    return legacy or p.get("epsilon") is not None or p.get("noise_multiplier") is not None
 
 
 @dataclass(frozen=True)
@@ -55,25 +53,24 @@ class HeadRecipe:
     steps: int | None = None
 
     @classmethod
-    def from_run(cls, config: dict[str, Any], ledger: dict[str, Any] | None) -> HeadRecipe:
-        t = config["train"]
-        private = run_is_private(config, ledger)
-        if private and (ledger is None or ledger.get("noise_multiplier") is None):
+    def from_run(cls, record: RunRecord) -> HeadRecipe:
+        t, led = record.config.train, record.ledger
+        if led.private and led.noise_multiplier is None:
             raise DpradError(
-                "a private run's reference models need privacy.json (noise multiplier, sample rate)"
+                f"{record.path}/privacy.json: a private run's reference models need its noise multiplier"
             )
-        led = ledger or {}
+        assert t.lr is not None and t.epochs is not None and t.batch_size is not None
         return cls(
-            private=private,
-            lr=float(t["lr"]),
-            epochs=float(t["epochs"]),
-            batch_size=int(t["batch_size"]),
-            weight_decay=float(t.get("weight_decay") or 0.0),
-            warm_start=bool(t.get("public_warm_start")),
-            noise_multiplier=led.get("noise_multiplier") if private else None,
-            max_grad_norm=led.get("max_grad_norm") if private else None,
-            sample_rate=led.get("sample_rate") if private else None,
-            steps=int(led["steps"]) if private else None,
+            private=led.private,
+            lr=float(t.lr),
+            epochs=float(t.epochs),
+            batch_size=int(t.batch_size),
+            weight_decay=float(t.weight_decay or 0.0),
+            warm_start=bool(t.public_warm_start),
+            noise_multiplier=led.noise_multiplier if led.private else None,
+            max_grad_norm=led.max_grad_norm if led.private else None,
+            sample_rate=led.sample_rate if led.private else None,
+            steps=int(led.steps) if led.private else None,
         )
 
 
@@ -81,6 +78,36 @@ class HeadRecipe:
 class ReferenceModels:
     logits: np.ndarray  # (K, N, L) every reference model's logits on every pool example
     keep: np.ndarray  # (K, N) True where the example was in that model's training half
+
+
+class TrainFn(Protocol):
+    """The training function (``dprad.stages.train.train``), passed down to whoever needs whole runs."""
+
+    def __call__(
+        self, cfg: Any, out: str | Path, *, reports: Sequence[Report] | None = None, overwrite: bool = False
+    ) -> Any: ...
+
+
+class References(Protocol):
+    """Train k look-alike models on random halves of the audit's pool (targets y / mask (N, L))."""
+
+    def __call__(
+        self,
+        *,
+        k: int,
+        rng: np.random.Generator,
+        y: np.ndarray,
+        mask: np.ndarray,
+        on_model: Callable[[int], None] | None = None,
+    ) -> ReferenceModels: ...
+
+
+@dataclass(frozen=True, eq=False)
+class AuditView:
+    """What the membership audit needs from a run's mode."""
+
+    logits: np.ndarray  # (N, L) the run's own logits on the audit's pool
+    references: References  # look-alike models trained with the run's own recipe
 
 
 def random_halves(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -193,34 +220,30 @@ def probs_to_logits(probs: np.ndarray) -> np.ndarray:
 
 
 def run_reference_models(
-    config: dict[str, Any],
-    ledger: dict[str, Any] | None,
+    record: RunRecord,
     pool: Sequence[Report],
     *,
     k: int,
     rng: np.random.Generator,
     work_dir: str | Path,
-    schema_path: str | Path,
+    train_fn: TrainFn,
     on_model: Callable[[int], None] | None = None,
 ) -> ReferenceModels:
     """LoRA / full modes: k whole training runs (the run's config; a private run keeps its noise multiplier),
-    each on a random half of ``pool``, written under ``work_dir`` and scored on the whole pool.
-    ``schema_path``: the run's schema.json."""
-    from dprad.config import PrivacyConfig, RunConfig
+    each on a random half of ``pool``, made by ``train_fn`` under ``work_dir`` and scored on the whole pool."""
+    from dprad.config import PrivacyConfig
     from dprad.modes import load_run
-    from dprad.stages.train import train
 
-    sections: dict[str, Any] = {
-        s: config[s] for s in ("data", "model", "lora", "privacy", "train") if s in config
-    }
-    cfg = RunConfig.from_dict(sections)
-    cfg = cfg.with_(data=replace(cfg.data, schema=str(schema_path)))
-    if run_is_private(config, ledger):
-        if ledger is None or ledger.get("noise_multiplier") is None:
-            raise DpradError("a private run's reference models need privacy.json (its noise multiplier)")
+    cfg = record.config
+    cfg = cfg.with_(data=replace(cfg.data, schema=str(record.path / "schema.json")))
+    if record.ledger.private:
+        if record.ledger.noise_multiplier is None:
+            raise DpradError(
+                f"{record.path}/privacy.json: a private run's reference models need its noise multiplier"
+            )
         cfg = cfg.with_(
             privacy=PrivacyConfig(
-                noise_multiplier=float(ledger["noise_multiplier"]),
+                noise_multiplier=float(record.ledger.noise_multiplier),
                 max_grad_norm=cfg.privacy.max_grad_norm,
                 accountant=cfg.privacy.accountant,
                 force_delta=True,
@@ -239,20 +262,21 @@ def run_reference_models(
         run_cfg = cfg.with_(
             train=replace(cfg.train, seed=seed, batch_size=min(cfg.train.batch_size or 1, len(half)))
         )
-        train(run_cfg, out, reports=half, overwrite=True)
+        train_fn(run_cfg, out, reports=half, overwrite=True)
         logits.append(probs_to_logits(load_run(out).predict(list(pool)).probs).astype(np.float32))
         if on_model is not None:
             on_model(j + 1)
-    return ReferenceModels(logits=np.stack(logits), keep=keep)
+    return ReferenceModels(logits=np.stack(logits), keep=keep)  # (K, N, L)
 
 
 __all__ = [
+    "AuditView",
     "HeadRecipe",
     "ReferenceModels",
+    "TrainFn",
     "head_reference_models",
     "probs_to_logits",
     "random_halves",
-    "run_is_private",
     "run_reference_models",
     "train_head",
 ]
