@@ -152,8 +152,14 @@ class RunRecord:
 
     @property
     def model_dir(self) -> str:
-        """The encoder the run was trained from (a local directory)."""
-        return str(self.derived.get("model_dir") or self.config.model.name)
+        """The encoder the run was trained from: the directory it was resolved to when the run trained,
+        or, when the run has moved to where that path does not exist, its name resolved again here."""
+        from dprad.local_models import resolve_model_dir
+
+        recorded = self.derived.get("model_dir")
+        if recorded and Path(str(recorded)).is_dir():
+            return str(recorded)
+        return str(resolve_model_dir(self.config.model.name))
 
     @property
     def model_path(self) -> Path:
