@@ -13,15 +13,15 @@ from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
 from dprad.audit.canaries import canary_section, make_canaries
-from dprad.audit.commands import register
 from dprad.audit.lira import lira_scores, true_label_logit
 from dprad.audit.mia import attack_metrics, bootstrap_attack, confidence_scores, roc, slices
-from dprad.modes.reference import HeadRecipe, random_halves, run_reference_models, train_head
 from dprad.audit.rmia import fit_offline_a, rmia_scores
 from dprad.audit.run_audit import audit_run
-from dprad.run import RunRecord
+from dprad.commands.audit import register
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
+from dprad.modes.reference import HeadRecipe, random_halves, run_reference_models, train_head
+from dprad.run import RunRecord
 from dprad.stages.train import train
 
 # ---- metrics ----

@@ -15,20 +15,11 @@ from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dprad.data.reports import Report
 from dprad.data.table import reports_frame, write_table
+from dprad.metrics.drift import MonitorResult, compare, newcombe_diff, psi, reference_from_arrays, wilson
 from dprad.modes import load_run
 from dprad.modes.predictor import Predictor
 from dprad.run import RunRecord
-from dprad.serve.monitor import (
-    REFERENCE_FILE,
-    MonitorResult,
-    compare,
-    monitor_reports,
-    newcombe_diff,
-    psi,
-    reference_from_arrays,
-    wilson,
-    write_reference,
-)
+from dprad.serve.monitor import REFERENCE_FILE, monitor_reports, write_reference
 from dprad.stages.train import train
 
 SHIFTED = "Pneumothorax"

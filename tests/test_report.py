@@ -18,14 +18,15 @@ import typer
 from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
+from dprad.commands.report import register
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.io import write_json
 from dprad.report import write_model_card, write_report
 from dprad.report.collect import read_run
-from dprad.report.commands import register
 from dprad.stages.evaluate import EvalOptions, evaluate_run
 from dprad.stages.train import train
+from report_agreement import check_agreement, expected
 
 EXPECTED_PLOTS = ("plot-privacy-utility", "plot-labels-0", "plot-reliability", "plot-subgroups", "plot-audit")
 EXPECTED_TABLES = (
@@ -299,9 +300,45 @@ def test_model_card_states_the_ledger_and_what_is_not_protected(study: dict[str,
     noeval = write_model_card(study["runs"] / "dp-sigma2-noeval", study["base"] / "card3.md").read_text()
     assert "point estimates only, no confidence interval" in noeval
     m = json.loads((study["runs"] / "dp-sigma2-noeval" / "metrics.json").read_text())
-    assert f"{m['test']['threshold_0.5']['weighted_f1']:.3f} (no CI)" in noeval
+    assert f"{m['test']['threshold_val']['weighted_f1']:.3f} (no CI)" in noeval
     head = write_model_card(study["runs"] / "head", study["base"] / "card-head.md").read_text()
     assert "**None.**" in head and "| private | no |" in head
+
+
+def test_table_sentences_and_model_cards_quote_the_same_numbers_at_the_shipped_thresholds(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    """One evaluation per run, quoted alike by the headline table, the at-a-glance sentence and the model
+    card, with the same words for its thresholds. Beside the study's runs (evaluated at the shipped
+    thresholds, or not evaluated with DP thresholds that stayed at 0.5): the non-private head, whose
+    validation-fitted thresholds are not 0.5, once without evaluation.json (metrics.json at its shipped
+    thresholds, not at 0.5) and once evaluated with --thresholds 0.5 (said plainly beside its numbers)."""
+    extra = tmp_path / "runs"
+    shutil.copytree(study["runs"] / "head", extra / "head-noeval")
+    (extra / "head-noeval" / "evaluation.json").unlink()
+    shutil.copytree(study["runs"] / "head", extra / "head-at-0.5")
+    at_half = EvalOptions(thresholds="0.5", n_boot=40)
+    write_json(
+        extra / "head-at-0.5" / "evaluation.json",
+        evaluate_run(extra / "head-at-0.5", study["data"], options=at_half),
+    )
+    dirs = {d.name: d for d in (*sorted(study["runs"].iterdir()), *sorted(extra.iterdir()))}
+    html = write_report(list(dirs.values()), tmp_path / "report.html").read_text()
+    cards = {name: write_model_card(d, tmp_path / f"card-{name}.md").read_text() for name, d in dirs.items()}
+    check_agreement(html, cards, dirs)
+
+    # the cases are the ones meant: the head's thresholds move its F1 away from its F1 at 0.5
+    m = json.loads((dirs["head-noeval"] / "metrics.json").read_text())["test"]
+    at_shipped, at_half_f1 = m["threshold_val"]["weighted_f1"], m["threshold_0.5"]["weighted_f1"]
+    assert f"{at_shipped:.3f}" != f"{at_half_f1:.3f}"
+    assert expected(dirs["head-noeval"])[1] == "val"
+    assert expected(dirs["head-at-0.5"])[1] == "0.5" and 'id="not-shipped"' in html
+    assert "These numbers are not what the shipped model does" in cards["head-at-0.5"]
+    # and the check fails on the table as it was: metrics.json at 0.5 for a run without evaluation.json
+    before = html.replace(f"<td>{at_shipped:.3f} (no CI)</td>", f"<td>{at_half_f1:.3f} (no CI)</td>")
+    assert before != html
+    with pytest.raises(AssertionError):
+        check_agreement(before, cards, {"head-noeval": dirs["head-noeval"]})
 
 
 def test_selection_epsilon_and_defensive_reading(study: dict[str, Path], tmp_path: Path) -> None:
@@ -314,11 +351,11 @@ def test_selection_epsilon_and_defensive_reading(study: dict[str, Path], tmp_pat
     write_json(run / "privacy.json", ledger)
     write_json(run / "audit.json", {"mia": {"roc_auc": 0.55}, "canary": "not run"})
     r = read_run(run)
-    assert r.ledger.selection_epsilon == 0.25 and r.ledger.selection_note == "thresholds (DP histograms)"
+    assert r.selection == (0.25, "thresholds (DP histograms)")  # the ledger's part, as the report quotes it
     assert (
         r.audit is not None and r.audit.canary is None and r.audit.mia is not None and r.audit.mia.auc == 0.55
     )
-    assert math.isinf(read_run(study["runs"] / "head").ledger.epsilon)
+    assert math.isinf(read_run(study["runs"] / "head").ledger.spent_epsilon)
     html = write_report([run], tmp_path / "r.html").read_text()
     assert (
         "thresholds under DP is accounted as ε = 0.25" in html and "0.25 (thresholds (DP histograms))" in html

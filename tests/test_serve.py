@@ -16,12 +16,12 @@ import typer
 from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
+from dprad.commands.serve import register
 from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.serve.app import ServeLimits, create_app, running
 from dprad.serve.auditlog import AuditLog, AuditRecord, read_records, summarize
 from dprad.serve.budgets import BudgetStore
-from dprad.serve.commands import register
 from dprad.serve.keys import hash_key, load_keys
 from dprad.stages.train import train
 
@@ -416,7 +416,7 @@ def test_live_traffic_reference_holds_scores_only_and_feeds_the_monitor(
 ) -> None:
     import shutil
 
-    from dprad.serve.commands import _is_loopback
+    from dprad.commands.serve import _is_loopback
     from dprad.serve.monitor import monitor_reports
 
     keys = write_keys(tmp_path / "keys.yaml")

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
 from dprad.cli import main
+from dprad.commands.sweep import register
 from dprad.data.table import reports_frame, write_table
 from dprad.privacy import compute_epsilon, epsilon_of, event_from_dict
 from dprad.sweep import RESULT_COLUMNS, SweepConfig, plan_cells, run_sweep
-from dprad.sweep_commands import register
 
 
 @pytest.fixture(scope="module")

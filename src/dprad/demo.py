@@ -118,6 +118,99 @@ class _Bars:
         self.progress.update(task, completed=t.total if t.total is not None else 1, total=t.total or 1)
 
 
+def _corpus_and_teacher(
+    data_dir: Path, s: DemoSettings, bars: _Bars
+) -> tuple[Path, Path, dict[str, Any], Path]:
+    """The synthetic corpus (known labels), the rule teacher's labels of it (with their provenance record)
+    and how well the two agree: (corpus, labelled, agreement, agreement file)."""
+    from dprad.data.provenance import TeacherRecord, rules_detail, write_record
+    from dprad.data.schemas import CHEXPERT14, UncertainPolicy
+    from dprad.data.synth import SynthConfig, generate_reports
+    from dprad.data.table import reports_frame, write_table
+    from dprad.labeling.agreement import agreement
+    from dprad.labeling.rules import label_text, rules_for
+
+    # 1. the corpus, with the labels it was generated with
+    with bars.bar("synthetic corpus", 1) as update:
+        reports = generate_reports(SynthConfig(modality="cxr", n_patients=s.n_patients, seed=DEMO_SEED))
+        corpus = data_dir / "synth_cxr_known_labels.csv"
+        write_table(reports_frame(reports, CHEXPERT14), corpus)
+        update(completed=1)
+    # 2. the rule teacher's labels, and how well they agree with the known ones
+    rules = rules_for(CHEXPERT14)
+    with bars.bar("rule teacher", len(reports)) as update:
+        predicted = []
+        for i, r in enumerate(reports):
+            predicted.append(label_text(r.text, rules))
+            if i % 50 == 0:
+                update(completed=i + 1)
+    labelled = data_dir / "synth_cxr_teacher_labels.csv"
+    write_table(reports_frame(reports, CHEXPERT14, labels=predicted), labelled)
+    write_record(  # the runs' config and model card name their teacher
+        labelled,
+        TeacherRecord(
+            teacher="rules",
+            detail=rules_detail(CHEXPERT14.name),
+            source=corpus.name,
+            reports=len(reports),
+            unlabelled=0,
+        ),
+    )
+    agree = agreement(predicted, [r.labels for r in reports], CHEXPERT14, policy=UncertainPolicy.ONES)
+    agreement_path = data_dir / "teacher_agreement.json"
+    io.write_json(agreement_path, agree)
+    return corpus, labelled, agree, agreement_path
+
+
+def _sweep_config(s: DemoSettings, model: str, *, labelled: Path, corpus: Path) -> tuple[Any, int]:
+    """The demo's sweep (eps 1, 10 and non-private heads, DP-LoRA, the canary run) and its number of modes."""
+    from dprad.sweep import SweepConfig
+
+    modes: list[Any] = [
+        "auto",
+        {
+            "mode": "lora",
+            "epsilons": [LORA_EPSILON],
+            "train": {
+                k: v for k, v in (("epochs", s.lora_epochs), ("batch_size", s.lora_batch)) if v is not None
+            },
+        },
+    ]
+    if s.canaries and _has_canaries():  # an audit run of its own: canaries never go into a shipped model
+        modes.append(
+            {
+                "mode": "head",
+                "name": "head-canaries",
+                "epsilons": [SHIPPED_EPSILON],
+                "train": {"audit_canaries": s.canaries},
+            }
+        )
+    cfg = SweepConfig.from_dict(
+        {
+            "name": "demo",
+            "model": {"name": model, "max_length": s.max_length},
+            "grid": {
+                "epsilons": [SHIPPED_EPSILON, 10, "inf"],
+                "modes": modes,
+                "seeds": [0],
+                "datasets": [
+                    {
+                        "name": "synth-cxr",
+                        "path": str(labelled.resolve()),
+                        "format": "csv",
+                        "schema": "chexpert14",
+                        "eval_path": str(corpus.resolve()),
+                    }
+                ],
+            },
+            "evaluate": {"n_boot": s.n_boot},
+            "report": False,  # written below, after the audit
+        },
+        source="demo",
+    )
+    return cfg, len(modes)
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -128,13 +221,7 @@ def run_demo(
     progress: bool = True,
 ) -> DemoResult:
     """Run the demo into ``out`` (resumable: finished cells are reused) and print where everything is."""
-    from dprad.data.provenance import TeacherRecord, rules_detail, write_record
-    from dprad.data.schemas import CHEXPERT14, UncertainPolicy
-    from dprad.data.synth import SynthConfig, generate_reports
-    from dprad.data.table import reports_frame, write_table
-    from dprad.labeling.agreement import agreement
-    from dprad.labeling.rules import label_text, rules_for
-    from dprad.sweep import SweepConfig, run_sweep
+    from dprad.sweep import run_sweep
 
     tick = time.perf_counter()
     out = Path(out)
@@ -146,83 +233,13 @@ def run_demo(
     bars = _Bars(con, progress)
     data_dir = out / "data"
     with bars.progress:
-        # 1. the corpus, with the labels it was generated with
-        with bars.bar("synthetic corpus", 1) as update:
-            reports = generate_reports(SynthConfig(modality="cxr", n_patients=s.n_patients, seed=DEMO_SEED))
-            corpus = data_dir / "synth_cxr_known_labels.csv"
-            write_table(reports_frame(reports, CHEXPERT14), corpus)
-            update(completed=1)
-        # 2. the rule teacher's labels, and how well they agree with the known ones
-        rules = rules_for(CHEXPERT14)
-        with bars.bar("rule teacher", len(reports)) as update:
-            predicted = []
-            for i, r in enumerate(reports):
-                predicted.append(label_text(r.text, rules))
-                if i % 50 == 0:
-                    update(completed=i + 1)
-        labelled = data_dir / "synth_cxr_teacher_labels.csv"
-        write_table(reports_frame(reports, CHEXPERT14, labels=predicted), labelled)
-        write_record(  # the runs' config and model card name their teacher
-            labelled,
-            TeacherRecord(
-                teacher="rules",
-                detail=rules_detail(CHEXPERT14.name),
-                source=corpus.name,
-                reports=len(reports),
-                unlabelled=0,
-            ),
-        )
-        agree = agreement(predicted, [r.labels for r in reports], CHEXPERT14, policy=UncertainPolicy.ONES)
-        agreement_path = data_dir / "teacher_agreement.json"
-        io.write_json(agreement_path, agree)
+        # 1-2. the corpus with the labels it was generated with; the rule teacher's labels and agreement
+        corpus, labelled, agree, agreement_path = _corpus_and_teacher(data_dir, s, bars)
         # 3. the sweep: trained on the teacher's labels, evaluated against the known labels
         sweep_dir = out / "sweep"
-        modes: list[Any] = [
-            "auto",
-            {
-                "mode": "lora",
-                "epsilons": [LORA_EPSILON],
-                "train": {
-                    k: v
-                    for k, v in (("epochs", s.lora_epochs), ("batch_size", s.lora_batch))
-                    if v is not None
-                },
-            },
-        ]
-        if s.canaries and _has_canaries():  # an audit run of its own: canaries never go into a shipped model
-            modes.append(
-                {
-                    "mode": "head",
-                    "name": "head-canaries",
-                    "epsilons": [SHIPPED_EPSILON],
-                    "train": {"audit_canaries": s.canaries},
-                }
-            )
-        cfg = SweepConfig.from_dict(
-            {
-                "name": "demo",
-                "model": {"name": model, "max_length": s.max_length},
-                "grid": {
-                    "epsilons": [SHIPPED_EPSILON, 10, "inf"],
-                    "modes": modes,
-                    "seeds": [0],
-                    "datasets": [
-                        {
-                            "name": "synth-cxr",
-                            "path": str(labelled.resolve()),
-                            "format": "csv",
-                            "schema": "chexpert14",
-                            "eval_path": str(corpus.resolve()),
-                        }
-                    ],
-                },
-                "evaluate": {"n_boot": s.n_boot},
-                "report": False,  # written below, after the audit
-            },
-            source="demo",
-        )
+        cfg, n_modes = _sweep_config(s, model, labelled=labelled, corpus=corpus)
         with (
-            bars.bar(f"sweep: {len(modes) + 2} runs", len(modes) + 2) as cells_bar,
+            bars.bar(f"sweep: {n_modes + 2} runs", n_modes + 2) as cells_bar,
             bars.bar("  training steps", None) as steps_bar,
         ):
 

@@ -9,6 +9,7 @@ training with canaries) is kept; canary ids in splits.json are left to that sect
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from dprad.data.schemas import UncertainPolicy
 from dprad.errors import DpradError
 from dprad.features import loss_per_example
 from dprad.modes import get_mode
-from dprad.modes.reference import TrainFn
+from dprad.modes.reference import ReferenceModels, TrainFn
 from dprad.run import RunRecord
 
 ATTACKS = ("loss", "lira", "rmia")  # "loss" runs the loss and the confidence attack
@@ -69,6 +70,21 @@ def _pick(by_id: dict[str, Report], ids: Sequence[str], split: str, run_dir: Pat
     return [by_id[i] for i in ids]
 
 
+def _split_pool(
+    run: RunRecord, reports: Sequence[Report] | None, *, rmia: bool
+) -> tuple[list[Report], list[Report], list[Report]]:
+    """Members (training split), non-members (test split) and RMIA's population (validation split)."""
+    by_id = _run_reports(run, reports)
+    members = _pick(by_id, run.splits.get("train", ()), "train", run.path)
+    nonmembers = _pick(by_id, run.splits.get("test", ()), "test", run.path)
+    population = _pick(by_id, run.splits.get("val", ()), "val", run.path)
+    if not members or not nonmembers:
+        raise DpradError(f"{run.path}: membership inference needs training and test reports")
+    if rmia and not population:  # before any reference model is trained
+        raise DpradError(f"{run.path}: RMIA needs population reports and the run's validation split is empty")
+    return members, nonmembers, population
+
+
 def audit_run(
     run_dir: str | Path,
     *,
@@ -100,14 +116,7 @@ def audit_run(
     schema, mode, led = run.schema, get_mode(run.mode), run.ledger
     private = led.private
 
-    by_id = _run_reports(run, reports)
-    members = _pick(by_id, run.splits.get("train", ()), "train", run_dir)
-    nonmembers = _pick(by_id, run.splits.get("test", ()), "test", run_dir)
-    population = _pick(by_id, run.splits.get("val", ()), "val", run_dir)
-    if not members or not nonmembers:
-        raise DpradError(f"{run_dir}: membership inference needs training and test reports")
-    if "rmia" in attacks and not population:  # before any reference model is trained
-        raise DpradError(f"{run_dir}: RMIA needs population reports and the run's validation split is empty")
+    members, nonmembers, population = _split_pool(run, reports, rmia="rmia" in attacks)
     pool = [*members, *nonmembers, *population]
     n_in, n_out = len(members), len(nonmembers)
     policy = UncertainPolicy(run.config.data.uncertain_policy)
@@ -150,35 +159,14 @@ def audit_run(
                 f"the run protects each {led.privacy_unit}; its reference models sample reports (Poisson, "
                 "same rate and noise), so they are a close stand-in, not an exact copy, of its training"
             )
-        keep, ref_logits = refs.keep[:, tgt], refs.logits[:, tgt]
+        targets = _Targets(logits, y, mask, n_in + n_out)
         if "lira" in attacks:
             say("LiRA")
-            phi_t = true_label_logit(logits[tgt], y[tgt], mask[tgt])
-            phi_r = true_label_logit(ref_logits, y[tgt], mask[tgt])
-            results["lira_online"] = evaluate(_pad(lira_scores(phi_t, phi_r, keep, online=True), len(pool)))
-            results["lira_offline"] = evaluate(_pad(lira_scores(phi_t, phi_r, keep, online=False), len(pool)))
+            results |= {k: evaluate(v) for k, v in _lira(targets, refs).items()}
         if "rmia" in attacks:
             say("RMIA")
-            pop = slice(n_in + n_out, len(pool))
-            a = fit_offline_a(ref_logits, keep, y[tgt], mask[tgt])
-            extra["rmia"] = {"gamma": gamma, "offline_a": a, "population": len(population)}
-            for name, offline in (("rmia", False), ("rmia_offline", True)):
-                scores = rmia_scores(
-                    logits[tgt],
-                    ref_logits,
-                    keep,
-                    y[tgt],
-                    mask[tgt],
-                    population_logits=logits[pop],
-                    population_ref_logits=refs.logits[:, pop],
-                    population_keep=refs.keep[:, pop],
-                    population_targets=y[pop],
-                    population_mask=mask[pop],
-                    gamma=gamma,
-                    offline=offline,
-                    a=a,
-                )
-                results[name] = evaluate(_pad(scores, len(pool)))
+            scores, extra["rmia"] = _rmia(targets, refs, gamma=gamma)
+            results |= {k: evaluate(v) for k, v in scores.items()}
 
     section = {
         "members": n_in,
@@ -188,20 +176,73 @@ def audit_run(
         "attacks": results,
         "what_it_checks": WHAT_IT_CHECKS,
     }
-    previous = run.audit_sections()
     audit = {
-        **previous,
+        **run.audit_sections(),  # a "canary" section written by training stays
         "run": str(run_dir),
-        "theory": {
-            "private": private,
-            "mode": run.mode,
-            "epsilon": led.epsilon,
-            "delta": led.delta,
-        },
+        "theory": {"private": private, "mode": run.mode, "epsilon": led.epsilon, "delta": led.delta},
         "mia": section,
     }
     io.write_json(run_dir / "audit.json", audit)
     return dict(audit)
+
+
+@dataclass(frozen=True, eq=False)
+class _Targets:
+    """The pool as the reference attacks see it: the first ``n_targets`` rows (members, then non-members)
+    are attacked; the rest (validation reports) are RMIA's population."""
+
+    logits: np.ndarray  # (N, L) the run's logits
+    y: np.ndarray  # (N, L)
+    mask: np.ndarray  # (N, L)
+    n_targets: int
+
+    @property
+    def tgt(self) -> slice:
+        return slice(0, self.n_targets)
+
+    @property
+    def pop(self) -> slice:
+        return slice(self.n_targets, len(self.logits))
+
+
+def _lira(t: _Targets, refs: ReferenceModels) -> dict[str, np.ndarray]:
+    """LiRA scores (online and offline) over the whole pool (NaN outside the targets)."""
+    keep, ref_logits = refs.keep[:, t.tgt], refs.logits[:, t.tgt]  # (K, T), (K, T, L)
+    phi_t = true_label_logit(t.logits[t.tgt], t.y[t.tgt], t.mask[t.tgt])
+    phi_r = true_label_logit(ref_logits, t.y[t.tgt], t.mask[t.tgt])
+    n = len(t.logits)
+    return {
+        "lira_online": _pad(lira_scores(phi_t, phi_r, keep, online=True), n),
+        "lira_offline": _pad(lira_scores(phi_t, phi_r, keep, online=False), n),
+    }
+
+
+def _rmia(
+    t: _Targets, refs: ReferenceModels, *, gamma: float
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """RMIA scores (online and offline) over the whole pool, and the settings it used."""
+    tgt, pop = t.tgt, t.pop
+    keep, ref_logits = refs.keep[:, tgt], refs.logits[:, tgt]
+    a = fit_offline_a(ref_logits, keep, t.y[tgt], t.mask[tgt])
+    scores = {}
+    for name, offline in (("rmia", False), ("rmia_offline", True)):
+        s = rmia_scores(
+            t.logits[tgt],
+            ref_logits,
+            keep,
+            t.y[tgt],
+            t.mask[tgt],
+            population_logits=t.logits[pop],
+            population_ref_logits=refs.logits[:, pop],
+            population_keep=refs.keep[:, pop],
+            population_targets=t.y[pop],
+            population_mask=t.mask[pop],
+            gamma=gamma,
+            offline=offline,
+            a=a,
+        )
+        scores[name] = _pad(s, len(t.logits))
+    return scores, {"gamma": gamma, "offline_a": a, "population": len(t.logits) - t.n_targets}
 
 
 def _pad(scores: np.ndarray, n: int) -> np.ndarray:

@@ -281,7 +281,6 @@ def _sensitivity(y: np.ndarray, mask: np.ndarray, pred: np.ndarray, *, level: fl
     return wilson(int((pred & pos).sum()), int(pos.sum()), level=level)
 
 
-
 def labels_of(
     reports: Sequence[Report], schema: LabelSchema, policy: UncertainPolicy | str
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -350,6 +349,7 @@ def reference_of_reports(
         y=None if lab is None else lab[0],
         mask=None if lab is None else lab[1],
     )
+
 
 # ---------------------------------------------------------------- the comparison
 

@@ -76,6 +76,8 @@ class Mode(ABC):
     """One way to train: head on frozen features, LoRA, full fine-tuning."""
 
     name: ClassVar[str]
+    # several processes (torchrun) can share its DP-SGD steps: fine-tuning modes, not a head on features
+    distributable: ClassVar[bool] = False
     private_defaults: ClassVar[ModeDefaults]
     plain_defaults: ClassVar[ModeDefaults]
 
@@ -99,6 +101,11 @@ class Mode(ABC):
         self.plan = plan
         self.notes = notes  # the run's notes: a mode appends what a reader of the run should know
         self.device = resolve_device(plan.cfg.train.device)
+
+    def start_from(self, probe_head: Any) -> None:
+        """LP-FT: start from a trained probe (a head on this run's features); modes that fine-tune an
+        encoder override it."""
+        raise DpradError(f"--mode {self.name} does not fine-tune from a probe")
 
     @abstractmethod
     def build(self) -> nn.Module:

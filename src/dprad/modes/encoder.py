@@ -34,6 +34,8 @@ class EncoderMode(Mode):
     probe's weights, so before the first fine-tuning step (LoRA's B = 0) it computes the probe's logits.
     """
 
+    distributable = True
+
     probe_head: FeatureHead | None = None
 
     @classmethod

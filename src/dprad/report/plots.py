@@ -158,9 +158,10 @@ def _private_series(ax: Axes, pts: Sequence[Run], metric: str, *, color: str, la
         lw=1.8,
         label=f"{label} (DP{', mean over runs' if many else ''})",
     )
+    has_ci = np.array([iv.has_ci for iv in ivs], dtype=bool)
     with_ci = [(x, iv) for x, iv in zip(xs, ivs, strict=True) if iv.has_ci]
     if with_ci:
-        cx = np.array([x for x, _ in with_ci])
+        cx = xs[has_ci]
         band = [
             (
                 e,
@@ -174,19 +175,16 @@ def _private_series(ax: Axes, pts: Sequence[Run], metric: str, *, color: str, la
         )
         ax.errorbar(
             cx,
-            [iv.estimate for _, iv in with_ci],
+            ys[has_ci],
             yerr=np.array([_err(iv) for _, iv in with_ci]).T,
             fmt="o",
             color=color,
             capsize=3,
             ms=6,
         )
-    without = [(x, iv) for x, iv in zip(xs, ivs, strict=True) if not iv.has_ci]
-    if without:
-        ax.plot(
-            [x for x, _ in without], [iv.estimate for _, iv in without], "o", mfc="white", color=color, ms=7
-        )
-    return bool(without)
+    if not has_ci.all():
+        ax.plot(xs[~has_ci], ys[~has_ci], "o", mfc="white", color=color, ms=7)
+    return not has_ci.all()
 
 
 def _reference_line(ax: Axes, r: Run, metric: str, *, color: str, label: str) -> bool:
@@ -194,6 +192,7 @@ def _reference_line(ax: Axes, r: Run, metric: str, *, color: str, label: str) ->
     it had no CI."""
     assert r.evaluation is not None
     iv = r.evaluation.metric(metric)
+    assert iv.estimate is not None  # only runs with a known value are plotted
     ax.axhline(
         iv.estimate,
         color=color,
@@ -201,7 +200,7 @@ def _reference_line(ax: Axes, r: Run, metric: str, *, color: str, label: str) ->
         lw=1.6,
         label=f"{label}, non-private{'' if iv.has_ci else ' (no CI)'}: {iv.estimate:.3f}",
     )
-    if iv.has_ci:
+    if iv.low is not None and iv.high is not None and iv.has_ci:
         ax.axhspan(iv.low, iv.high, color=color, alpha=0.07, lw=0)
     return not iv.has_ci
 

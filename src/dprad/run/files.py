@@ -45,5 +45,10 @@ def read_object(path: Path) -> dict[str, Any]:
     return raw
 
 
+def as_written(obj: Any) -> Any:
+    """``obj`` as it reads back after being written as JSON (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(obj))
+
+
 def mapping(x: object) -> Mapping[str, Any]:
     return x if isinstance(x, Mapping) else {}

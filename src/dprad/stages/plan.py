@@ -20,7 +20,7 @@ from dprad.data.splits import Splits, split_by_patient
 from dprad.errors import DpradError
 from dprad.local_models import resolve_model_dir
 from dprad.privacy import calibrate_noise, default_delta, dpsgd_event, epsilon_of
-from dprad.privacy.accounting import check_accountant, with_releases
+from dprad.privacy.accounting import check_accountant, gaussian_noise_multiplier, with_releases
 from dprad.run.plan import RunPlan, threshold_releases
 
 # `auto` is the private head at every size: bench/lpft.py's curve (README runbook, "Mode") found DP-LP-FT
@@ -210,47 +210,16 @@ def plan_run(
     q, steps = planned_steps(cfg, n)
     probe_cfg = probe_config(cfg, n) if cfg.train.probe else None
     q1, steps1 = planned_steps(probe_cfg, n) if probe_cfg is not None else (0.0, 0)
-    p = cfg.privacy
-    noise, th_eps, th_sigma, probe_sigma = None, None, None, None
+    noise, th_eps, th_sigma, probe_sigma = (None, None, None, None)
     if cfg.private:
-        from dprad.privacy.accounting import gaussian_noise_multiplier
-
-        assert p.delta is not None
-
-        def probe_events(sigma1: float | None) -> tuple[Any, ...]:
-            """Phase 1's DP-SGD event (none without a probe)."""
-            if probe_cfg is None or sigma1 is None:
-                return ()
-            return (dpsgd_event(noise_multiplier=sigma1, sample_rate=q1, steps=steps1),)
-
-        if p.thresholds == "dp":  # a share of the budget goes to the thresholds; training gets the rest
-            if p.epsilon is not None:
-                th_eps = p.threshold_share * p.epsilon
-            else:
-                assert p.noise_multiplier is not None
-                sigma = p.noise_multiplier  # both phases train at it
-                tuning = dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=steps)
-                train_eps = epsilon_of(with_releases(tuning, probe_events(sigma)), delta=p.delta)
-                th_eps = p.threshold_share / (1 - p.threshold_share) * train_eps
-            th_sigma = gaussian_noise_multiplier(epsilon=th_eps, delta=p.delta)
-            notes.append(threshold_note(th_sigma, n_val=len(splits.val), n_labels=len(schema)))
-        if probe_cfg is not None:
-            # phase 1 is calibrated alone to its share of the training budget; phase 2 then to whatever
-            # makes probe + fine-tuning + thresholds spend exactly the target (PLD composes them)
-            probe_sigma = p.noise_multiplier or calibrate_noise(
-                target_epsilon=probe_cfg.train.probe_share * ((p.epsilon or 0.0) - (th_eps or 0.0)),
-                sample_rate=q1,
-                steps=steps1,
-                delta=p.delta,
-                accountant=p.accountant if p.accountant != "prv" else "pld",
-            )
-        noise = p.noise_multiplier or calibrate_noise(
-            target_epsilon=p.epsilon or 0.0,
-            sample_rate=q,
-            steps=steps,
-            delta=p.delta,
-            accountant=p.accountant,
-            releases=(*probe_events(probe_sigma), *threshold_releases(th_sigma)),
+        noise, th_eps, th_sigma, probe_sigma = _calibrate(
+            cfg,
+            probe_cfg,
+            schedule=(q, steps),
+            probe_schedule=(q1, steps1),
+            n_val=len(splits.val),
+            n_labels=len(schema),
+            notes=notes,
         )
     plan = RunPlan(
         cfg=cfg,
@@ -281,6 +250,61 @@ def plan_run(
         threshold_sigma=None,
     )
     return replace(plan, probe=probe)
+
+
+def _calibrate(
+    cfg: RunConfig,
+    probe_cfg: RunConfig | None,
+    *,
+    schedule: tuple[float, int],
+    probe_schedule: tuple[float, int],
+    n_val: int,
+    n_labels: int,
+    notes: list[str],
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """A private run's noise: (training sigma, thresholds' epsilon and sigma, probe sigma), so that probe,
+    fine-tuning and thresholds together spend exactly the target (PLD composes them)."""
+    p = cfg.privacy
+    (q, steps), (q1, steps1) = schedule, probe_schedule
+    th_eps, th_sigma, probe_sigma = None, None, None
+    assert p.delta is not None
+
+    def probe_events(sigma1: float | None) -> tuple[Any, ...]:
+        """Phase 1's DP-SGD event (none without a probe)."""
+        if probe_cfg is None or sigma1 is None:
+            return ()
+        return (dpsgd_event(noise_multiplier=sigma1, sample_rate=q1, steps=steps1),)
+
+    if p.thresholds == "dp":  # a share of the budget goes to the thresholds; training gets the rest
+        if p.epsilon is not None:
+            th_eps = p.threshold_share * p.epsilon
+        else:
+            assert p.noise_multiplier is not None
+            sigma = p.noise_multiplier  # both phases train at it
+            tuning = dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=steps)
+            train_eps = epsilon_of(with_releases(tuning, probe_events(sigma)), delta=p.delta)
+            th_eps = p.threshold_share / (1 - p.threshold_share) * train_eps
+        th_sigma = gaussian_noise_multiplier(epsilon=th_eps, delta=p.delta)
+        notes.append(threshold_note(th_sigma, n_val=n_val, n_labels=n_labels))
+    if probe_cfg is not None:
+        # phase 1 is calibrated alone to its share of the training budget; phase 2 then to whatever
+        # makes probe + fine-tuning + thresholds spend exactly the target (PLD composes them)
+        probe_sigma = p.noise_multiplier or calibrate_noise(
+            target_epsilon=probe_cfg.train.probe_share * ((p.epsilon or 0.0) - (th_eps or 0.0)),
+            sample_rate=q1,
+            steps=steps1,
+            delta=p.delta,
+            accountant=p.accountant if p.accountant != "prv" else "pld",
+        )
+    noise = p.noise_multiplier or calibrate_noise(
+        target_epsilon=p.epsilon or 0.0,
+        sample_rate=q,
+        steps=steps,
+        delta=p.delta,
+        accountant=p.accountant,
+        releases=(*probe_events(probe_sigma), *threshold_releases(th_sigma)),
+    )
+    return noise, th_eps, th_sigma, probe_sigma
 
 
 def threshold_note(sigma: float, *, n_val: int, n_labels: int) -> str:

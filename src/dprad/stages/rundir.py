@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 
 from dprad import io
 from dprad.errors import DpradError
-from dprad.run.files import CONFIG, PRIVACY, RUN_FILES, read_object
+from dprad.run.files import CONFIG, PRIVACY, RUN_FILES, as_written, read_object
 
 
 class RunDir:
@@ -32,7 +31,7 @@ class RunDir:
                 raise DpradError(
                     f"{self.path}: already holds a finished run (pass --overwrite to replace it)"
                 )
-            elif previous != json.loads(json.dumps(config)):
+            elif previous != as_written(config):
                 raise DpradError(
                     f"{self.path}: holds a checkpoint of a different config (pass --overwrite or another --out)"
                 )

@@ -17,7 +17,7 @@ import torch
 from dprad.config import RunConfig
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.model import FeatureHead, trainable_parameters
+from dprad.model import trainable_parameters
 from dprad.modes import get_mode
 from dprad.privacy.mechanism import DpSgd, check_sampler
 from dprad.run.plan import RunPlan
@@ -58,14 +58,12 @@ def train_plan(
         return _train(plan, out, world, on_step=on_step, overwrite=overwrite)
 
 
-def fit_probe(probe: RunPlan, notes: list[str]) -> FeatureHead:
+def fit_probe(probe: RunPlan, notes: list[str]) -> torch.nn.Module:
     """Phase 1 of LP-FT: train the head mode on ``probe`` (its own steps, noise and seeds) and return the
     trained head. It is not checkpointed: it takes seconds after one feature pass, and a resumed run
     retrains it to the same weights (the same seeds) before phase 2 loads its checkpoint. Under torchrun
     every rank trains it alike (same draws, same noise): one release, computed on every rank."""
-    from dprad.modes.head import HeadMode
-
-    head = HeadMode(probe, notes=notes)
+    head = get_mode(probe.mode)(probe, notes=notes)  # the probe's plan is the head mode's
     head.build()
     privacy = probe.privacy()
     fit(probe, head, privacy, run_dir=None, world=SOLO)  # steps are reported for the fine-tuning phase
@@ -78,7 +76,7 @@ def fit_probe(probe: RunPlan, notes: list[str]) -> FeatureHead:
             else ""
         )
     )
-    return head.head
+    return head.trainable  # the trained FeatureHead
 
 
 def check_distributable(plan: RunPlan, size: int) -> None:
@@ -88,7 +86,7 @@ def check_distributable(plan: RunPlan, size: int) -> None:
             f"WORLD_SIZE={size}: multi-process training is DP-SGD only (pass --epsilon or --noise-multiplier), "
             "or train a non-private run on one process"
         )
-    if plan.mode not in ("lora", "full"):
+    if not get_mode(plan.mode).distributable:
         raise DpradError(
             f"WORLD_SIZE={size}: --mode {plan.mode} trains on frozen features in one process; multi-process "
             "training is for --mode lora or full (or run without torchrun)"
@@ -121,7 +119,7 @@ def _train(
             notes = list(plan.notes)
             mode = get_mode(plan.mode)(plan, notes=notes)
             if plan.probe is not None:  # LP-FT phase 1: the head mode's probe, then fine-tuning from it
-                mode.start_from(fit_probe(plan.probe, notes))  # type: ignore[attr-defined]
+                mode.start_from(fit_probe(plan.probe, notes))
             mode.build()
             privacy = plan.privacy()
             if world.distributed:

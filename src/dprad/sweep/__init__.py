@@ -14,9 +14,9 @@ and what choosing the best of them costs in privacy (:mod:`dprad.privacy.selecti
 
 from dprad.sweep.plan import Cell, fingerprint, plan_cells
 from dprad.sweep.results import RESULT_COLUMNS, result_rows, write_results, write_selection
-from dprad.sweep.run import CellOutcome, CellTask, SweepResult, run_cell, run_sweep
+from dprad.sweep.run import CellTask, SweepResult, run_cell, run_sweep
 from dprad.sweep.spec import AuditSpec, DatasetSpec, ModeSpec, SweepConfig
-from dprad.sweep.state import cell_finished
+from dprad.sweep.state import CellOutcome, cell_finished
 
 __all__ = [
     "RESULT_COLUMNS",

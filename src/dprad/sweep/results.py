@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dprad import io
 from dprad.errors import DpradError
@@ -14,10 +14,7 @@ from dprad.run import RunRecord
 from dprad.run.results import Evaluation, Interval
 from dprad.sweep.plan import Cell, slug
 from dprad.sweep.spec import SweepConfig
-from dprad.sweep.state import CELL, DONE, cell_finished, read_state
-
-if TYPE_CHECKING:
-    from dprad.sweep.run import CellOutcome
+from dprad.sweep.state import CELL, DONE, CellOutcome, cell_finished, read_state
 
 RESULT_COLUMNS = (
     "cell",

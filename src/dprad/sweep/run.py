@@ -26,7 +26,7 @@ from dprad.stages.evaluate import EvalOptions
 from dprad.sweep.plan import Cell, fingerprint, plan_cells
 from dprad.sweep.results import write_report, write_results, write_selection
 from dprad.sweep.spec import AuditSpec, SweepConfig
-from dprad.sweep.state import CELL, DONE, cell_finished, read_state, write_cell_state
+from dprad.sweep.state import CELL, DONE, CellOutcome, cell_finished, read_state, write_cell_state
 
 # ---------------------------------------------------------------------------------------------------
 # running one cell (in this process or in a worker process)
@@ -40,16 +40,6 @@ class CellTask:
     evaluate: EvalOptions
     audit: AuditSpec | None
     threads: int | None  # set in worker processes only
-
-
-@dataclass(frozen=True)
-class CellOutcome:
-    cell: str
-    status: str  # done | failed
-    error: str
-    wall_s: float | None
-    reused: bool
-    attempts: int
 
 
 def run_cell(task: CellTask, *, on_step: Callable[[Any], None] | None = None) -> CellOutcome:

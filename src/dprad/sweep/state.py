@@ -5,6 +5,7 @@ read only through :class:`dprad.run.RunRecord`."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,18 @@ from dprad.run.files import EVALUATION, PRIVACY
 
 CELL = "cell.json"
 DONE = "done.json"
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What running one cell came to (``run_cell``), as the results table records it."""
+
+    cell: str
+    status: str  # done | failed
+    error: str
+    wall_s: float | None
+    reused: bool
+    attempts: int
 
 
 def read_state(path: Path) -> dict[str, Any]:
