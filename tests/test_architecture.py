@@ -49,11 +49,11 @@ def test_no_function_over_100_lines_and_no_module_over_600() -> None:
 
 
 def test_run_files_are_parsed_only_by_the_run_reader() -> None:
-    readers = {
-        str(p.relative_to(SRC)) for p in _modules() if re.search(r"\bjson\.loads?\(", p.read_text())
-    }
+    readers = {str(p.relative_to(SRC)) for p in _modules() if re.search(r"\bjson\.loads?\(", p.read_text())}
     unexpected = readers - set(JSON_READERS)
-    assert not unexpected, f"parse JSON outside the run reader (use dprad.run.RunRecord): {sorted(unexpected)}"
+    assert not unexpected, (
+        f"parse JSON outside the run reader (use dprad.run.RunRecord): {sorted(unexpected)}"
+    )
     gone = set(JSON_READERS) - readers
     assert not gone, f"no longer parse JSON: drop them from JSON_READERS: {sorted(gone)}"
     for path in _modules():

@@ -42,6 +42,9 @@ FLAG_NAMES = {
     ("lora", "dropout"): "--lora-dropout",
     ("lora", "layers"): "--lora-layers",
     ("privacy", "unit"): "--privacy-unit",
+    ("model", "name"): "--model",
+    ("data", "uncertain_policy"): "--uncertain",
+    ("lora", "target_modules"): "--lora-targets",
 }
 
 

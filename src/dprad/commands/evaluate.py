@@ -10,6 +10,9 @@ import typer
 from dprad.commands.console import print_comparison, print_evaluation
 from dprad.commands.options import DATA, FormatOpt, LabelsOpt
 from dprad.errors import DpradError
+from dprad.metrics.evaluation import EvalOptions
+
+EVAL = EvalOptions()  # the defaults, defined once
 
 ThresholdsOpt = Annotated[
     str,
@@ -27,9 +30,9 @@ MapOpt = Annotated[
 ]
 
 
-def _eval_options(thresholds: str, n_boot: int, split: str, label_map: str | None, **extra: Any) -> Any:
-    from dprad.stages.evaluate import EvalOptions
-
+def _eval_options(
+    thresholds: str, n_boot: int, split: str, label_map: str | None, **extra: Any
+) -> EvalOptions:
     if n_boot < 1:
         raise DpradError("--bootstrap must be at least 1")
     return EvalOptions(thresholds=thresholds, n_boot=n_boot, split=split, label_map=label_map, **extra)
@@ -46,16 +49,16 @@ def evaluate(
     groups: Annotated[
         str | None, typer.Option(help="comma-separated attributes for subgroup metrics, e.g. sex,site,age")
     ] = None,
-    thresholds: ThresholdsOpt = "val",
-    n_boot: BootOpt = 1000,
-    split: SplitOpt = "auto",
+    thresholds: ThresholdsOpt = EVAL.thresholds,
+    n_boot: BootOpt = EVAL.n_boot,
+    split: SplitOpt = EVAL.split,
     label_map: MapOpt = None,
     temperature: Annotated[
         bool, typer.Option("--temperature", help="fit a temperature on the run's validation split")
     ] = False,
     min_group_size: Annotated[
         int, typer.Option("--min-group-size", help="groups smaller than this are flagged")
-    ] = 30,
+    ] = EVAL.min_group_size,
 ) -> None:
     """Per-label metrics with patient-level bootstrap CIs, calibration and subgroup gaps."""
     from dprad.io import write_json
@@ -82,9 +85,9 @@ def compare(
     data: Annotated[Path, typer.Argument(help="labelled reports")],
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
     fmt: FormatOpt = DATA.format,
-    thresholds: ThresholdsOpt = "val",
-    n_boot: BootOpt = 1000,
-    split: SplitOpt = "auto",
+    thresholds: ThresholdsOpt = EVAL.thresholds,
+    n_boot: BootOpt = EVAL.n_boot,
+    split: SplitOpt = EVAL.split,
 ) -> None:
     """B - A on the same reports and the same patient resamples: difference, 95% CI and p-value."""
     from dprad.io import write_json

@@ -96,6 +96,11 @@ def label(
     if gold_from is not None:
         gold_reports = read_input(gold_from, "auto", sch.name if schema is None else schema)[0].reports
     gold = gold_for(reports, labelled, gold_reports)
+    if gold is not None and not any(
+        t is not None and g is not None for t, g in zip(labelled.labels, gold, strict=True)
+    ):
+        console.print("[yellow]no report has both teacher and gold labels: no agreement measured[/yellow]")
+        gold = None
     if gold is not None:
         report = measure(labelled, gold, reports, sch)
         if agreement_out:

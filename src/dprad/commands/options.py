@@ -10,6 +10,7 @@ share (``FormatOpt`` ...) are built from the same rows.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -39,12 +40,6 @@ SECTIONS: dict[str, type] = {
 }
 
 # flags whose name config.FLAG_NAMES does not give: the command line's own, shorter names
-CLI_NAMES = {
-    ("model", "name"): "--model",
-    ("data", "uncertain_policy"): "--uncertain",
-    ("lora", "target_modules"): "--lora-targets",
-}
-
 # config fields with no flag: data.path is train's DATA argument; the others are set in a --config file
 CONFIG_ONLY = (
     ("data", "path"),
@@ -68,16 +63,16 @@ class Flag:
 
     @property
     def flag(self) -> str:
-        return CLI_NAMES.get((self.section, self.field)) or flag_name(self.section, self.field)
+        return flag_name(self.section, self.field)
 
     @property
     def param(self) -> str:
-        """The command's parameter: the name click records where its value came from under."""
+        """The command's parameter name, under which click records where its value came from."""
         return f"{self.section}_{self.field}"
 
     @property
     def type(self) -> Any:
-        return self.cli_type or typing.get_type_hints(SECTIONS[self.section])[self.field]
+        return self.cli_type or _field_types(self.section)[self.field]
 
     @property
     def default(self) -> Any:
@@ -98,6 +93,11 @@ class Flag:
             default=self.default,
             annotation=Annotated[self.type, self.option()],
         )
+
+
+@functools.cache
+def _field_types(section: str) -> dict[str, Any]:
+    return typing.get_type_hints(SECTIONS[section])
 
 
 def _is_switch(tp: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,21 @@ from dprad.metrics.scores import binarize
 
 PER_LABEL_METRICS = ("precision", "recall", "specificity", "f1", "auroc", "auprc")
 HEADLINE_METRICS = ("weighted_f1", "macro_f1", "micro_f1", "macro_auroc")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    # "val": the thresholds the run ships with (fitted on its validation split, under DP when the run
+    # was private; 0.5 where it fitted none), which serving uses; or "0.5" for every label
+    thresholds: str = "val"
+    n_boot: int = 1000
+    groups: tuple[str, ...] = ()
+    min_group_size: int = 30
+    temperature: bool = False  # fit one temperature on the run's validation split and apply it
+    split: str = "auto"  # auto: the run's test split if the data holds it, else all reports; or test / all
+    label_map: str | None = None
+    calibration_bins: int = 10
+    random_state: int = 0
 
 
 def evaluate_arrays(

@@ -46,9 +46,8 @@ class Thresholds:
         """One phrase a reader can quote: which thresholds these are."""
         if self.fitted_on is None:
             return "0.5 for every label"
-        return (
-            f"fitted on the validation split ({self.fitted_on.removeprefix('val').strip(' ()') or 'exact'})"
-        )
+        how = self.fitted_on.removeprefix("val").strip(" ()") or "a non-private run"
+        return f"fitted on the validation split ({how})"
 
     def describe(self) -> str:
         return f"validation-fitted: {self.rule}" if self.fitted_on else self.rule

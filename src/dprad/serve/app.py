@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -37,7 +38,7 @@ from dprad.serve.model_info import model_info, public_model_info
 from dprad.serve.prometheus import ServerMetrics
 from dprad.serve.routes import add_routes
 
-__all__ = ["AUDIT_DIR", "BUDGET_DB", "ApiError", "ServeLimits", "create_app", "running"]
+__all__ = ["AUDIT_DIR", "BUDGET_DB", "ApiError", "ServeLimits", "create_app", "running", "serve_state"]
 
 BUDGET_DB = "budgets.sqlite"
 AUDIT_DIR = "audit"
@@ -58,26 +59,56 @@ def create_app(
     The audit log hashes report texts under ``audit_secret_file`` when given, else under
     ``state_dir/audit.secret`` (generated on first start, mode 0600, reused after that).
     """
+    server = serve_state(
+        run_dir,
+        keys_path=keys_path,
+        state_dir=Path(state_dir),
+        limits=limits,
+        record_reference=record_reference,
+        record_every=record_every,
+        audit_secret_file=audit_secret_file,
+    )
+    app = FastAPI(
+        title="dprad",
+        summary=f"classifier of run {server.run}",
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.server = server
+    app.state.budgets, app.state.audit, app.state.metrics = server.budgets, server.audit, server.metrics
+    app.middleware("http")(audit_every_request)
+    app.exception_handler(ApiError)(api_error)
+    app.exception_handler(404)(not_found)
+    add_routes(app, limits)
+    return app
+
+
+def serve_state(
+    run_dir: str | Path,
+    *,
+    keys_path: str | Path,
+    state_dir: Path,
+    limits: ServeLimits,
+    record_reference: str | Path | None,
+    record_every: int,
+    audit_secret_file: str | Path | None,
+) -> ServeState:
+    """What the handlers read: the run (through RunRecord) and its model, the keys, the audit key, the
+    budget database, the audit log, the counters, the micro-batcher and the live reference, if asked."""
     from dprad.modes import load_run
 
-    state_dir = Path(state_dir)
     keys = load_keys(keys_path)
     audit_key, _ = server_key(state_dir, audit_secret_file)
     record = RunRecord.open(run_dir)
     predictor = load_run(record)
-    thresholds, rule = record.thresholds.array, record.thresholds.describe()
+    schema, thresholds, rule = predictor.schema, record.thresholds.array, record.thresholds.describe()
     info = model_info(record, mode=predictor.mode, limits=limits)
-    budgets = BudgetStore(state_dir / BUDGET_DB)
-    metrics = ServerMetrics()
-    batcher = MicroBatcher(
-        lambda rs: predictor.predict(rs).probs,
-        max_wait_ms=limits.batch_wait_ms,
-        max_reports=limits.batch_max_reports,
-    )
     live = (
         LiveReference(
             Path(record_reference),
-            schema=predictor.schema,
+            schema=schema,
             thresholds=thresholds,
             rule=rule,
             vocab=tokenizer_vocab(predictor.tokenizer),
@@ -85,9 +116,10 @@ def create_app(
         if record_reference is not None
         else None
     )
-    server = ServeState(
+    return ServeState(
         run=record.name,
-        schema=predictor.schema,
+        schema=schema,
+        label_names=np.asarray(schema.labels),  # (L,)
         thresholds=thresholds,
         rule=rule,
         model_info=info,
@@ -95,29 +127,18 @@ def create_app(
         limits=limits,
         keys=keys,
         rate=RateLimiter(),
-        budgets=budgets,
+        budgets=BudgetStore(state_dir / BUDGET_DB),
         audit=AuditLog(state_dir / AUDIT_DIR, max_bytes=limits.audit_max_bytes),
         audit_key=audit_key,
-        metrics=metrics,
-        batcher=batcher,
+        metrics=ServerMetrics(),
+        batcher=MicroBatcher(
+            lambda rs: predictor.predict(rs).probs,
+            max_wait_ms=limits.batch_wait_ms,
+            max_reports=limits.batch_max_reports,
+        ),
         live=live,
         record_every=record_every,
     )
-    app = FastAPI(
-        title="dprad",
-        summary=f"classifier of run {record.name}",
-        lifespan=_lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-    app.state.server = server
-    app.state.budgets, app.state.audit, app.state.metrics = budgets, server.audit, metrics
-    app.middleware("http")(audit_every_request)
-    app.exception_handler(ApiError)(api_error)
-    app.exception_handler(404)(not_found)
-    add_routes(app, limits)
-    return app
 
 
 @asynccontextmanager

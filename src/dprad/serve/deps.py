@@ -30,6 +30,7 @@ class ServeState:
 
     run: str  # the run directory's name
     schema: LabelSchema
+    label_names: np.ndarray  # (L,) the schema's labels, to index with a row of decisions
     thresholds: np.ndarray  # (L,) the run's shipped decision thresholds
     rule: str  # how they were chosen
     model_info: dict[str, Any]  # GET /v1/model for admin keys
@@ -44,10 +45,6 @@ class ServeState:
     batcher: MicroBatcher
     live: LiveReference | None
     record_every: int
-
-    @property
-    def label_names(self) -> np.ndarray:
-        return np.asarray(self.schema.labels)  # (L,)
 
 
 def state_of(request: Request) -> ServeState:

@@ -60,8 +60,6 @@ def write_reference(
     have them), at the run's shipped thresholds."""
     from dprad.local_models import load_tokenizer
 
-    if not RunRecord.is_run(run_dir):
-        return _write_reference_while_training(Path(run_dir), reports, probs, source=source)
     record = RunRecord.open(run_dir)
     ref = reference_of_reports(
         reports,
@@ -74,38 +72,6 @@ def write_reference(
         source=source,
     )
     path = record.path / REFERENCE_FILE
-    write_json(path, ref)
-    return path
-
-
-def _write_reference_while_training(
-    run_dir: Path, reports: Sequence[Report], probs: np.ndarray, *, source: str
-) -> Path:
-    """TRANSITIONAL (issue 19): ``stages/finish.py`` still calls ``write_reference`` before privacy.json
-    exists, so no RunRecord opens. Delete this once finish.py computes the reference itself with
-    :func:`dprad.metrics.drift.reference_of_reports` (stages must not import serve)."""
-    from dprad.config import RunConfig
-    from dprad.data.schemas import LabelSchema
-    from dprad.local_models import load_tokenizer
-    from dprad.run import Thresholds, files
-
-    raw = files.read_object(run_dir / files.CONFIG)
-    cfg = RunConfig.from_dict(raw, source=str(run_dir / files.CONFIG))
-    schema = LabelSchema.from_dict(files.read_object(run_dir / files.SCHEMA), source=str(run_dir))
-    metrics = files.read_object(run_dir / files.METRICS) if (run_dir / files.METRICS).is_file() else {}
-    shipped = Thresholds.from_metrics(metrics, schema, source=str(run_dir / files.METRICS))
-    model_dir = str(files.mapping(raw.get("derived")).get("model_dir") or cfg.model.name)
-    ref = reference_of_reports(
-        reports,
-        probs,
-        schema=schema,
-        policy=cfg.data.uncertain_policy,
-        thresholds=shipped.array,
-        threshold_rule=shipped.describe(),
-        vocab=tokenizer_vocab(load_tokenizer(model_dir)),
-        source=source,
-    )
-    path = run_dir / REFERENCE_FILE
     write_json(path, ref)
     return path
 

@@ -20,28 +20,13 @@ from dprad.metrics.bootstrap import (
     weighted_label_metrics,
 )
 from dprad.metrics.calibration import apply_temperature, calibration_report, fit_temperature
-from dprad.metrics.evaluation import HEADLINE_METRICS, evaluate_arrays
+from dprad.metrics.evaluation import HEADLINE_METRICS, EvalOptions, evaluate_arrays
 from dprad.metrics.fairness import group_values, subgroup_gaps
 from dprad.metrics.scores import binarize
 from dprad.metrics.transfer import label_map
 from dprad.modes import load_run
 from dprad.modes.predictor import Predictor
 from dprad.run import RunRecord
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    # "val": the thresholds the run ships with (fitted on its validation split, under DP when the run
-    # was private; 0.5 where it fitted none), which serving uses; or "0.5" for every label
-    thresholds: str = "val"
-    n_boot: int = 1000
-    groups: tuple[str, ...] = ()
-    min_group_size: int = 30
-    temperature: bool = False  # fit one temperature on the run's validation split and apply it
-    split: str = "auto"  # auto: the run's test split if the data holds it, else all reports; or test / all
-    label_map: str | None = None
-    calibration_bins: int = 10
-    random_state: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dprad.data.splits import Splits
 from dprad.model import trainable_parameters
 from dprad.modes.base import Mode
 from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, epsilon_of, guarantee_statement, library_versions
+from dprad.run import files
 from dprad.run.plan import RunPlan
 from dprad.stages.fit import Fitted
 from dprad.stages.rundir import RunDir
@@ -240,16 +241,28 @@ def finish(
 
     metrics = split_metrics(probs_for, plan.schema, splits, plan)
     mode.save(run_dir.model_dir)
-    run_dir.write_json("schema.json", plan.schema.to_dict())
-    run_dir.write_json("history.json", fitted.history)
-    run_dir.write_json("metrics.json", metrics)
-    run_dir.write_json("splits.json", {k: [r.id for r in v] for k, v in plan.splits.as_dict().items()})
-    run_dir.write_json("notes.json", notes)
+    run_dir.write_json(files.SCHEMA, plan.schema.to_dict())
+    run_dir.write_json(files.HISTORY, fitted.history)
+    run_dir.write_json(files.METRICS, metrics)
+    run_dir.write_json(files.SPLITS, {k: [r.id for r in v] for k, v in plan.splits.as_dict().items()})
+    run_dir.write_json(files.NOTES, notes)
     if splits.test:  # the monitor's reference: test-split scores and statistics, no report text
-        from dprad.serve.monitor import write_reference
+        from dprad.local_models import load_tokenizer
+        from dprad.metrics.drift import reference_of_reports, tokenizer_vocab
+        from dprad.run import Thresholds
 
-        write_reference(run_dir.path, splits.test, probs_for("test"))
+        shipped = Thresholds.from_metrics(metrics, plan.schema, source=str(run_dir.path / files.METRICS))
+        reference = reference_of_reports(
+            splits.test,
+            probs_for("test"),
+            schema=plan.schema,
+            policy=plan.cfg.data.uncertain_policy,
+            thresholds=shipped.array,
+            threshold_rule=shipped.describe(),
+            vocab=tokenizer_vocab(load_tokenizer(plan.model_dir)),
+        )
+        run_dir.write_json(files.REFERENCE, reference)
     if plan.canaries is not None:
-        run_dir.write_json("audit.json", {"canary": audit_canaries(plan, mode, ledger)})
-    run_dir.write_json("privacy.json", ledger.to_dict())  # last: its presence marks a finished run
+        run_dir.write_json(files.AUDIT, {"canary": audit_canaries(plan, mode, ledger)})
+    run_dir.write_json(files.PRIVACY, ledger.to_dict())  # last: its presence marks a finished run
     return TrainResult(run_dir.path, ledger, metrics)

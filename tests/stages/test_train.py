@@ -250,7 +250,7 @@ def test_cli_train_predict_epsilon(
     assert ex.value.code == 2  # a finished run is not overwritten silently
 
 
-@pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")))
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")))
 def test_example_configs_load_and_train(example: Path, corpus: Path, tiny_bert: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     main(

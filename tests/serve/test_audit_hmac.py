@@ -18,12 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_serve import CLIENT, LIMITS, auth, run_dir, write_keys  # noqa: F401 - run_dir is a fixture
 
 from dprad import DpradError
 from dprad.cli import main
 from dprad.serve.app import create_app, running
 from dprad.serve.auditlog import SECRET_FILE, ensure_secret, read_records, read_secret
-from test_serve import CLIENT, LIMITS, auth, run_dir, write_keys  # noqa: F401 - run_dir is a fixture
 
 SENT = "No acute cardiopulmonary abnormality."
 AFTER_RESTART = "Stable cardiomegaly. No effusion."

@@ -24,11 +24,11 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
+from test_serve import ADMIN, MONITOR, run_dir, write_keys  # noqa: F401 - run_dir is a fixture
 
 from dprad.serve.app import ServeLimits, create_app, running
 from dprad.serve.auditlog import read_records
 from dprad.serve.budgets import BudgetStore
-from test_serve import ADMIN, MONITOR, run_dir, write_keys  # noqa: F401 - run_dir is a fixture
 
 KEY_ID = "fuzz"
 KEY = f"{KEY_ID}-key-0123456789abcdef"  # as write_keys makes it

@@ -107,13 +107,14 @@ def test_training_metrics_equal_evaluate_point_estimates(
     from dprad.stages.evaluate import EvalOptions, evaluate_run
 
     res = train(small(corpus, tiny_bert), tmp_path / "r")
-    ev = evaluate_run(tmp_path / "r", corpus, options=EvalOptions(n_boot=20, split="test"))
-    m = res.metrics["test"]["threshold_0.5"]
-    for k in ("weighted_f1", "macro_f1", "micro_f1", "macro_auroc"):
-        assert ev["headline"][k]["estimate"] == pytest.approx(m[k], abs=1e-9), k
-    for row_t, row_e in zip(m["per_label"], ev["per_label"], strict=True):
-        for k in ("precision", "recall", "f1"):
-            assert row_e[k]["estimate"] == pytest.approx(row_t[k], abs=1e-9)
+    for at, key in (("0.5", "threshold_0.5"), ("val", "threshold_val")):  # 0.5, and the shipped thresholds
+        ev = evaluate_run(tmp_path / "r", corpus, options=EvalOptions(n_boot=20, split="test", thresholds=at))
+        m = res.metrics["test"][key]
+        for k in ("weighted_f1", "macro_f1", "micro_f1", "macro_auroc"):
+            assert ev["headline"][k]["estimate"] == pytest.approx(m[k], abs=1e-9), k
+        for row_t, row_e in zip(m["per_label"], ev["per_label"], strict=True):
+            for k in ("precision", "recall", "f1"):
+                assert row_e[k]["estimate"] == pytest.approx(row_t[k], abs=1e-9)
 
 
 def test_split_1_0_0_trains_on_everything_and_says_so(corpus: Path, tiny_bert: Path, tmp_path: Path) -> None:

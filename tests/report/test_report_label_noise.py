@@ -87,7 +87,7 @@ STUDY: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
-    """One tiny real run (non-private linear head on the tiny encoder), as tests/test_report.py builds
+    """One tiny real run (non-private linear head on the tiny encoder), as tests/report/test_report.py builds
     its runs, without evaluation.json (the report then shows point estimates)."""
     base = tmp_path_factory.mktemp("label-noise")
     data = base / "synth.csv"

@@ -252,3 +252,26 @@ def test_cli_llm_teacher(server: str, tmp_path: Path) -> None:
             ]
         )
     assert ex.value.code == 2
+
+
+def test_cli_llm_teacher_that_labels_nothing_exits_1_without_a_traceback(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every report failed and the input has gold labels: no agreement to measure, a clear message, exit 1."""
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"id": ["a", "b"], "text": ["broken one", "broken two"], "Pleural Effusion": [1, 0]}).to_csv(
+        data, index=False
+    )
+    with pytest.raises(SystemExit) as failed:
+        main(
+            [
+                *("label", str(data), "--teacher", "llm", "--llm-url", server, "--llm-model", "m"),
+                *("--out", str(tmp_path / "out.csv"), "--llm-retries", "0"),
+                *("--agreement-out", str(tmp_path / "a.json")),
+            ]
+        )
+    assert failed.value.code == 1
+    out = capsys.readouterr()
+    assert "no report has both teacher and gold labels" in out.out + out.err
+    assert "2 reports were not labelled" in out.out + out.err and "Traceback" not in out.out + out.err
+    assert not (tmp_path / "a.json").exists()

@@ -274,7 +274,7 @@ def test_cli_sweep_prints_the_table_and_fails_when_a_cell_fails(
     assert res.exit_code != 0 and isinstance(res.exception, DpradError)
 
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -282,7 +282,7 @@ def test_every_example_config_parses_and_plans(path: Path) -> None:
     cfg = SweepConfig.load(path)
     cells = plan_cells(cfg, auto_modes={d.name: "head" for d in cfg.datasets})
     assert cells and len({c.id for c in cells}) == len(cells)
-    shared = (Path(__file__).resolve().parents[2] / "shared" / "data").resolve()  # shared/ may be a link
+    shared = (Path(__file__).resolve().parents[3] / "shared" / "data").resolve()  # shared/ may be a link
     assert all(Path(d.data.path).is_relative_to(shared) for d in cfg.datasets)
     assert {c.epsilon for c in cells} >= {0.1, 1.0, 10.0, math.inf}
     if "paper" in path.stem:  # the paper's grid: DP-LoRA, non-private LoRA and full fine-tuning

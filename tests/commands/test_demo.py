@@ -21,6 +21,7 @@ from dprad.data.synth import SynthConfig, generate_reports
 from dprad.demo import DEMO_SEED, QUICK, _has_canaries, run_demo
 from dprad.features import public_reports
 from dprad.privacy import compute_epsilon, epsilon_of, event_from_dict
+from report_agreement import check_agreement
 
 NUM = r"(\d+\.\d+)"
 
@@ -107,6 +108,16 @@ def test_demo_writes_every_output_and_its_summary_is_read_from_the_runs(
         else:
             assert "no privacy guarantee" in result.summary[i]
     assert result.shipped_run == Path(rows[3].run_dir.item())
+    if result.report is not None and result.model_card is not None:
+        # for every run of the demo, the report's headline table, its at-a-glance sentence and the run's
+        # model card quote the same numbers at the same (shipped) thresholds (the demo's own card is the
+        # shipped run's; the others are written here the same way)
+        from dprad.report import write_model_card
+
+        runs = {Path(d).name: Path(d) for d in df[df.status == "done"].run_dir}
+        cards = {n: write_model_card(d, tmp_path / f"card-{n}.md").read_text() for n, d in runs.items()}
+        cards[result.shipped_run.name] = result.model_card.read_text()
+        check_agreement(result.report.read_text(), cards, runs)
     # the choosing cost covers the three private cells
     sel = json.loads(result.selection.read_text())
     assert sorted(sel["groups"][0]["candidates"]) == sorted([*df[df.private].cell, *canaries.cell])

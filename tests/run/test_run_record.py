@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny import make_tiny_encoder
 
 from dprad.errors import DpradError
 from dprad.io import write_json
@@ -18,8 +17,9 @@ from dprad.privacy import PrivacyLedger
 from dprad.report import write_model_card, write_report
 from dprad.run import RunRecord
 from dprad.stages.evaluate import EvalOptions, evaluate_run
+from tiny import make_tiny_encoder
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run-before-19"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,9 @@ def old_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return here
 
 
-def test_old_run_directories_load_evaluate_and_report(old_runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_old_run_directories_load_evaluate_and_report(
+    old_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(old_runs)  # the runs name their data and encoder relative to where they were trained
     for name in ("dp-head", "dp-lora"):
         run = old_runs / "runs" / name
