@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -11,6 +10,7 @@ from typing import Any
 
 from dprad.config import MODE_ALIASES, RunConfig
 from dprad.errors import DpradError
+from dprad.run.files import as_written
 from dprad.sweep.spec import DatasetSpec, ModeSpec, SweepConfig
 
 PRIVATE_NAMES = {family: alias for alias, family in MODE_ALIASES.items()}  # head -> dp-head, ...
@@ -46,7 +46,7 @@ class Cell:
             "eval": {"path": self.eval_path, "format": self.eval_format},
             "data_fingerprint": self.data_fingerprint,
         }
-        return dict(json.loads(json.dumps(d)))
+        return dict(as_written(d))
 
 
 def slug(x: str) -> str:
