@@ -25,6 +25,7 @@ JSON_READERS = {
     "serve/auditlog.py": "the serving audit log's lines",
     "serve/deps.py": "request bodies",
     "sweep/state.py": "a sweep's own cell state",
+    "audit/extraction.py": "the served model's HTTP answers (the extraction attack is an API client)",
     "demo.py": "the demo's own teacher-agreement file",
 }
 

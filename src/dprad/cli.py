@@ -10,14 +10,14 @@ import sys
 
 import typer
 
-from dprad.commands import audit, data, evaluate, label, predict, report, serve, sweep, train
+from dprad.commands import audit, data, evaluate, export, label, predict, report, serve, sweep, train
 from dprad.errors import DpradError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Differentially private radiology-report classifiers."
 )
 # in the order `dprad --help` lists them
-for module in (data, label, train, predict, evaluate, sweep, audit, serve, report):
+for module in (data, label, train, predict, evaluate, sweep, audit, export, serve, report):
     module.register(app)
 
 

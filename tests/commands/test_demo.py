@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import typer
@@ -118,6 +119,18 @@ def test_demo_writes_every_output_and_its_summary_is_read_from_the_runs(
         cards = {n: write_model_card(d, tmp_path / f"card-{n}.md").read_text() for n, d in runs.items()}
         cards[result.shipped_run.name] = result.model_card.read_text()
         check_agreement(result.report.read_text(), cards, runs)
+    # the shipped (eps = 1) run's export predicts exactly as the run, and evaluates
+    from dprad.export import export_run
+    from dprad.modes import load_run
+    from dprad.stages.evaluate import EvalOptions, evaluate_run
+
+    shared = export_run(result.shipped_run, tmp_path / "export")
+    some = generate_reports(SynthConfig(n_patients=20, seed=DEMO_SEED + 7))
+    assert np.array_equal(
+        load_run(shared).predict(some).probs, load_run(result.shipped_run).predict(some).probs
+    )
+    ev = evaluate_run(shared, result.corpus, options=EvalOptions(n_boot=10))
+    assert ev["split"].startswith("all") and ev["reports"] > 0
     # the choosing cost covers the three private cells
     sel = json.loads(result.selection.read_text())
     assert sorted(sel["groups"][0]["candidates"]) == sorted([*df[df.private].cell, *canaries.cell])

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dprad import io
 from dprad.audit.canaries import CANARY_PREFIX
 from dprad.audit.lira import lira_scores, true_label_logit
 from dprad.audit.mia import confidence_scores, evaluate_attack, loss_scores, slices
 from dprad.audit.rmia import DEFAULT_GAMMA, fit_offline_a, rmia_scores
+from dprad.audit.sections import write_sections
 from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import UncertainPolicy
 from dprad.errors import DpradError
@@ -46,7 +46,7 @@ def parse_attacks(attacks: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _run_reports(run: RunRecord, reports: Sequence[Report] | None) -> dict[str, Report]:
+def run_reports(run: RunRecord, reports: Sequence[Report] | None) -> dict[str, Report]:
     if reports is None:
         from dprad.data.read import read_data
 
@@ -74,7 +74,7 @@ def _split_pool(
     run: RunRecord, reports: Sequence[Report] | None, *, rmia: bool
 ) -> tuple[list[Report], list[Report], list[Report]]:
     """Members (training split), non-members (test split) and RMIA's population (validation split)."""
-    by_id = _run_reports(run, reports)
+    by_id = run_reports(run, reports)
     members = _pick(by_id, run.splits.get("train", ()), "train", run.path)
     nonmembers = _pick(by_id, run.splits.get("test", ()), "test", run.path)
     population = _pick(by_id, run.splits.get("val", ()), "val", run.path)
@@ -176,13 +176,7 @@ def audit_run(
         "attacks": results,
         "what_it_checks": WHAT_IT_CHECKS,
     }
-    audit = {
-        **run.audit_sections(),  # a "canary" section written by training stays
-        "run": str(run_dir),
-        "theory": {"private": private, "mode": run.mode, "epsilon": led.epsilon, "delta": led.delta},
-        "mia": section,
-    }
-    io.write_json(run_dir / "audit.json", audit)
+    audit = write_sections(run, mia=section)  # a "canary" section written by training stays
     return dict(audit)
 
 

@@ -289,6 +289,51 @@ def _audit_ci(d: Mapping[str, float] | None, *, pct: bool = False) -> str:
     return f"{f(d['estimate'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]"
 
 
+def _render_attribute(section: Mapping[str, Any], out: Console) -> None:
+    """Attribute inference: per label, how much better the finding is recovered for members."""
+    if not section:
+        return
+    t = Table(title="attribute inference: the finding's sentences removed, members vs non-members")
+    for col in ("label", "members", "non-members", "AUC [95% CI]", "TPR @ 1% FPR", "note"):
+        t.add_column(col)
+    pooled = section.get("pooled") or {}
+    rows = [{"label": "all labels (pooled)", **pooled}, *(section.get("labels") or [])]
+    for row in rows:
+        flags = " (rare)" if row.get("rare") else ""
+        flags += " (critical)" if row.get("critical") else ""
+        t.add_row(
+            f"{row.get('label')}{flags}",
+            str(row.get("members", "-")),
+            str(row.get("nonmembers", "-")),
+            _audit_ci(row.get("auc")),
+            _audit_ci(row.get("tpr_at_0.01_fpr"), pct=True),
+            str(row.get("note") or ""),
+        )
+    out.print(t)
+
+
+def _render_extraction(section: Mapping[str, Any], out: Console) -> None:
+    """Model extraction: the clone's agreement with the victim by number of attacker queries."""
+    if not section:
+        return
+    t = Table(
+        title=f"model extraction through {section.get('through', '?')}: clone vs victim on "
+        f"{section.get('evaluated_on', '?')} (constant clone agrees {section.get('constant_agreement', 0):.3f})"
+    )
+    for col in ("queries (reports)", "agreement [95% CI]", "clone weighted F1 [95% CI]"):
+        t.add_column(col)
+    for n, agree, f1 in zip(
+        section.get("queries") or [],
+        section.get("agreement") or [],
+        section.get("clone_weighted_f1") or [],
+        strict=False,
+    ):
+        t.add_row(str(n), _audit_ci(agree), _audit_ci(f1))
+    out.print(t)
+    if section.get("cut_off"):
+        out.print(f"[yellow]the server cut the attacker off: {section['cut_off'].get('message')}[/yellow]")
+
+
 def render_audit(audit: Mapping[str, Any], out: Console) -> None:
     """Theory epsilon, the canary audit's empirical lower bound, and each attack's AUC / TPR at low FPR."""
     theory = audit.get("theory") or {}
@@ -311,6 +356,8 @@ def render_audit(audit: Mapping[str, Any], out: Console) -> None:
     else:
         head.add_row("empirical epsilon lower bound (canaries)", "not run (train with canaries)")
     out.print(head)
+    _render_attribute(audit.get("attribute") or {}, out)
+    _render_extraction(audit.get("extraction") or {}, out)
     mia = audit.get("mia") or {}
     attacks = mia.get("attacks") or {}
     if not attacks:

@@ -11,6 +11,7 @@ from dprad.modes.head import HeadMode
 from dprad.modes.lora import LoraMode
 from dprad.modes.predictor import Predictor
 from dprad.run import RunRecord
+from dprad.run.files import HEAD_WEIGHTS, weights_file
 
 REGISTRY: dict[str, type[Mode]] = {m.name: m for m in (HeadMode, LoraMode, FullMode)}
 
@@ -24,9 +25,10 @@ def get_mode(name: str) -> type[Mode]:
 
 
 def load_run(run: str | Path | RunRecord) -> Predictor:
-    """Rebuild the classifier of a finished run directory in one call (the mode registry knows how)."""
+    """Rebuild the classifier of a finished run directory (or of its export) in one call (the mode registry
+    knows how)."""
     record = run if isinstance(run, RunRecord) else RunRecord.open(run)
-    if not (record.model_path / "head.pt").is_file():
+    if weights_file(record.model_path, HEAD_WEIGHTS) is None:  # head.safetensors (an export) or head.pt
         raise DpradError(f"{record.path}: not a finished dprad run directory (no model/head.pt)")
     return get_mode(record.mode).load(record)
 

@@ -15,6 +15,7 @@ from dprad.config import RunConfig
 from dprad.data.dataset import collate, encode, inference_batches, micro_batches
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
+from dprad.errors import DpradError
 from dprad.features import autocast, loss_per_example, scoring_tokens
 from dprad.modes.base import Mode, resolve_rule_prior
 
@@ -184,11 +185,16 @@ class EncoderMode(Mode):
     def load(cls, record: RunRecord) -> Predictor:
         from dprad.local_models import load_tokenizer
         from dprad.model import ReportClassifier
+        from dprad.run.files import CENTER_WEIGHTS, HEAD_WEIGHTS, read_weights
 
         run_dir, model_dir, schema, cfg = record.path, Path(record.model_dir), record.schema, record.config
         prior = bool(cfg.train.rule_prior)
-        center_file = record.model_path / CENTER_FILE
-        center = torch.load(center_file, weights_only=True).numpy() if center_file.is_file() else None
+        # an export's weights are safetensors (model/center.safetensors), a run's torch files (center.pt)
+        saved_center = read_weights(record.model_path, CENTER_WEIGHTS)
+        center = None if saved_center is None else saved_center[CENTER_WEIGHTS].numpy()
+        head_state = read_weights(record.model_path, HEAD_WEIGHTS)
+        if head_state is None:
+            raise DpradError(f"{record.path}: no model/head.safetensors or model/head.pt")
         model = ReportClassifier(
             cls.load_encoder(run_dir, model_dir),
             len(schema),
@@ -196,7 +202,7 @@ class EncoderMode(Mode):
             prior_dim=4 * len(schema) if prior else 0,
             center=center,
         )
-        model.head.load_state_dict(torch.load(record.model_path / "head.pt", weights_only=True))
+        model.head.load_state_dict(head_state)
         return encoder_predictor(
             model,
             tokenizer=load_tokenizer(str(model_dir)),

@@ -163,9 +163,12 @@ class HeadMode(Mode):
         """The run's head (with its public feature centre), its frozen encoder and tokenizer."""
         from dprad.local_models import load_tokenizer
         from dprad.model import FeatureHead, load_encoder
+        from dprad.run.files import HEAD_WEIGHTS, read_weights
 
         encoder = load_encoder(Path(record.model_dir)).eval()
-        state = torch.load(record.model_path / "head.pt", weights_only=True)
+        state = read_weights(record.model_path, HEAD_WEIGHTS)  # head.safetensors (an export) or head.pt
+        if state is None:
+            raise DpradError(f"{record.path}: no model/head.safetensors or model/head.pt")
         in_dim = int(state["head.weight"].shape[1])
         head = FeatureHead(in_dim, len(record.schema), center=state["center"].numpy())  # inputs may be wider
         head.load_state_dict(state)

@@ -15,34 +15,14 @@ from typing import Any
 
 from dprad.errors import DpradError
 from dprad.io import write_text
-from dprad.report import plots
+from dprad.report import attacks, plots
 from dprad.report.collect import Run, Selection, SweepTable, find_selection, read_runs, read_sweep_table
+from dprad.report.fmt import fmt_interval, fmt_num
 from dprad.report.label_noise import Corpus, LabelNoiseStudy, load_study
 from dprad.run.audit import Audit
 from dprad.run.results import Evaluation, Interval, number
 
 DEFAULT_TITLE = "dprad privacy-utility report"
-
-
-# ---------------------------------------------------------------------------------------------------
-# number formatting (shared with the model card)
-
-
-def fmt_num(x: float | int | None, spec: str = ".3g") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if isinstance(x, float) and math.isinf(x):
-        return "∞"
-    return format(x, spec)
-
-
-def fmt_interval(iv: Interval, spec: str = ".3f") -> str:
-    """'0.812 [0.790, 0.833]', or '0.812 (no CI)' for a point estimate, or '—'."""
-    if not iv.known:
-        return "—"
-    if iv.has_ci:
-        return f"{fmt_num(iv.estimate, spec)} [{fmt_num(iv.low, spec)}, {fmt_num(iv.high, spec)}]"
-    return f"{fmt_num(iv.estimate, spec)} (no CI)"
 
 
 def fmt_eps(run: Run) -> str:
@@ -476,6 +456,7 @@ def build_context(
         "reliability": plots.reliability(ordered),
         "subgroups": plots.subgroup_gap(ordered),
         "audit": plots.audit(ordered),
+        "extraction": attacks.extraction_plot(ordered),
     }
     ledger_items = list(dict.fromkeys(x for r in ordered for x in r.ledger.not_protected))
     private_by_data = {d: sum(r.private for r in ordered if r.dataset == d) for d in datasets}
@@ -496,6 +477,8 @@ def build_context(
             "subgroups": table("table-subgroups", _subgroup_rows(ordered)),
             "transfer": table("table-transfer", _transfer_rows(ordered)),
             "audit": table("table-audit", _audit_rows(ordered)),
+            "attribute": table("table-attribute", attacks.attribute_rows(ordered)),
+            "extraction": table("table-extraction", attacks.extraction_rows(ordered)),
             "dp": table("table-dp", [_dp_row(r) for r in ordered]),
             "selection": table("table-selection", _selection_rows(selection)),
             "sweep": _sweep(sweep),

@@ -4,16 +4,16 @@ protect. Every number is read from the run directory."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from dprad.io import write_text
 from dprad.report.collect import Run, read_run
+from dprad.report.fmt import fmt_interval, fmt_num
 from dprad.report.html import (
     HEADLINE_METRICS,
     eval_source,
     fmt_eps,
-    fmt_interval,
-    fmt_num,
     ledger_parts,
     selection_text,
     weighted_f1,
@@ -21,6 +21,34 @@ from dprad.report.html import (
 from dprad.run.results import RARE_SUPPORT
 
 ECE_WARN = 0.05  # a pooled ECE above this gets a plain-words warning
+
+
+@dataclass(frozen=True)
+class ExportScope:
+    """The card of an export (``dprad export``), which holds only what the ledger covers unless told
+    otherwise: what it leaves out is not quoted, and anything outside the guarantee is said first."""
+
+    evaluation: bool = False  # its evaluation files (computed on private data WITHOUT DP) are included
+
+    def warnings(self, run: Run) -> list[str]:
+        """The card's first lines: what in this export the privacy guarantee does not cover."""
+        lines = []
+        if not run.ledger.private:
+            lines.append(
+                "> **This model carries no privacy guarantee**: it was trained without differential privacy "
+                "and exported with `--force`. It may memorise and reveal its training reports."
+            )
+        if not run.thresholds.covered:
+            lines.append(
+                "> **Its thresholds are not covered by differential privacy**: they were fitted on the private "
+                "validation split WITHOUT DP (`thresholds.json`, exported with `--force`)."
+            )
+        if self.evaluation:
+            lines.append(
+                "> **The evaluation files in this export (`evaluation*.json`) and the metrics in this card were "
+                "computed on private data WITHOUT differential privacy**: they are outside the guarantee."
+            )
+        return [*lines, ""] if lines else []
 
 
 def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
@@ -32,7 +60,7 @@ def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _intended_use(run: Run) -> list[str]:
+def _intended_use(run: Run, export: ExportScope | None = None) -> list[str]:
     labels = ", ".join(run.labels) if run.labels else "the labels in schema.json"
     lines = [
         "## Intended use",
@@ -51,19 +79,26 @@ def _intended_use(run: Run) -> list[str]:
             "",
             f"Critical findings: {', '.join(run.critical)}. "
             + (f"Validation-fitted thresholds: {shipped.rule}. " if shipped.fitted_on else "")
-            + "Check their recall below before relying on the model to flag them.",
+            + (
+                "Check their recall below before relying on the model to flag them."
+                if export is None or export.evaluation
+                else "Measure their recall on your own reports before relying on the model to flag them."
+            ),
         ]
     return lines
 
 
-def _data(run: Run) -> list[str]:
+def _data(run: Run, export: ExportScope | None = None) -> list[str]:
     d = run.config.data
     split = ", ".join(f"{k} {v}" for k, v in run.splits.items()) or "unknown"
     lines = [
         "## Data, labels and teacher",
         "",
         f"- Training data: `{run.data_path or 'unknown'}` (format `{d.format}`).",
-        f"- Reports per split (by patient, no patient in two splits): {split}.",
+        f"- Reports per split (by patient, no patient in two splits): {split}."
+        if export is None
+        else "- Split by patient into training, validation and test reports (no patient in two splits); this "
+        "export holds no split, report id or patient id.",
         f"- Label schema: `{run.schema}`, {len(run.labels)} labels"
         + (f"; critical: {', '.join(run.critical)}" if run.critical else "")
         + ".",
@@ -75,14 +110,20 @@ def _data(run: Run) -> list[str]:
             "wrote them (gold labels, `dprad label --teacher rules`, or a local LLM; `dprad label` records it, "
             "`--teacher` states it); state it here before sharing."
         )
-        + " Teacher errors are learned as truth, and the metrics below measure agreement with the same labels.",
+        + " Teacher errors are learned as truth, and "
+        + (
+            "the metrics below measure agreement with the same labels."
+            if export is None or export.evaluation
+            else "metrics against the same teacher's labels measure agreement with it, not truth."
+        ),
         f"- Encoder: `{run.model}` ({run.mode}).",
     ]
-    lines += [f"- Note from training: {n}" for n in run.notes]
+    if export is None:  # the notes can hold counts of the private data: an export leaves them out
+        lines += [f"- Note from training: {n}" for n in run.notes]
     return lines
 
 
-def _privacy(run: Run) -> list[str]:
+def _privacy(run: Run, export: ExportScope | None = None) -> list[str]:
     led = run.ledger
     lines = ["## Privacy guarantee", ""]
     if not led.private:
@@ -130,6 +171,8 @@ def _privacy(run: Run) -> list[str]:
     if led.statement:
         lines += ["", f"> {led.statement}"]
     c = run.audit.canary if run.audit else None
+    if export is not None:
+        c = None  # audit.json stays with the run
     if c is not None and c.epsilon_lower_bound is not None:
         verdict = " ABOVE the ledger's ε: a privacy bug to investigate." if c.exceeds_ledger else ""
         lines += [
@@ -141,9 +184,17 @@ def _privacy(run: Run) -> list[str]:
     return lines
 
 
-def _metrics(run: Run) -> list[str]:
+def _metrics(run: Run, export: ExportScope | None = None) -> list[str]:
     ev = run.evaluation
     lines = ["## Metrics", ""]
+    if export is not None and not export.evaluation:
+        return [
+            *lines,
+            "None in this export. The run's metrics were computed on its private validation and test reports "
+            "without differential privacy, so they are outside the guarantee and stay with the institution that "
+            "trained it (`dprad export --include evaluation` adds its evaluation files, and says so at the top "
+            "of this card). Measure the model on your own labelled reports: `dprad evaluate EXPORT DATA`.",
+        ]
     if ev is None:
         return [*lines, "No metrics: the run has neither evaluation.json nor metrics.json."]
     if ev.has_ci:
@@ -186,9 +237,17 @@ def _metrics(run: Run) -> list[str]:
     return lines
 
 
-def _limits(run: Run) -> list[str]:
+def _limits(run: Run, export: ExportScope | None = None) -> list[str]:
     ev = run.evaluation
     lines = ["## Known limits", ""]
+    if export is not None and not export.evaluation:
+        return [
+            *lines,
+            "- Not stated in this export: rare labels, subgroup gaps, the recall of critical findings and "
+            "calibration were measured on private data without DP. Measure them on your own reports "
+            "(`dprad evaluate EXPORT DATA --groups sex,site,age`) before relying on the model.",
+            "- Performance at another institution is unknown until it is evaluated there.",
+        ]
     if ev is None:
         return [*lines, "- Not evaluated: no limits can be stated from this run directory."]
     rare = [lr for lr in ev.per_label if lr.rare]
@@ -245,7 +304,7 @@ def _limits(run: Run) -> list[str]:
     return lines
 
 
-def _not_protected(run: Run) -> list[str]:
+def _not_protected(run: Run, export: ExportScope | None = None) -> list[str]:
     led = run.ledger
     lines = ["## What differential privacy does not protect", ""]
     if not led.private:
@@ -256,7 +315,14 @@ def _not_protected(run: Run) -> list[str]:
         f"- **The base model `{run.model}` and its own pre-training data**: they were trained by others, "
         "without this guarantee."
     )
-    if run.selection is None:
+    if export is not None and run.thresholds.fitted_on is None:
+        lines.append("- No thresholds were fitted: the model ships 0.5 for every label.")
+    elif export is not None and run.selection is None:
+        lines.append(
+            "- **The validation split**: the thresholds were fitted on it without DP, so it is not covered; "
+            "the thresholds are part of every output."
+        )
+    elif run.selection is None:
         lines.append(
             f"- **The validation split** ({run.splits.get('val', '?')} reports): thresholds (and any choice of "
             "run or ε made by looking at validation or test scores) were fitted on it without DP, so it is not "
@@ -282,37 +348,44 @@ def _not_protected(run: Run) -> list[str]:
     return lines
 
 
-def model_card_markdown(run: Run) -> str:
+def model_card_markdown(run: Run, export: ExportScope | None = None) -> str:
     led = run.ledger
     guarantee = f"ε = {fmt_eps(run)}, δ = {fmt_num(led.delta, '.1e')}" if led.private else "no DP (ε = ∞)"
+    quotes_metrics = export is None or export.evaluation
     lines = [
+        *(export.warnings(run) if export is not None else []),
         f"# Model card: {run.name}",
         "",
         f"{run.mode} classifier of `{run.schema}` findings in radiology reports, encoder `{run.model}`, "
-        f"trained on `{run.dataset}`. Privacy: {guarantee} per {led.privacy_unit}. "
-        f"Weighted F1 on the test split: {weighted_f1(run)}.",
+        f"trained on `{run.dataset}`. Privacy: {guarantee} per {led.privacy_unit}."
+        + (f" Weighted F1 on the test split: {weighted_f1(run)}." if quotes_metrics else ""),
         "",
-        *_intended_use(run),
+        *_intended_use(run, export),
         "",
-        *_data(run),
+        *_data(run, export),
         "",
-        *_privacy(run),
+        *_privacy(run, export),
         "",
-        *_metrics(run),
+        *_metrics(run, export),
         "",
-        *_limits(run),
+        *_limits(run, export),
         "",
-        *_not_protected(run),
+        *_not_protected(run, export),
         "",
-        f"_Written by dprad from `{run.path}`; every number is read from the run directory._",
+        f"_Written by dprad from `{run.path}`; every number is read from the run directory._"
+        if export is None
+        else f"_Written by `dprad export` from run `{run.name}`; every number is read from the files of this "
+        "export (`MANIFEST.json` lists them)._",
         "",
     ]
     return "\n".join(lines)
 
 
-def write_model_card(run_dir: Path, out: Path | None = None) -> Path:
-    """Write RUN/MODEL_CARD.md (or ``out``) atomically; returns its path."""
+def write_model_card(run_dir: Path, out: Path | None = None, *, export: ExportScope | None = None) -> Path:
+    """Write RUN/MODEL_CARD.md (or ``out``) atomically; returns its path. With ``export``, the card of an
+    export of the run: it quotes only what the export holds and says first what the guarantee does not
+    cover."""
     run = read_run(run_dir)
     target = Path(out) if out is not None else Path(run_dir) / "MODEL_CARD.md"
-    write_text(target, model_card_markdown(run))
+    write_text(target, model_card_markdown(run, export))
     return target

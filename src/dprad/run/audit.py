@@ -1,4 +1,5 @@
-"""A run's ``audit.json`` read back typed: the one-run canary audit and membership-inference attacks."""
+"""A run's ``audit.json`` read back typed: the one-run canary audit, membership inference, attribute
+inference and model extraction."""
 
 from __future__ import annotations
 
@@ -38,11 +39,109 @@ class Mia:
 
 
 @dataclass(frozen=True)
+class AttributeRow:
+    """Attribute inference for one label (or pooled): members' vs non-members' recovery of the finding."""
+
+    label: str
+    rare: bool
+    critical: bool
+    members: int | None
+    nonmembers: int | None
+    auc: Interval
+    tpr_at_1pct_fpr: Interval
+    note: str
+
+
+@dataclass(frozen=True)
+class Attribute:
+    pooled: AttributeRow | None
+    labels: tuple[AttributeRow, ...]
+    what_it_checks: str
+
+
+@dataclass(frozen=True)
+class ExtractionPoint:
+    queries: int
+    agreement: Interval
+    clone_weighted_f1: Interval
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """A clone's agreement with the served model by number of attacker queries (reports)."""
+
+    points: tuple[ExtractionPoint, ...]
+    constant_agreement: float | None  # the best constant clone: the baseline a clone must beat
+    through: str
+    evaluated_on: str
+    key_budgets: tuple[tuple[str, int | None, int | None], ...]  # (key, budget_total, budget_per_day)
+    cut_off: str | None
+    what_it_means: str
+
+
+@dataclass(frozen=True)
 class Audit:
     source: str
     canary: Canary | None
     mia: Mia | None
     raw: Mapping[str, Any]
+    attribute: Attribute | None = None
+    extraction: Extraction | None = None
+
+
+def _attribute_row(row: Mapping[str, Any], name: str | None = None) -> AttributeRow:
+    return AttributeRow(
+        label=name or str(row.get("label")),
+        rare=bool(row.get("rare", False)),
+        critical=bool(row.get("critical", False)),
+        members=integer(row.get("members")),
+        nonmembers=integer(row.get("nonmembers")),
+        auc=interval(row.get("auc")),
+        tpr_at_1pct_fpr=interval(row.get("tpr_at_0.01_fpr")),
+        note=str(row.get("note") or ""),
+    )
+
+
+def read_attribute(raw: object) -> Attribute | None:
+    a = mapping(raw)
+    if not a:
+        return None
+    pooled = mapping(a.get("pooled"))
+    return Attribute(
+        pooled=_attribute_row(pooled, "all labels (pooled)") if pooled else None,
+        labels=tuple(_attribute_row(mapping(r)) for r in a.get("labels") or ()),
+        what_it_checks=str(a.get("what_it_checks") or ""),
+    )
+
+
+def read_extraction(raw: object) -> Extraction | None:
+    e = mapping(raw)
+    if not e:
+        return None
+    points = tuple(
+        ExtractionPoint(int(n), interval(agree), interval(f1))
+        for n, agree, f1 in zip(
+            e.get("queries") or (), e.get("agreement") or (), e.get("clone_weighted_f1") or (), strict=False
+        )
+    )
+    budgets = tuple(
+        (
+            str(mapping(k).get("key")),
+            integer(mapping(k).get("budget_total")),
+            integer(mapping(k).get("budget_per_day")),
+        )
+        for k in e.get("key_budgets") or ()
+    )
+    cut = mapping(e.get("cut_off"))
+    return Extraction(
+        points=points,
+        constant_agreement=number(e.get("constant_agreement")),
+        through=str(e.get("through") or ""),
+        evaluated_on=str(e.get("evaluated_on") or ""),
+        key_budgets=budgets,
+        cut_off=str(cut.get("message")) if cut else None,
+        what_it_means=str(e.get("what_it_means") or ""),
+    )
 
 
 def read_audit(path: Path) -> Audit:
@@ -72,4 +171,11 @@ def read_audit(path: Path) -> Audit:
             if isinstance(res, Mapping)
         )
         mia = Mia(auc, attacks, integer(m.get("members")), integer(m.get("nonmembers")), raw=m)
-    return Audit(str(path), canary, mia, raw)
+    return Audit(
+        str(path),
+        canary,
+        mia,
+        raw,
+        read_attribute(raw.get("attribute")),
+        read_extraction(raw.get("extraction")),
+    )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dprad.errors import DpradError
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG = "config.json"
 PRIVACY = "privacy.json"  # written last: its presence marks a finished run
@@ -20,6 +23,16 @@ AUDIT = "audit.json"
 REFERENCE = "reference.json"
 EVALUATION = "evaluation.json"
 MODEL = "model"
+
+# an export (``dprad export``): what a run shares, and what marks a directory as one
+MANIFEST = "MANIFEST.json"  # every file of the export, its SHA-256 and why it is safe to share
+THRESHOLDS = "thresholds.json"  # the shipped thresholds (a run keeps them in metrics.json)
+ENCODER = "encoder"  # the base encoder, bundled (a run names it in config.json's derived.model_dir)
+MODEL_CARD = "MODEL_CARD.md"
+
+# the weights of a run's model/ (``.pt``, torch pickles) or of an export's (``.safetensors``)
+HEAD_WEIGHTS = "head"
+CENTER_WEIGHTS = "center"  # LP-FT: the public feature centre the head's inputs are centred on
 
 # every file a training run writes (a fresh start removes any left by an earlier run)
 RUN_FILES = (PRIVACY, METRICS, HISTORY, SCHEMA, SPLITS, NOTES, AUDIT, REFERENCE)
@@ -43,6 +56,34 @@ def read_object(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise DpradError(f"{path}: expected a JSON object, found {type(raw).__name__}")
     return raw
+
+
+def weights_file(model_dir: Path, stem: str) -> Path | None:
+    """``model_dir/stem.safetensors`` (an export) or ``model_dir/stem.pt`` (a run), whichever is there."""
+    for suffix in (".safetensors", ".pt"):
+        if (model_dir / f"{stem}{suffix}").is_file():
+            return model_dir / f"{stem}{suffix}"
+    return None
+
+
+def read_weights(model_dir: Path, stem: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of ``stem`` in a model folder, by name (a bare tensor saved as ``stem.pt`` is named
+    ``stem``), or None when neither ``stem.safetensors`` nor ``stem.pt`` is there."""
+    path = weights_file(model_dir, stem)
+    if path is None:
+        return None
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise DpradError(f"{path}: not a readable safetensors file ({err})") from None
+    import torch
+
+    obj = torch.load(path, weights_only=True)
+    return dict(obj) if isinstance(obj, dict) else {stem: obj}
 
 
 def as_written(obj: Any) -> Any:

@@ -5,6 +5,10 @@ sweep, prediction) opens it here; nothing else parses ``config.json``, ``privacy
 ``splits.json``, ``metrics.json``, ``notes.json``, ``audit.json``, ``reference.json`` or an
 ``evaluation*.json``. Run directories written by earlier versions load too (fields added since take
 their defaults).
+
+An export (``dprad export``: the shareable part of a run, marked by ``MANIFEST.json``) opens here too: it
+has no splits and no metrics, its thresholds are in ``thresholds.json`` and its base encoder is bundled in
+``encoder/``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ class Thresholds:
         return np.asarray(self.values, dtype=float)
 
     @property
+    def covered(self) -> bool:
+        """Whether the privacy ledger covers them: chosen under DP (inside its epsilon), or the fixed 0.5."""
+        return self.fitted_on is None or "(DP)" in self.fitted_on
+
+    @property
     def source(self) -> str:
         """One phrase a reader can quote: which thresholds these are."""
         if self.fitted_on is None:
@@ -74,6 +83,35 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class ManifestEntry:
+    """One file of an export, as its ``MANIFEST.json`` lists it."""
+
+    path: str  # relative to the export, with '/'
+    sha256: str
+    bytes: int
+    why: str  # why it is safe to share
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str) -> ManifestEntry:
+        try:
+            return cls(str(raw["path"]), str(raw["sha256"]), int(raw["bytes"]), str(raw.get("why") or ""))
+        except (KeyError, TypeError, ValueError):
+            raise DpradError(f"{source}: each file needs path, sha256 and bytes") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes, "why": self.why}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An export's ``MANIFEST.json``: what it holds, and what of the run it leaves out."""
+
+    run: str  # the name of the run it was exported from
+    files: tuple[ManifestEntry, ...]
+    left_out: tuple[tuple[str, str], ...]  # (a file of the run, why the export leaves it out)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """One finished run directory, typed. ``RunRecord.open(path)``; every field is the run's own."""
 
@@ -86,6 +124,7 @@ class RunRecord:
     thresholds: Thresholds  # the shipped thresholds
     metrics: Mapping[str, Any] = field(repr=False)  # metrics.json as written (see ``evaluation_of``)
     notes: tuple[str, ...] = ()
+    is_export: bool = False  # a ``dprad export`` (no splits, no metrics, the encoder bundled), not a run
 
     # ------------------------------------------------------------------ opening
 
@@ -115,6 +154,8 @@ class RunRecord:
         config = RunConfig.from_dict(raw, source=str(path / files.CONFIG))
         ledger = PrivacyLedger.from_dict(read_json(path / files.PRIVACY), source=str(path / files.PRIVACY))
         schema = LabelSchema.from_dict(read_object(path / files.SCHEMA), source=str(path / files.SCHEMA))
+        if (path / files.MANIFEST).is_file():
+            return cls._open_export(path, raw, config, ledger, schema)
         splits_raw = read_object(path / files.SPLITS)
         splits = {str(k): tuple(str(i) for i in v) for k, v in splits_raw.items() if isinstance(v, list)}
         metrics = read_object(path / files.METRICS) if (path / files.METRICS).is_file() else {}
@@ -129,6 +170,42 @@ class RunRecord:
             thresholds=Thresholds.from_metrics(metrics, schema, source=str(path / files.METRICS)),
             metrics=metrics,
             notes=tuple(str(n) for n in notes_raw) if isinstance(notes_raw, list) else (),
+        )
+
+    @classmethod
+    def _open_export(
+        cls, path: Path, raw: Mapping[str, Any], config: RunConfig, ledger: PrivacyLedger, schema: LabelSchema
+    ) -> RunRecord:
+        """An export: the run's config, ledger and schema, its shipped thresholds, and nothing about its data."""
+        source = str(path / files.THRESHOLDS)
+        shipped = read_object(path / files.THRESHOLDS)
+        if not isinstance(shipped.get("values"), list):
+            raise DpradError(f"{source}: 'values' must list one threshold per label ({len(schema)})")
+        return cls(
+            path=path,
+            config=config,
+            derived=mapping(raw.get("derived")),
+            ledger=ledger,
+            schema=schema,
+            splits={},
+            thresholds=Thresholds.from_metrics({"thresholds": shipped}, schema, source=source),
+            metrics={},
+            is_export=True,
+        )
+
+    def manifest(self) -> Manifest | None:
+        """An export's ``MANIFEST.json`` (None for a run)."""
+        p = self.path / files.MANIFEST
+        if not p.is_file():
+            return None
+        raw = read_object(p)
+        entries, left_out = raw.get("files"), raw.get("left_out") or []
+        if not isinstance(entries, list) or not isinstance(left_out, list):
+            raise DpradError(f"{p}: 'files' and 'left_out' must be lists")
+        return Manifest(
+            run=str(raw.get("run") or self.name),
+            files=tuple(ManifestEntry.from_dict(mapping(e), source=str(p)) for e in entries),
+            left_out=tuple((str(mapping(e).get("file")), str(mapping(e).get("why") or "")) for e in left_out),
         )
 
     # ------------------------------------------------------------------ what the run is
@@ -152,9 +229,12 @@ class RunRecord:
     @property
     def model_dir(self) -> str:
         """The encoder the run was trained from: the directory it was resolved to when the run trained,
-        or, when the run has moved to where that path does not exist, its name resolved again here."""
+        or, when the run has moved to where that path does not exist, its name resolved again here (an
+        export: its own ``encoder/``)."""
         from dprad.local_models import resolve_model_dir
 
+        if self.is_export:  # bundled
+            return str(self.path / files.ENCODER)
         recorded = self.derived.get("model_dir")
         if recorded and Path(str(recorded)).is_dir():
             return str(recorded)
@@ -221,6 +301,8 @@ class RunRecord:
     # ------------------------------------------------------------------ its data
 
     def split_ids(self, split: str) -> tuple[str, ...]:
+        if self.is_export:
+            raise DpradError(f"{self.path}: an export holds no splits (no '{split}' split to read)")
         if split not in self.splits:
             raise DpradError(f"{self.path / files.SPLITS}: no '{split}' split")
         return self.splits[split]

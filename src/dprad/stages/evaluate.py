@@ -79,6 +79,10 @@ def select_reports(run: RunRecord, reports: list[Report], split: str) -> tuple[l
     labelled = [r for r in reports if r.labels is not None]
     if split == "all":
         return labelled, "all"
+    if run.is_export:  # an export holds no splits (they name training patients): all of DATA is new data
+        if split == "test":
+            raise DpradError(f"--split test: {run.path} is an export, which holds no splits: use --split all")
+        return labelled, "all"
     test_ids = set(run.splits.get("test", ()))
     chosen = [r for r in labelled if r.id in test_ids]
     if split == "test":
@@ -119,7 +123,14 @@ def evaluate_run(
             "source": options.thresholds,
             "values": dict(zip(s.labels, s.thresholds.tolist(), strict=True)),
         },
-        "notes": s.notes,
+        "notes": [
+            *s.notes,
+            *(
+                ["an export holds no splits: every labelled report of DATA is evaluated"]
+                if run.is_export
+                else []
+            ),
+        ],
     }
     out |= evaluate_arrays(
         s.y,

@@ -1,0 +1,113 @@
+"""The safe list: every file an export may hold and why it is safe to share, and what a run holds that an
+export leaves out, and why. The export writes nothing that is not named here (it checks before it
+publishes), and ``MANIFEST.json`` quotes these reasons file by file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatch
+
+MANIFEST_WHY = "this list: every file of the export, its SHA-256 and why it is safe to share"
+
+# every export, whatever the mode
+COMMON: dict[str, str] = {
+    "config.json": "the run's resolved settings (no report text or ids), needed to load the model; "
+    "derived.model_dir names the bundled encoder/",
+    "privacy.json": "the privacy ledger, byte for byte as the run wrote it: the guarantee itself",
+    "schema.json": "the label schema (label names, critical labels, rule vocabulary): definitions, no data",
+    "thresholds.json": "the shipped per-label thresholds: chosen under DP inside the ledger's epsilon, "
+    "or the fixed 0.5",
+    "MODEL_CARD.md": "the model card, quoting only what this export holds",
+    "model/head.safetensors": "the classification head, trained with DP-SGD (with the public feature centre "
+    "its inputs are centred on)",
+}
+CENTER: dict[str, str] = {
+    "model/center.safetensors": "LP-FT: the mean feature of dprad's public synthetic corpus (public data, "
+    "no privacy cost)",
+}
+MODE_FILES: dict[str, dict[str, str]] = {
+    "head": {},
+    "lora": {
+        "model/adapter/adapter_model.safetensors": "the LoRA adapters, trained with DP-SGD",
+        "model/adapter/adapter_config.json": "the LoRA settings (rank, alpha, target modules)",
+    },
+    "full": {
+        "model/encoder/model.safetensors": "the fine-tuned encoder, trained with DP-SGD (under DP its "
+        "embeddings stay frozen at the base model's)",
+        "model/encoder/config.json": "the fine-tuned encoder's architecture",
+    },
+}
+
+# encoder/: the base encoder the run started from, as published by others (config, weights, tokenizer)
+PUBLIC_BASE = "the public base encoder, pre-trained by others and never trained on these reports"
+ENCODER_FILES: dict[str, str] = {
+    "config.json": f"{PUBLIC_BASE}: its architecture",
+    "model.safetensors": f"{PUBLIC_BASE}: its weights",
+    "model-*-of-*.safetensors": f"{PUBLIC_BASE}: its weights (one shard)",
+    "model.safetensors.index.json": f"{PUBLIC_BASE}: the index of its weight shards",
+    **{
+        name: f"{PUBLIC_BASE}: its tokenizer"
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "added_tokens.json",
+            "vocab.txt",
+            "vocab.json",
+            "merges.txt",
+            "spiece.model",
+            "sentencepiece.bpe.model",
+            "spm.model",
+        )
+    },
+    "1_Pooling/config.json": f"{PUBLIC_BASE}: the pooling it declares",
+    "README.md": f"{PUBLIC_BASE}: its own model card (its licence)",
+    "LICENSE": f"{PUBLIC_BASE}: its licence",
+}
+ENCODER_DIR = "encoder"
+
+# --include evaluation: outside the guarantee, and the card says so in its first lines
+EVALUATION: dict[str, str] = {
+    "evaluation.json": "INCLUDED ON REQUEST (--include evaluation): computed on private data WITHOUT DP",
+    "evaluation-*.json": "INCLUDED ON REQUEST (--include evaluation): computed on private data WITHOUT DP",
+}
+INCLUDES = ("evaluation",)
+
+# what a run holds that an export leaves out
+LEFT_OUT: dict[str, str] = {
+    "splits.json": "names the reports, and so the patients, in each split",
+    "history.json": "per-step training losses computed without noise",
+    "metrics.json": "validation and test metrics computed on private data without DP",
+    "reference.json": "test-split score statistics computed without DP (the monitor's baseline)",
+    "evaluation*.json": "evaluations on private data without DP (--include evaluation adds them)",
+    "audit.json": "attack and canary results computed on private data",
+    "notes.json": "training notes, which can hold counts of the private data",
+    "checkpoint.pt": "a training checkpoint (optimizer and sampler state)",
+    "MODEL_CARD.md": "the run's own card quotes non-DP metrics: the export writes its own",
+    "model/*.pt": "torch pickles: the export holds the same weights as safetensors",
+    "model/adapter/README.md": "peft's boilerplate card, naming a local path",
+}
+NOT_ON_LIST = "not on the safe list"
+
+
+def safe_files(mode: str, *, lp_ft: bool) -> dict[str, str]:
+    """The files an export of a run in ``mode`` holds outside ``encoder/`` (and MANIFEST.json), with why."""
+    return {**COMMON, **(CENTER if lp_ft else {}), **MODE_FILES[mode]}
+
+
+def encoder_why(name: str) -> str | None:
+    """Why a file of the base encoder (a path inside its folder) is safe, or None: not on the list."""
+    return next((why for pattern, why in ENCODER_FILES.items() if fnmatch(name, pattern)), None)
+
+
+def left_out_why(name: str) -> str:
+    """Why a run's file (a path inside the run) is not in the export."""
+    return next((why for pattern, why in LEFT_OUT.items() if fnmatch(name, pattern)), NOT_ON_LIST)
+
+
+def evaluation_why(name: str) -> str | None:
+    return next((why for pattern, why in EVALUATION.items() if fnmatch(name, pattern)), None)
+
+
+def unknown_includes(include: Iterable[str]) -> list[str]:
+    return [i for i in include if i not in INCLUDES]
