@@ -177,3 +177,30 @@ def test_refuses_data_that_is_not_the_runs(runs: dict[str, Path]) -> None:
         attribute_inference(run, other, rng=np.random.default_rng(0))
     with pytest.raises(DpradError, match="at least 1"):
         attribute_inference(run, _reports(), rng=np.random.default_rng(0), n_boot=0)
+
+
+def test_a_control_model_separates_memorisation_from_what_the_groups_differ_by(
+    runs: dict[str, Path], corpus: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """The same memorising recipe with another split seed scores the target's two groups: it did not train
+    on this grouping, so its pooled AUC is lower than the target's, and each row carries both."""
+    from dataclasses import replace
+
+    cfg = _cfg(corpus, tiny_bert, "head", epochs=200.0, weight_decay=0.0)
+    train(cfg.with_(data=replace(cfg.data, split_seed=cfg.data.split_seed + 1)), tmp_path / "control")
+    target, control = RunRecord.open(runs["head"]), RunRecord.open(tmp_path / "control")
+    res = attribute_inference(target, _reports(), rng=np.random.default_rng(1), n_boot=50, control=control)
+    alone = attribute_inference(target, _reports(), rng=np.random.default_rng(1), n_boot=50)
+    assert res["pooled"]["auc"] == alone["pooled"]["auc"]  # the target's own result is unchanged
+    pooled = res["pooled"]
+    assert pooled["control_auc"]["estimate"] < pooled["auc"]["estimate"], pooled
+    assert pooled["auc_minus_control"] == pytest.approx(
+        pooled["auc"]["estimate"] - pooled["control_auc"]["estimate"]
+    )
+    assert res["control"]["run"] == str(control.path)
+    for row in res["labels"]:
+        assert ("control_auc" in row) and (row["auc_minus_control"] is None) == (
+            row["auc"] is None or row["control_auc"] is None
+        )
+    with pytest.raises(DpradError, match="same training split"):
+        attribute_inference(target, _reports(), rng=np.random.default_rng(1), control=target)

@@ -157,10 +157,18 @@ def attribute_inference(
     rng: np.random.Generator,
     n_boot: int = 1000,
     min_positives: int = MIN_POSITIVES,
+    control: RunRecord | None = None,
 ) -> dict[str, Any]:
     """The ``"attribute"`` section of ``audit.json``: per label and pooled over labels, how well the
     model's probability for a finding whose sentences were removed separates training reports from test
-    reports (see the module docstring and ``WHAT_IT_CHECKS``)."""
+    reports (see the module docstring and ``WHAT_IT_CHECKS``).
+
+    ``control``: a run of the same recipe on the same data with another split seed. Its model scores the
+    same two groups; its membership in them is unrelated to the grouping, so its AUC is what the groups'
+    remaining text alone gives, and ``auc_minus_control`` is the part that the target model's training
+    on its members adds."""
+    if control is not None:
+        return _with_control(run, reports_by_id, control, rng=rng, n_boot=n_boot, min_positives=min_positives)
     if n_boot < 1:
         raise DpradError(f"--bootstrap {n_boot} must be at least 1")
     if min_positives < 1:
@@ -208,4 +216,49 @@ def attribute_inference(
     }
 
 
-__all__ = ["FPRS", "MIN_POSITIVES", "REDACTION", "WHAT_IT_CHECKS", "attribute_inference", "redact"]
+CONTROL = (
+    "control: the same recipe trained with another split seed scores the same two groups; training on its "
+    "own split says nothing about this grouping, so its AUC is what the groups' remaining text alone gives, "
+    "and the target's AUC above it is what training on the members added"
+)
+
+
+def _with_control(
+    run: RunRecord,
+    reports_by_id: Mapping[str, Report],
+    control: RunRecord,
+    *,
+    rng: np.random.Generator,
+    n_boot: int,
+    min_positives: int,
+) -> dict[str, Any]:
+    """The target's section, each result beside the control model's on the same groups."""
+    from dataclasses import replace
+
+    if control.schema.labels != run.schema.labels or control.data_path != run.data_path:
+        raise DpradError(
+            f"--control {control.path}: must be trained on the same data and labels as {run.path}"
+        )
+    if control.splits.get("train") == run.splits.get("train"):
+        raise DpradError(
+            f"--control {control.path}: has the same training split as {run.path} (use another split seed)"
+        )
+    kw: dict[str, Any] = {"rng": rng, "n_boot": n_boot, "min_positives": min_positives}
+    target = attribute_inference(run, reports_by_id, **kw)
+    other = attribute_inference(replace(control, splits=run.splits), reports_by_id, **kw)
+
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        diff = (
+            None
+            if a.get("auc") is None or b.get("auc") is None
+            else a["auc"]["estimate"] - b["auc"]["estimate"]
+        )
+        return {**a, "control_auc": b.get("auc"), "auc_minus_control": diff}
+
+    target["labels"] = [merge(a, b) for a, b in zip(target["labels"], other["labels"], strict=True)]
+    target["pooled"] = merge(target["pooled"], other["pooled"])
+    target["control"] = {"run": str(control.path), "what": CONTROL}
+    return target
+
+
+__all__ = ["CONTROL", "FPRS", "MIN_POSITIVES", "REDACTION", "WHAT_IT_CHECKS", "attribute_inference", "redact"]

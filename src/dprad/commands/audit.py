@@ -126,6 +126,9 @@ def audit(
     keys: Path | None = typer.Option(
         None, "--keys", help="extraction: the server's keys file (budgets shown)"
     ),
+    control: Path | None = typer.Option(
+        None, "--control", help="attribute: the same recipe trained with another split seed (a control model)"
+    ),
 ) -> None:
     """Attack a finished run (membership inference, LiRA, RMIA, attribute inference, model extraction)
     and write RUN/audit.json."""
@@ -159,7 +162,11 @@ def audit(
         err.print("[dim]attribute inference: scoring reports with the finding's sentences removed[/dim]")
         record = RunRecord.open(run)
         section = attribute_inference(
-            record, run_reports(record, None), rng=np.random.default_rng(seed), n_boot=bootstrap
+            record,
+            run_reports(record, None),
+            rng=np.random.default_rng(seed),
+            n_boot=bootstrap,
+            control=RunRecord.open(control) if control is not None else None,
         )
         result = write_sections(record, attribute=section)
     if "extraction" in chosen:

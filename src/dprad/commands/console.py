@@ -294,8 +294,12 @@ def _render_attribute(section: Mapping[str, Any], out: Console) -> None:
     if not section:
         return
     t = Table(title="attribute inference: the finding's sentences removed, members vs non-members")
-    for col in ("label", "members", "non-members", "AUC [95% CI]", "TPR @ 1% FPR", "note"):
+    controlled = bool(section.get("control"))
+    for col in ("label", "members", "non-members", "AUC [95% CI]", "TPR @ 1% FPR"):
         t.add_column(col)
+    if controlled:
+        t.add_column("control AUC (another split seed)")
+    t.add_column("note")
     pooled = section.get("pooled") or {}
     rows = [{"label": "all labels (pooled)", **pooled}, *(section.get("labels") or [])]
     for row in rows:
@@ -307,6 +311,7 @@ def _render_attribute(section: Mapping[str, Any], out: Console) -> None:
             str(row.get("nonmembers", "-")),
             _audit_ci(row.get("auc")),
             _audit_ci(row.get("tpr_at_0.01_fpr"), pct=True),
+            *([_audit_ci(row.get("control_auc"))] if controlled else []),
             str(row.get("note") or ""),
         )
     out.print(t)

@@ -31,6 +31,7 @@ def _attribute_row(r: Run, a: AttributeRow) -> dict[str, str]:
         "non-members": fmt_num(a.nonmembers, "d"),
         "AUC [95% CI]": fmt_interval(a.auc),
         "TPR @ 1% FPR": fmt_interval(a.tpr_at_1pct_fpr),
+        "control AUC (another split seed)": fmt_interval(a.control_auc) if a.control_auc else "not run",
         "note": a.note,
     }
 

@@ -50,6 +50,7 @@ class AttributeRow:
     auc: Interval
     tpr_at_1pct_fpr: Interval
     note: str
+    control_auc: Interval | None = None  # the control model's AUC on the same groups (--control)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def _attribute_row(row: Mapping[str, Any], name: str | None = None) -> Attribute
         auc=interval(row.get("auc")),
         tpr_at_1pct_fpr=interval(row.get("tpr_at_0.01_fpr")),
         note=str(row.get("note") or ""),
+        control_auc=interval(row["control_auc"]) if "control_auc" in row else None,
     )
 
 
