@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from dprad import CHEXPERT14, SynthConfig, generate_reports
+from dprad.config import RunConfig
+from dprad.data.table import reports_frame, write_table
 from dprad.errors import DpradError
 from dprad.io import write_json
 from dprad.modes import load_run
@@ -17,6 +20,7 @@ from dprad.privacy import PrivacyLedger
 from dprad.report import write_model_card, write_report
 from dprad.run import RunRecord
 from dprad.stages.evaluate import EvalOptions, evaluate_run
+from dprad.stages.train import train
 from tiny import make_tiny_encoder
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19"
@@ -24,11 +28,26 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19"
 
 @pytest.fixture(scope="module")
 def old_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixture copied to a fresh folder, with its tiny encoder rebuilt beside it (seed 0, as trained).
-    Its config.json names the encoder by an absolute path of the machine that wrote it."""
+    """The fixture's run files (as the old code wrote them) copied to a fresh folder, with what the
+    repository does not hold rebuilt beside them: the tiny encoder (seed 0), the synthetic corpus, and the
+    trained weights. The weights are retrained from each run's own config.json; training is deterministic,
+    so the retrained run's metrics.json must equal the committed one, which shows the weights are the ones
+    the old code trained. Its config.json names the encoder by an absolute path of the machine that wrote
+    it."""
     here = tmp_path_factory.mktemp("old") / "run-before-19"
     shutil.copytree(FIXTURE, here)
     make_tiny_encoder(here / "encoder", "bert")
+    write_table(
+        reports_frame(generate_reports(SynthConfig(n_patients=120, seed=3)), CHEXPERT14), here / "reports.csv"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(here)  # the runs name their data and encoder relative to where they were trained
+        for name in ("dp-head", "dp-lora"):
+            run = here / "runs" / name
+            cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+            again = train(cfg, here / "retrained" / name)
+            assert again.metrics == json.loads((run / "metrics.json").read_text()), name
+            shutil.copytree(again.run_dir / "model", run / "model")
     return here
 
 
