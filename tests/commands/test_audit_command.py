@@ -91,12 +91,22 @@ def test_attribute_and_extraction_through_the_served_api_land_in_audit_json_and_
     assert "not the patients" in page  # what extraction does and does not threaten
 
 
-def test_audit_refuses_unknown_attacks_and_bad_budgets(run_dir: Path) -> None:
+def test_audit_refuses_unknown_attacks_and_bad_budgets(run_dir: Path, tmp_path: Path) -> None:
+    two_lines = tmp_path / "two.key"
+    two_lines.write_text("secret-one\nsecret-two\n")
     for args, match in (
+        (
+            ["--attack", "extraction", "--url", "http://127.0.0.1:9", "--key-file", str(tmp_path / "none")],
+            "cannot be read",
+        ),
+        (
+            ["--attack", "extraction", "--url", "http://127.0.0.1:9", "--key-file", str(two_lines)],
+            "one API key on one line",
+        ),
         (["--attack", "loss,magic"], "each must be one of"),
         (["--attack", "extraction", "--queries", "0,10"], "positive report counts"),
         (["--attack", "extraction", "--url", "http://127.0.0.1:9"], "needs --key-file"),
     ):
         res = CliRunner().invoke(app, ["audit", str(run_dir), *args])
         assert res.exit_code != 0 and isinstance(res.exception, DpradError), res.output
-        assert match in str(res.exception)
+        assert match in str(res.exception) and "secret" not in str(res.exception)

@@ -38,11 +38,12 @@ WHAT_IT_CHECKS = (
 )
 
 
-def parse_attacks(attacks: Sequence[str] | str) -> tuple[str, ...]:
+def parse_attacks(attacks: Sequence[str] | str, *, known: Sequence[str] = ATTACKS) -> tuple[str, ...]:
+    """``--attack``: comma-separated names, each one of ``known`` (the membership attacks by default)."""
     items = [a.strip() for a in (attacks.split(",") if isinstance(attacks, str) else attacks) if a.strip()]
-    bad = [a for a in items if a not in ATTACKS]
+    bad = [a for a in items if a not in known]
     if bad or not items:
-        raise DpradError(f"--attack {','.join(items) or '(none)'}: each must be one of {', '.join(ATTACKS)}")
+        raise DpradError(f"--attack {','.join(items) or '(none)'}: each must be one of {', '.join(known)}")
     return tuple(dict.fromkeys(items))
 
 

@@ -16,14 +16,6 @@ ATTACKS = (*MIA_ATTACKS, "attribute", "extraction")
 MODALITY = {"chexpert14": "cxr", "ctrate18": "ct"}  # the synthetic generator's corpora, by schema
 
 
-def _attacks(spec: str) -> tuple[str, ...]:
-    items = [a.strip() for a in spec.split(",") if a.strip()]
-    bad = [a for a in items if a not in ATTACKS]
-    if bad or not items:
-        raise DpradError(f"--attack {spec or '(none)'}: each must be one of {', '.join(ATTACKS)}")
-    return tuple(dict.fromkeys(items))
-
-
 def _budgets(spec: str) -> list[int]:
     try:
         out = sorted({int(x) for x in spec.split(",") if x.strip()})
@@ -32,6 +24,19 @@ def _budgets(spec: str) -> list[int]:
     if not out or out[0] < 1:
         raise DpradError(f"--queries '{spec}' must be comma-separated positive report counts, e.g. 100,1000")
     return out
+
+
+def _read_key(path: Path) -> str:
+    """The attacker's API key: one line of a file (never echoed, even in an error)."""
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DpradError(
+            f"--key-file {path}: cannot be read ({getattr(err, 'strerror', None) or err})"
+        ) from None
+    if not key or any(c.isspace() for c in key):
+        raise DpradError(f"--key-file {path}: must hold one API key on one line, with no spaces")
+    return key
 
 
 def _key_budgets(keys: Path | None) -> list[dict[str, Any]]:
@@ -72,15 +77,12 @@ def extraction(
             f"--attack extraction: dprad has synthetic attacker reports for {', '.join(MODALITY)}, not "
             f"'{record.schema.name}'"
         )
-    if url is not None:
-        if key_file is None:
-            raise DpradError(
-                "--attack extraction --url needs --key-file (a file holding the attacker's API key)"
-            )
-        query: Any = http_query(url, key_file.read_text().strip(), labels=record.schema.labels)
-    else:
-        query = local_query(record)
+    if url is not None and key_file is None:
+        raise DpradError("--attack extraction --url needs --key-file (a file holding the attacker's API key)")
+    key = _read_key(key_file) if url is not None and key_file is not None else None
     victim = local_query(record)  # the auditor's access: the evaluation spends no key's budget
+    # without --url the attacker sees the run's own answers, as served
+    query: Any = victim if key is None else http_query(str(url), key, labels=record.schema.labels)
     try:
         held_out, _ = record.split_reports("test")
         where = f"the run's {len(held_out)} test reports"
@@ -134,10 +136,11 @@ def audit(
     and write RUN/audit.json."""
     import numpy as np
 
+    from dprad.audit.run_audit import parse_attacks
     from dprad.audit.sections import write_sections
     from dprad.run import RunRecord
 
-    chosen = _attacks(attack)
+    chosen = parse_attacks(attack, known=ATTACKS)
     budgets = _budgets(queries) if "extraction" in chosen else []
     err = Console(stderr=True)
     result: dict[str, Any] = {}

@@ -61,7 +61,7 @@ class Run:
     def of(cls, record: RunRecord) -> Run:
         ev = record.evaluation or record.evaluation_of("test")
         at, shipped = thresholds_phrase(ev, record.thresholds) if ev is not None else ("", False)
-        model = _short(record.config.model.name or record.model_dir)
+        model = _short(record.config.model.name)
         dataset = _short(record.data_path) if record.data_path else "unknown"
         return cls(record, model, dataset, ev, at, shipped)
 
