@@ -10,14 +10,26 @@ import sys
 
 import typer
 
-from dprad.commands import audit, data, evaluate, export, label, predict, report, serve, sweep, train
+from dprad.commands import (
+    audit,
+    data,
+    evaluate,
+    export,
+    federate,
+    label,
+    predict,
+    report,
+    serve,
+    sweep,
+    train,
+)
 from dprad.errors import DpradError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Differentially private radiology-report classifiers."
 )
 # in the order `dprad --help` lists them
-for module in (data, label, train, predict, evaluate, sweep, audit, export, serve, report):
+for module in (data, label, train, federate, predict, evaluate, sweep, audit, export, serve, report):
     module.register(app)
 
 

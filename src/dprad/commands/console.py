@@ -547,3 +547,20 @@ def print_monitor(result: MonitorResult) -> None:
     for a in result.alerts:
         colour = "red" if a.severity == "alert" else "yellow"
         con.print(f"[{colour}]{a.severity}[/] {a.kind}: {a.message}")
+
+
+def print_federation(result: dict[str, Any], out: Path) -> None:
+    """The federation's outcome: rounds, each hospital's and the network's weighted F1 with its CI."""
+    rounds = [r for r in result.get("rounds", []) if "answered" in r]
+    print(f"federation: {len(rounds)} round(s); results in {out / 'federation.json'}")
+    for r in result.get("rounds", []):
+        for site, why in {**r.get("declined", {}), **r.get("failed", {})}.items():
+            print(f"  round {r['round']}: {site}: {why}")
+    ev = result.get("evaluation", {})
+    for site, e in {**ev.get("sites", {}), **({"overall": ev["overall"]} if "overall" in ev else {})}.items():
+        w = e["headline"]["weighted_f1"]
+        print(
+            f"  {site}: weighted F1 {w['estimate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] on {e['reports']} test reports"
+        )
+    for site, d in result.get("client_level_dp", {}).get("per_site", {}).items():
+        print(f"  client-level DP, {site}: epsilon {d['epsilon']:.3g} over {d['rounds']} round(s)")

@@ -42,8 +42,23 @@ def weighted_label_metrics(
     fp = weights @ ((1 - y) * p * m)
     fn = weights @ (y * (1 - p) * m)
     tn = weights @ ((1 - y) * (1 - p) * m)
+    out = metrics_from_counts(tp, fp, fn, tn)
+    auroc = np.full(tp.shape, np.nan)
+    auprc = np.full(tp.shape, np.nan)
+    for j in range(y.shape[1]):
+        keep = m[:, j] > 0
+        auroc[:, j], auprc[:, j] = _ranking_metrics(y[keep, j], y_score[keep, j], weights[:, keep])
+    out["auroc"], out["auprc"] = auroc, auprc
+    return out
+
+
+def metrics_from_counts(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-label precision, recall, specificity, F1 (0 where undefined) and support from confusion counts:
+    each input and output (..., L). The one definition every evaluation (scores or counts) uses."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = {
+        return {
             "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
             "recall": np.where(tp + fn > 0, tp / (tp + fn), 0.0),
             "specificity": np.where(tn + fp > 0, tn / (tn + fp), 0.0),
@@ -53,13 +68,6 @@ def weighted_label_metrics(
             "fp": fp,
             "fn": fn,
         }
-    auroc = np.full(tp.shape, np.nan)
-    auprc = np.full(tp.shape, np.nan)
-    for j in range(y.shape[1]):
-        keep = m[:, j] > 0
-        auroc[:, j], auprc[:, j] = _ranking_metrics(y[keep, j], y_score[keep, j], weights[:, keep])
-    out["auroc"], out["auprc"] = auroc, auprc
-    return out
 
 
 def _ranking_metrics(

@@ -526,8 +526,16 @@ def write_report(
     """Read the run directories (a folder of runs stands for the finished runs below it), the sweep table
     and the sweep's selection.json beside it, and a label-noise study (``bench/label_noise.py --out``)
     where given, and write one self-contained HTML page to ``out`` (atomically). Returns ``out``."""
+    from dprad.report.federation import federation_context
+    from dprad.run.federation import FederationRecord
+
+    federations = [Path(p) for p in runs if FederationRecord.is_federation(p)]
+    runs = [p for p in runs if not FederationRecord.is_federation(p)]
     if not runs:
-        raise DpradError("dprad report: give at least one run directory")
+        raise DpradError(
+            "dprad report: give at least one run directory"
+            + (" (for a federation: its hospitals' site directories beside it)" if federations else "")
+        )
     study = load_study(label_noise) if label_noise is not None else None
     found, skipped = read_runs(runs)
     sweep = read_sweep_table(sweep_table) if sweep_table is not None else None
@@ -535,11 +543,11 @@ def write_report(
     places = [Path(sweep_table).parent] if sweep_table is not None else []
     places += [Path(p) for p in runs if Path(p).is_dir() and not (Path(p) / "privacy.json").is_file()]
     selection = find_selection(places)
-    html = render(
-        build_context(
-            found, sweep=sweep, title=title, skipped=skipped, selection=selection, label_noise=study
-        )
+    context = build_context(
+        found, sweep=sweep, title=title, skipped=skipped, selection=selection, label_noise=study
     )
+    context["federations"] = federation_context(federations, table)
+    html = render(context)
     out = Path(out)
     write_text(out, html)
     return out

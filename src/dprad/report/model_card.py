@@ -385,7 +385,14 @@ def write_model_card(run_dir: Path, out: Path | None = None, *, export: ExportSc
     """Write RUN/MODEL_CARD.md (or ``out``) atomically; returns its path. With ``export``, the card of an
     export of the run: it quotes only what the export holds and says first what the guarantee does not
     cover."""
-    run = read_run(run_dir)
+    from dprad.run.federation import FederationRecord
+
     target = Path(out) if out is not None else Path(run_dir) / "MODEL_CARD.md"
+    if FederationRecord.is_federation(run_dir):  # a federation's global model: each hospital's guarantee
+        from dprad.report.federation import federation_card
+
+        write_text(target, federation_card(FederationRecord.open(run_dir)))
+        return target
+    run = read_run(run_dir)
     write_text(target, model_card_markdown(run, export))
     return target

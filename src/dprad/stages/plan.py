@@ -31,8 +31,12 @@ from dprad.run.plan import RunPlan, threshold_releases
 AUTO_MEASURED_UP_TO = 2_614
 
 
-def prepare(cfg: RunConfig, reports: Sequence[Report] | None = None) -> tuple[LabelSchema, Splits, list[str]]:
-    """Read, split by patient, and keep only labelled reports for training; notes say what was dropped."""
+def prepare(
+    cfg: RunConfig, reports: Sequence[Report] | None = None, *, require_positives: bool = True
+) -> tuple[LabelSchema, Splits, list[str]]:
+    """Read, split by patient, and keep only labelled reports for training; notes say what was dropped.
+    ``require_positives``: refuse a label without a positive training report (a federation's site may
+    lack one: the others bring its positives, so the site only notes it)."""
     notes: list[str] = []
     schema = load_schema(cfg.data.schema) if cfg.data.schema else None
     if reports is None:
@@ -64,7 +68,9 @@ def prepare(cfg: RunConfig, reports: Sequence[Report] | None = None) -> tuple[La
         [[1 if (r.labels or {}).get(lab) in (1, -1) else 0 for lab in schema.labels] for r in splits.train]
     )
     empty = [lab for lab, c in zip(schema.labels, y.sum(0), strict=True) if c == 0]
-    if empty:
+    if empty and not require_positives:
+        notes.append(f"no positive training report for {', '.join(repr(x) for x in empty)} at this site")
+    elif empty:
         raise DpradError(
             f"label(s) {', '.join(repr(x) for x in empty)} of schema '{schema.name}' have no positive report in the "
             f"training split ({len(splits.train)} reports): drop them from the schema or add data"
@@ -173,14 +179,18 @@ CanaryHook = Callable[[list[Report], LabelSchema], tuple[list[Report], Any]]
 
 
 def plan_run(
-    cfg: RunConfig, reports: Sequence[Report] | None = None, *, canaries: CanaryHook | None = None
+    cfg: RunConfig,
+    reports: Sequence[Report] | None = None,
+    *,
+    canaries: CanaryHook | None = None,
+    require_positives: bool = True,
 ) -> RunPlan:
     """Prepare + resolve + step planning + noise calibration + pooling, once."""
     from dprad.model import encoder_type, resolve_pooling
 
     model_dir = resolve_model_dir(cfg.model.name)  # fail fast on a bad model before reading data
     kind = encoder_type(model_dir)
-    schema, splits, notes = prepare(cfg, reports)
+    schema, splits, notes = prepare(cfg, reports, require_positives=require_positives)
     canary_set = None
     if canaries is None and cfg.train.audit_canaries:
         from dprad.audit.canaries import canary_hook

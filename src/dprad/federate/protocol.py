@@ -1,0 +1,112 @@
+"""The messages of a federation, one handler per kind, run at a site; the same handlers answer Flower's
+ClientApp and the in-process transport, so both train the same model.
+
+A message is arrays plus a small config (numbers, and from the server its label names); a reply is arrays
+plus numbers, plus the site's chosen name in its first reply. Nothing in either is report text, a report
+or patient id, a per-example value or a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dprad.federate.site import Declined, Site
+
+KINDS = ("hello", "train", "thresholds", "evaluate")
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One message's content: named arrays and a config of numbers (or, from the server, strings)."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A site's answer; ``error`` set when it declined or failed (then nothing else is meaningful)."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    name: str = ""
+    error: str = ""
+    declined: bool = False
+
+
+def _params(p: Payload) -> dict[str, np.ndarray]:
+    return {k.removeprefix("head/"): v for k, v in p.arrays.items() if k.startswith("head/")}
+
+
+def as_head(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"head/{k}": np.asarray(v) for k, v in params.items()}
+
+
+def _hello(site: Site, p: Payload) -> Reply:
+    labels = tuple(str(p.config.get("labels", "")).split("\n"))
+    site.check_schema(labels, site.info.input_dim)
+    return Reply(
+        arrays=as_head(site.start()),
+        metrics={
+            "rounds": site.info.rounds,
+            "rounds_taken": site.rounds_taken,
+            "private": float(site.info.private),
+        },
+        name=site.info.name,
+    )
+
+
+def _spent(site: Site) -> dict[str, float]:
+    """The site's own epsilon so far and its delta (numbers about its DP parameters, not its data)."""
+    ledger = site.ledger(rounds=site.rounds_taken, thresholds=bool(site.state["thresholds_released"]))
+    if not ledger.private or ledger.epsilon is None or ledger.delta is None:
+        return {}
+    return {"epsilon": float(ledger.epsilon), "delta": float(ledger.delta)}
+
+
+def _train(site: Site, p: Payload) -> Reply:
+    params, units = site.train_round(int(p.config["round"]), _params(p))
+    return Reply(arrays=as_head(params), metrics={"units": units, **_spent(site)}, name=site.info.name)
+
+
+def _thresholds(site: Site, p: Payload) -> Reply:
+    grid = tuple(float(g) for g in np.asarray(p.arrays["grid"]))
+    pos, neg, sigma = site.histograms(_params(p), grid=grid)
+    return Reply(
+        arrays={"pos": pos, "neg": neg}, metrics={"sigma": sigma, **_spent(site)}, name=site.info.name
+    )
+
+
+def _evaluate(site: Site, p: Payload) -> Reply:
+    counts, resamples = site.evaluate(
+        _params(p), np.asarray(p.arrays["thresholds"]), n_boot=int(p.config.get("n_boot", 200))
+    )
+    site.finish(_params(p), np.asarray(p.arrays["thresholds"]), str(p.config.get("rule", "")))
+    return Reply(
+        arrays={"counts": counts, "resamples": resamples},
+        metrics={"reports": len(site.plan.splits.test)},
+        name=site.info.name,
+    )
+
+
+HANDLERS: dict[str, Callable[[Site, Payload], Reply]] = {
+    "hello": _hello,
+    "train": _train,
+    "thresholds": _thresholds,
+    "evaluate": _evaluate,
+}
+
+
+def handle(site: Site, kind: str, payload: Payload) -> Reply:
+    """Answer one message; a declined round or a refused schema is an answer, not a crash."""
+    try:
+        return HANDLERS[kind](site, payload)
+    except Declined as err:
+        return Reply(name=site.info.name, error=str(err), declined=True)
+
+
+__all__ = ["HANDLERS", "KINDS", "Payload", "Reply", "as_head", "handle"]

@@ -1,0 +1,379 @@
+"""One hospital of a federation: its reports, its plan, its own DP-SGD and its own ledger.
+
+A site is a run that trains in rounds. ``prepare_site`` plans it like ``dprad train`` (teacher labels,
+patient splits, the rule prior, the public warm start), with the whole federation's schedule in the
+plan: ``rounds`` rounds of ``steps_per_round`` Poisson-sampled DP-SGD steps each, the noise calibrated
+so that every round plus the site's share of the DP thresholds spends exactly its own ``--epsilon``.
+The frozen encoder's features are computed once and kept in the site directory; each round then starts
+from the global head it is sent and takes its DP-SGD steps on them.
+
+The site's ledger (``privacy.json``, a :class:`~dprad.privacy.ledger.PrivacyLedger`) is rewritten after
+every round it computes, before the update leaves: the event composes the DP-SGD steps of every round
+taken, and the thresholds' Gaussian once released. A round that would take the site past its budget is
+declined. What leaves a site: head weights, counts, and the noisy histograms; never text, ids or labels.
+
+Everything in the site directory stays at the hospital (``plan.pkl`` holds its reports).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dprad import io
+from dprad.config import RunConfig
+from dprad.data.dataset import Encoded
+from dprad.data.reports import Report
+from dprad.errors import DpradError
+from dprad.modes.head import HeadMode
+from dprad.run.plan import RunPlan
+
+SITE = "site.json"  # what the site agreed to: rounds, steps per round, its noise; written once
+PLAN = "plan.pkl"  # the site's RunPlan (its reports included): never leaves the hospital
+ARRAYS = "features.npz"  # head inputs, targets and masks per split
+START_SEED = 0  # the head's initialisation before the public warm start, the same at every site
+LEDGER_STATE = "rounds.json"  # the rounds this site took part in (its ledger is built from it)
+
+
+class Declined(DpradError):
+    """A site that will not take a round: its budget would be exceeded, or its schema differs."""
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """``site.json``: the schedule the site's noise was calibrated for."""
+
+    name: str
+    rounds: int  # the most rounds the site takes part in; its epsilon covers exactly these
+    steps_per_round: int
+    labels: tuple[str, ...]
+    schema: str
+    input_dim: int
+    private: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "labels": list(self.labels)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SiteInfo:
+        return cls(**{**d, "labels": tuple(d["labels"])})
+
+
+class SiteHead(HeadMode):
+    """The head mode on features stored in the site directory: no encoder is loaded per round."""
+
+    def __init__(self, plan: RunPlan, arrays: dict[str, np.ndarray], *, notes: list[str]) -> None:
+        super().__init__(plan, notes=notes)
+        self.arrays = arrays
+
+    def build(self) -> torch.nn.Module:
+        from dprad.model import FeatureHead
+
+        a = self.arrays
+        self.x = {s: a[f"x_{s}"] for s in ("train", "val", "test")}  # (N, D) each
+        self.enc = {
+            s: Encoded(ids=[], lengths=np.zeros(0), targets=a[f"y_{s}"], mask=a[f"m_{s}"], pad_id=0)
+            for s in ("train", "val", "test")
+        }
+        self.center = a["center"]
+        self.head = FeatureHead(self.x["train"].shape[1], len(self.plan.schema), center=self.center)
+        return self.head
+
+
+def prepare_site(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    name: str,
+    rounds: int,
+    local_epochs: float | None,
+    reports: Sequence[Report] | None = None,
+) -> Site:
+    """Plan the site and compute its features once. ``local_epochs`` per round (default: the head's
+    epochs spread over the rounds, so a whole federation trains the epochs one run would). ``reports``:
+    the site's reports when not read from ``cfg.data.path`` (``cfg.data.schema`` then names the schema)."""
+    from dprad.modes.head import HeadMode as Head
+    from dprad.stages.plan import plan_run
+
+    if cfg.train.mode not in ("head", "auto"):
+        raise DpradError(f"dprad federate: --mode {cfg.train.mode} is not federated yet; use --mode head")
+    if rounds < 1:
+        raise DpradError(f"--rounds {rounds} must be at least 1")
+    cfg = cfg.with_(train=replace(cfg.train, mode="head"))
+    total = cfg.train.epochs or Head.defaults(private=cfg.private, epsilon=cfg.privacy.epsilon).epochs
+    per_round = local_epochs if local_epochs is not None else total / rounds
+    if not per_round > 0:
+        raise DpradError(f"--local-epochs {local_epochs} must be positive")
+    first = plan_run(
+        cfg.with_(train=replace(cfg.train, epochs=per_round * rounds)), reports, require_positives=False
+    )
+    steps = max(1, round(per_round / first.sample_rate))  # whole steps per round; the plan counts all rounds
+    exact = first.cfg.with_(train=replace(first.cfg.train, epochs=rounds * steps * first.sample_rate))
+    plan = plan_run(exact, reports, require_positives=False)  # the same data and splits, whole rounds
+    if plan.steps != rounds * steps:
+        raise RuntimeError(f"site plan has {plan.steps} steps, not {rounds} x {steps}")
+    mode = HeadMode(plan, notes=list(plan.notes))
+    with torch.random.fork_rng():
+        torch.manual_seed(START_SEED)  # one start for every site whatever its own --seed: it is public
+        head = mode.build()
+    arrays = {"center": np.asarray(mode.center)}
+    for s in ("train", "val", "test"):
+        arrays[f"x_{s}"], arrays[f"y_{s}"], arrays[f"m_{s}"] = (
+            mode.x[s],
+            mode.enc[s].targets,
+            mode.enc[s].mask,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (SITE, "metrics.json", "privacy.json", "messages.jsonl"):  # a fresh site: no earlier state
+        (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / "updates", ignore_errors=True)
+    io.write_with(out / ARRAYS, lambda tmp: _savez(tmp, arrays))
+    saved = pickle.dumps(replace(plan, notes=tuple(mode.notes)))
+    io.write_with(out / PLAN, lambda tmp: _write_bytes(tmp, saved))
+    io.write_with(out / "start.pt", lambda tmp: torch.save(dict(head.state_dict()), tmp))
+    info = SiteInfo(
+        name=name,
+        rounds=rounds,
+        steps_per_round=steps,
+        labels=tuple(plan.schema.labels),
+        schema=plan.schema.name,
+        input_dim=int(mode.x["train"].shape[1]),
+        private=plan.private,
+    )
+    io.write_json(out / "config.json", plan.to_dict())
+    io.write_json(out / LEDGER_STATE, {"rounds": [], "thresholds_released": False})
+    io.write_json(out / SITE, info.to_dict())  # last: its presence marks a prepared site
+    return Site(out)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with path.open("wb") as f:  # a file object: np.savez would add ".npz" to a path without it
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+
+
+class Site:
+    """A prepared site directory; each method is one message's work."""
+
+    def __init__(self, path: str | Path) -> None:
+        from dprad.run.files import read_object
+
+        self.path = Path(path)
+        if not (self.path / SITE).exists():
+            raise DpradError(f"{self.path}: not a prepared dprad federation site (no {SITE})")
+        self.info = SiteInfo.from_dict(read_object(self.path / SITE))
+        self.state = read_object(self.path / LEDGER_STATE)
+        self._plan: RunPlan | None = None
+
+    @property
+    def plan(self) -> RunPlan:
+        if self._plan is None:
+            self._plan = pickle.loads((self.path / PLAN).read_bytes())  # the site's own file, written by it
+        return self._plan
+
+    @property
+    def rounds_taken(self) -> int:
+        return len(self.state["rounds"])
+
+    def start(self) -> dict[str, np.ndarray]:
+        """The head every site starts from: the public warm start (or zeros), a function of public data."""
+        return {k: v.numpy() for k, v in torch.load(self.path / "start.pt", weights_only=True).items()}
+
+    def check_schema(self, labels: tuple[str, ...], input_dim: int) -> None:
+        if labels != self.info.labels:
+            raise Declined(
+                f"site {self.info.name}: its label schema ({self.info.schema}: {', '.join(self.info.labels)}) "
+                f"differs from the federation's ({', '.join(labels)}); refused before any training"
+            )
+        if input_dim != self.info.input_dim:
+            raise Declined(
+                f"site {self.info.name}: head input width {self.info.input_dim} differs from the federation's "
+                f"{input_dim} (another encoder, or the rule prior on at one site and off at another)"
+            )
+
+    def _mode(self) -> SiteHead:
+        with np.load(self.path / ARRAYS) as z:
+            arrays = {k: z[k] for k in z.files}
+        mode = SiteHead(self.plan, arrays, notes=[])
+        mode.build()
+        return mode
+
+    def epsilon_after(self, rounds: int, *, thresholds: bool) -> float | None:
+        """The site's epsilon after ``rounds`` rounds (and the thresholds' release when ``thresholds``)."""
+        ledger = self.ledger(rounds=rounds, thresholds=thresholds)
+        return ledger.epsilon
+
+    def train_round(
+        self, server_round: int, params: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """One round of the site's DP-SGD from the global head -> (its new head, its training units)."""
+        from dprad.stages.fit import fit
+
+        if self.rounds_taken >= self.info.rounds:
+            raise Declined(
+                f"site {self.info.name}: declines round {server_round}: it has taken the {self.info.rounds} "
+                f"round(s) its epsilon {self.plan.cfg.privacy.epsilon} was calibrated for, and one more would "
+                "spend beyond its budget"
+            )
+        taken = self.rounds_taken
+        mode = self._mode()
+        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        seed = int(np.random.SeedSequence([self.plan.cfg.train.seed, 0xFED, taken]).generate_state(1)[0])
+        plan = replace(
+            self.plan,
+            steps=self.info.steps_per_round,
+            cfg=self.plan.cfg.with_(train=replace(self.plan.cfg.train, seed=seed)),
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            fitted = fit(plan, mode, plan.privacy())
+        out = {k: v.detach().numpy().copy() for k, v in mode.head.state_dict().items()}
+        rounds = [*self.state["rounds"], {"round": server_round, "loss": fitted.history["step_loss"]}]
+        self._save_state(rounds=rounds)  # counted before the update leaves the site
+        updates = self.path / "updates"  # what this site sent, kept at the site (its own model, no data)
+        updates.mkdir(exist_ok=True)
+        io.write_with(updates / f"round-{server_round}.npz", lambda tmp: _savez(tmp, out))
+        return out, self.plan.n
+
+    def _save_state(self, **changes: Any) -> None:
+        self.state = {**self.state, **changes}
+        io.write_json(self.path / LEDGER_STATE, self.state)
+        ledger = self.ledger(rounds=self.rounds_taken, thresholds=bool(self.state["thresholds_released"]))
+        io.write_json(self.path / "privacy.json", ledger.to_dict())
+
+    def ledger(self, *, rounds: int, thresholds: bool) -> Any:
+        """The site's ledger after ``rounds`` rounds: the same :func:`build_ledger` a single run uses, over
+        the steps it took (every round's Poisson steps compose into one DP-SGD event)."""
+        from dprad.model import FeatureHead
+        from dprad.stages.finish import build_ledger
+        from dprad.stages.fit import Fitted
+
+        plan = replace(
+            self.plan,
+            steps=rounds * self.info.steps_per_round,
+            threshold_sigma=self.plan.threshold_sigma if thresholds else None,
+        )
+        losses = [x for r in self.state["rounds"][:rounds] for x in r["loss"]]
+        history = {"step_loss": losses, "rounds": [r["round"] for r in self.state["rounds"][:rounds]]}
+        head = FeatureHead(self.info.input_dim, len(self.info.labels), center=np.zeros(1))
+        params = sum(p.numel() for p in head.parameters() if p.requires_grad)
+        sampler = "Poisson (per patient)" if self.plan.unit == "patient" else "Poisson"
+        ledger = build_ledger(
+            plan, plan.privacy(), Fitted(history, f"{sampler}; {rounds} federated round(s)"), params
+        )
+        return ledger
+
+    def histograms(
+        self, params: dict[str, np.ndarray], *, grid: tuple[float, ...]
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """The site's share of the federated thresholds: its validation score histograms (L, G+1) with
+        Gaussian noise of std sigma * sqrt(L), released once, and sigma (0 when not private)."""
+        from dprad.privacy.thresholds import one_report_per_patient, score_histograms
+
+        if self.state["thresholds_released"]:
+            raise Declined(f"site {self.info.name}: has already released its threshold histograms once")
+        mode = self._mode()
+        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        y, m, p = mode.enc["val"].targets, mode.enc["val"].mask, mode.probs("val")
+        if self.plan.unit == "patient":
+            val = self.plan.splits.val
+            keep = one_report_per_patient([r.patient_id for r in val], [r.id for r in val])
+            y, m, p = y[keep], m[keep], p[keep]
+        pos, neg = score_histograms(y, p, m, grid)
+        sigma = float(self.plan.threshold_sigma or 0.0)
+        if self.plan.private and not sigma:
+            raise DpradError(f"site {self.info.name}: planned without DP thresholds (--thresholds dp)")
+        if sigma:
+            rng = np.random.default_rng([self.plan.cfg.train.seed, 0x7E5])
+            std = sigma * math.sqrt(len(self.info.labels))
+            pos, neg = pos + rng.normal(0, std, pos.shape), neg + rng.normal(0, std, neg.shape)
+        self._save_state(thresholds_released=True)  # counted before the histograms leave
+        return pos, neg, sigma
+
+    def evaluate(
+        self, params: dict[str, np.ndarray], thresholds: np.ndarray, *, n_boot: int = 200
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The global model on the site's test split: counts (L, 4) of TP, FP, FN, TN per label at
+        ``thresholds``, and the same under ``n_boot`` patient-level bootstrap resamples (B, L, 4)."""
+        from dprad.metrics.counts import bootstrap_counts
+
+        mode = self._mode()
+        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        test = self.plan.splits.test
+        if not test:
+            raise DpradError(f"site {self.info.name}: has no test split to evaluate on (see --split)")
+        y, m, p = mode.enc["test"].targets, mode.enc["test"].mask, mode.probs("test")
+        return bootstrap_counts(y, p, m, thresholds, [r.patient_id for r in test], n_boot=n_boot)
+
+    def finish(self, params: dict[str, np.ndarray], thresholds: np.ndarray, rule: str) -> None:
+        """Write the site's run directory around the global model: ``dprad report``, ``predict`` and
+        ``export`` then read it like any run; ``metrics.json`` (the marker of a finished site) last but one,
+        ``privacy.json`` (its ledger) last."""
+        from dprad.data.reports import label_matrix
+        from dprad.data.schemas import UncertainPolicy
+        from dprad.metrics.scores import summary
+        from dprad.privacy.accounting import gaussian_epsilon
+        from dprad.run import files
+
+        mode = self._mode()
+        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        plan, schema = self.plan, self.plan.schema
+        private = bool(self.state["thresholds_released"]) and plan.private
+        metrics: dict[str, Any] = {
+            "thresholds": {
+                "fitted_on": "val (DP)" if private else "val",
+                "rule": f"federated: {rule}",
+                "epsilon": gaussian_epsilon(
+                    float(plan.threshold_sigma or 0), delta=float(plan.cfg.privacy.delta or 0)
+                )
+                if private
+                else None,
+                "critical": [],
+                "values": [float(t) for t in thresholds],
+            }
+        }
+        policy = UncertainPolicy(plan.cfg.data.uncertain_policy)
+        for split in ("val", "test"):
+            reps = plan.splits.as_dict()[split]
+            if reps:
+                y, m = label_matrix(reps, schema, policy=policy)
+                p = mode.probs(split)
+                metrics[split] = {
+                    "threshold_0.5": summary(y, p, mask=m, labels=schema.labels),
+                    "threshold_val": summary(
+                        y, p, mask=m, labels=schema.labels, thresholds=np.asarray(thresholds)
+                    ),
+                }
+        (self.path / files.MODEL).mkdir(exist_ok=True)
+        mode.save(self.path / files.MODEL)
+        io.write_json(self.path / files.SCHEMA, schema.to_dict())
+        io.write_json(
+            self.path / files.SPLITS, {k: [r.id for r in v] for k, v in plan.splits.as_dict().items()}
+        )
+        io.write_json(
+            self.path / files.NOTES,
+            [
+                *plan.notes,
+                f"federated: the global head of {self.rounds_taken} round(s) this site took part in",
+            ],
+        )
+        ledger = self.ledger(rounds=self.rounds_taken, thresholds=bool(self.state["thresholds_released"]))
+        rounds = self.state["rounds"]
+        history = {
+            "step_loss": [x for r in rounds for x in r["loss"]],
+            "rounds": [r["round"] for r in rounds],
+        }
+        io.write_json(self.path / files.HISTORY, history)
+        io.write_json(self.path / files.METRICS, metrics)
+        io.write_json(self.path / files.PRIVACY, ledger.to_dict())
