@@ -154,7 +154,7 @@ def test_a_client_killed_mid_round_is_not_charged_and_resumes_when_restarted(
     a, b, victim = fresh(prepared, tmp_path, *SITES)
     port = free_port()
     out = tmp_path / "fed"
-    server = _server(out, port, "--min-clients", "2", "--wait-for", "3", "--timeout", "25")
+    server = _server(out, port, "--min-clients", "2", "--wait-for", "3", "--timeout", "45")
     clients = [_client(s, port) for s in (a, b)]
     killed = _client(victim, port)
     end = time.monotonic() + 240
