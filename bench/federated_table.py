@@ -82,7 +82,7 @@ def federate(
     log = run_federation(
         FederationConfig(schema=schema, rounds=rounds, min_clients=1), LocalTransport(copies), out
     )
-    model = {k: v.numpy() for k, v in torch.load(out / "model" / "head.pt", weights_only=True).items()}
+    model = {k: v.numpy() for k, v in torch.load(out / "model" / "global.pt", weights_only=True).items()}
     return log, model
 
 

@@ -26,12 +26,19 @@ def write_sites(root: Path, modality: str = "cxr") -> dict[str, Path]:
 
 
 def prepare(
-    data: Path, out: Path, *, name: str, model: Path, rounds: int = ROUNDS, epsilon: str = "8"
+    data: Path,
+    out: Path,
+    *,
+    name: str,
+    model: Path,
+    rounds: int = ROUNDS,
+    epsilon: str = "8",
+    extra: tuple[str, ...] | list[str] = (),
 ) -> Path:
     main(
         [
             "federate", "client", str(data), "--out", str(out), "--name", name, "--rounds", str(rounds),
-            "--model", str(model), "--max-length", "48", "--epsilon", epsilon, "--local-epochs", "2",
+            "--model", str(model), "--max-length", "48", "--epsilon", epsilon, "--local-epochs", "2", *extra,
         ]
     )  # fmt: skip
     return out

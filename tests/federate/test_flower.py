@@ -73,7 +73,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float, what: Path) -> None:
 
 
 def _head(out: Path) -> dict[str, np.ndarray]:
-    return {k: v.numpy().astype(np.float64) for k, v in torch.load(out / "model" / "head.pt").items()}
+    return {k: v.numpy().astype(np.float64) for k, v in torch.load(out / "model" / "global.pt").items()}
 
 
 def _update(site: Path, r: int) -> dict[str, np.ndarray]:

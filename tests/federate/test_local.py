@@ -23,7 +23,7 @@ SITES = ("site_a", "site_b", "site_c")
 
 
 def _global(out: Path) -> dict[str, np.ndarray]:
-    return {k: v.numpy().astype(np.float64) for k, v in torch.load(out / "model" / "head.pt").items()}
+    return {k: v.numpy().astype(np.float64) for k, v in torch.load(out / "model" / "global.pt").items()}
 
 
 def _update(site: Path, r: int) -> dict[str, np.ndarray]:

@@ -48,7 +48,7 @@ def as_head(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _hello(site: Site, p: Payload) -> Reply:
     labels = tuple(str(p.config.get("labels", "")).split("\n"))
-    site.check_schema(labels, site.info.input_dim)
+    site.check_schema(labels)
     return Reply(
         arrays=as_head(site.start()),
         metrics={

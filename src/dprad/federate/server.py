@@ -373,7 +373,7 @@ def run_federation(cfg: FederationConfig, transport: Transport, out: Path) -> di
         )
     state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in model.items()}
     (out / "model").mkdir(parents=True, exist_ok=True)
-    io.write_with(out / "model" / "head.pt", lambda tmp: torch.save(state, tmp))
+    io.write_with(out / "model" / "global.pt", lambda tmp: torch.save(state, tmp))
     io.write_json(out / FEDERATION, log)
     return log
 

@@ -56,8 +56,9 @@ class SiteInfo:
     steps_per_round: int
     labels: tuple[str, ...]
     schema: str
-    input_dim: int
+    params: int  # trainable parameters of the mode's model: what each round sends
     private: bool
+    mode: str = "head"  # head (a linear head on stored features) or lora (adapters + head, --no-probe)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "labels": list(self.labels)}
@@ -100,15 +101,25 @@ def prepare_site(
     """Plan the site and compute its features once. ``local_epochs`` per round (default: the head's
     epochs spread over the rounds, so a whole federation trains the epochs one run would). ``reports``:
     the site's reports when not read from ``cfg.data.path`` (``cfg.data.schema`` then names the schema)."""
-    from dprad.modes.head import HeadMode as Head
+    from dprad.modes import get_mode
     from dprad.stages.plan import plan_run
 
-    if cfg.train.mode not in ("head", "auto"):
-        raise DpradError(f"dprad federate: --mode {cfg.train.mode} is not federated yet; use --mode head")
+    kind = "head" if cfg.train.mode == "auto" else cfg.train.mode
+    if kind not in ("head", "lora"):
+        raise DpradError(
+            f"dprad federate: --mode {cfg.train.mode} is not federated; use --mode head or --mode lora --no-probe"
+        )
+    if kind == "lora" and cfg.train.probe is not False:
+        raise DpradError(
+            "dprad federate --mode lora: every site starts from one public start, so pass --no-probe "
+            "(LP-FT across a federation is not built; --mode head federates the probe itself)"
+        )
     if rounds < 1:
         raise DpradError(f"--rounds {rounds} must be at least 1")
-    cfg = cfg.with_(train=replace(cfg.train, mode="head"))
-    total = cfg.train.epochs or Head.defaults(private=cfg.private, epsilon=cfg.privacy.epsilon).epochs
+    cfg = cfg.with_(train=replace(cfg.train, mode=kind))
+    total = (
+        cfg.train.epochs or get_mode(kind).defaults(private=cfg.private, epsilon=cfg.privacy.epsilon).epochs
+    )
     per_round = local_epochs if local_epochs is not None else total / rounds
     if not per_round > 0:
         raise DpradError(f"--local-epochs {local_epochs} must be positive")
@@ -120,38 +131,64 @@ def prepare_site(
     plan = plan_run(exact, reports, require_positives=False)  # the same data and splits, whole rounds
     if plan.steps != rounds * steps:
         raise RuntimeError(f"site plan has {plan.steps} steps, not {rounds} x {steps}")
-    mode = HeadMode(plan, notes=list(plan.notes))
+    mode = get_mode(kind)(plan, notes=list(plan.notes))
     with torch.random.fork_rng():
         torch.manual_seed(START_SEED)  # one start for every site whatever its own --seed: it is public
-        head = mode.build()
-    arrays = {"center": np.asarray(mode.center)}
-    for s in ("train", "val", "test"):
-        arrays[f"x_{s}"], arrays[f"y_{s}"], arrays[f"m_{s}"] = (
-            mode.x[s],
-            mode.enc[s].targets,
-            mode.enc[s].mask,
-        )
+        mode.build()
+    start = get_params(mode)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (SITE, "metrics.json", "privacy.json", "messages.jsonl"):  # a fresh site: no earlier state
         (out / stale).unlink(missing_ok=True)
     shutil.rmtree(out / "updates", ignore_errors=True)
-    io.write_with(out / ARRAYS, lambda tmp: _savez(tmp, arrays))
+    if isinstance(mode, HeadMode):  # the head's inputs, once: a round needs no encoder
+        arrays = {"center": np.asarray(mode.center)}
+        for s in ("train", "val", "test"):
+            arrays[f"x_{s}"], arrays[f"y_{s}"], arrays[f"m_{s}"] = (
+                mode.x[s],
+                mode.enc[s].targets,
+                mode.enc[s].mask,
+            )
+        io.write_with(out / ARRAYS, lambda tmp: _savez(tmp, arrays))
     saved = pickle.dumps(replace(plan, notes=tuple(mode.notes)))
     io.write_with(out / PLAN, lambda tmp: _write_bytes(tmp, saved))
-    io.write_with(out / "start.pt", lambda tmp: torch.save(dict(head.state_dict()), tmp))
+    io.write_with(out / "start.npz", lambda tmp: _savez(tmp, start))
     info = SiteInfo(
         name=name,
         rounds=rounds,
         steps_per_round=steps,
         labels=tuple(plan.schema.labels),
         schema=plan.schema.name,
-        input_dim=int(mode.x["train"].shape[1]),
+        params=sum(int(np.size(v)) for v in start.values()),
         private=plan.private,
+        mode=kind,
     )
     io.write_json(out / "config.json", plan.to_dict())
     io.write_json(out / LEDGER_STATE, {"rounds": [], "thresholds_released": False})
     io.write_json(out / SITE, info.to_dict())  # last: its presence marks a prepared site
     return Site(out)
+
+
+def get_params(mode: Any) -> dict[str, np.ndarray]:
+    """What a round sends: a head's state (its weights and the public feature centre), or the trainable
+    parameters of an encoder mode (LoRA adapters and the classification head)."""
+    if isinstance(mode, HeadMode):
+        return {k: v.detach().cpu().numpy().copy() for k, v in mode.head.state_dict().items()}
+    return {
+        n: p.detach().cpu().numpy().copy() for n, p in mode.trainable.named_parameters() if p.requires_grad
+    }
+
+
+def set_params(mode: Any, params: dict[str, np.ndarray]) -> None:
+    state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
+    if isinstance(mode, HeadMode):
+        mode.head.load_state_dict(state)
+        return
+    own = {n for n, p in mode.trainable.named_parameters() if p.requires_grad}
+    if set(state) != own:
+        raise DpradError(
+            f"the global model's parameters do not match this site's ({len(state)} vs {len(own)})"
+        )
+    mode.trainable.load_state_dict(state, strict=False)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -188,25 +225,31 @@ class Site:
 
     def start(self) -> dict[str, np.ndarray]:
         """The head every site starts from: the public warm start (or zeros), a function of public data."""
-        return {k: v.numpy() for k, v in torch.load(self.path / "start.pt", weights_only=True).items()}
+        with np.load(self.path / "start.npz") as z:
+            return {k: z[k] for k in z.files}
 
-    def check_schema(self, labels: tuple[str, ...], input_dim: int) -> None:
+    def check_schema(self, labels: tuple[str, ...]) -> None:
         if labels != self.info.labels:
             raise Declined(
                 f"site {self.info.name}: its label schema ({self.info.schema}: {', '.join(self.info.labels)}) "
                 f"differs from the federation's ({', '.join(labels)}); refused before any training"
             )
-        if input_dim != self.info.input_dim:
-            raise Declined(
-                f"site {self.info.name}: head input width {self.info.input_dim} differs from the federation's "
-                f"{input_dim} (another encoder, or the rule prior on at one site and off at another)"
-            )
 
-    def _mode(self) -> SiteHead:
-        with np.load(self.path / ARRAYS) as z:
-            arrays = {k: z[k] for k in z.files}
-        mode = SiteHead(self.plan, arrays, notes=[])
-        mode.build()
+    def _mode(self, params: dict[str, np.ndarray]) -> Any:
+        """The site's mode, built, holding ``params`` (a head on the stored features, or LoRA)."""
+        from dprad.modes import get_mode
+
+        if self.info.mode == "head":
+            with np.load(self.path / ARRAYS) as z:
+                arrays = {k: z[k] for k in z.files}
+            mode: Any = SiteHead(self.plan, arrays, notes=[])
+            mode.build()
+        else:
+            mode = get_mode(self.info.mode)(self.plan, notes=[])
+            with torch.random.fork_rng():
+                torch.manual_seed(START_SEED)
+                mode.build()
+        set_params(mode, params)
         return mode
 
     def epsilon_after(self, rounds: int, *, thresholds: bool) -> float | None:
@@ -227,8 +270,7 @@ class Site:
                 "spend beyond its budget"
             )
         taken = self.rounds_taken
-        mode = self._mode()
-        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        mode = self._mode(params)
         seed = int(np.random.SeedSequence([self.plan.cfg.train.seed, 0xFED, taken]).generate_state(1)[0])
         plan = replace(
             self.plan,
@@ -238,7 +280,7 @@ class Site:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             fitted = fit(plan, mode, plan.privacy())
-        out = {k: v.detach().numpy().copy() for k, v in mode.head.state_dict().items()}
+        out = get_params(mode)
         rounds = [*self.state["rounds"], {"round": server_round, "loss": fitted.history["step_loss"]}]
         self._save_state(rounds=rounds)  # counted before the update leaves the site
         updates = self.path / "updates"  # what this site sent, kept at the site (its own model, no data)
@@ -255,7 +297,6 @@ class Site:
     def ledger(self, *, rounds: int, thresholds: bool) -> Any:
         """The site's ledger after ``rounds`` rounds: the same :func:`build_ledger` a single run uses, over
         the steps it took (every round's Poisson steps compose into one DP-SGD event)."""
-        from dprad.model import FeatureHead
         from dprad.stages.finish import build_ledger
         from dprad.stages.fit import Fitted
 
@@ -266,8 +307,7 @@ class Site:
         )
         losses = [x for r in self.state["rounds"][:rounds] for x in r["loss"]]
         history = {"step_loss": losses, "rounds": [r["round"] for r in self.state["rounds"][:rounds]]}
-        head = FeatureHead(self.info.input_dim, len(self.info.labels), center=np.zeros(1))
-        params = sum(p.numel() for p in head.parameters() if p.requires_grad)
+        params = self.info.params
         sampler = "Poisson (per patient)" if self.plan.unit == "patient" else "Poisson"
         ledger = build_ledger(
             plan, plan.privacy(), Fitted(history, f"{sampler}; {rounds} federated round(s)"), params
@@ -283,8 +323,7 @@ class Site:
 
         if self.state["thresholds_released"]:
             raise Declined(f"site {self.info.name}: has already released its threshold histograms once")
-        mode = self._mode()
-        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        mode = self._mode(params)
         y, m, p = mode.enc["val"].targets, mode.enc["val"].mask, mode.probs("val")
         if self.plan.unit == "patient":
             val = self.plan.splits.val
@@ -308,8 +347,7 @@ class Site:
         ``thresholds``, and the same under ``n_boot`` patient-level bootstrap resamples (B, L, 4)."""
         from dprad.metrics.counts import bootstrap_counts
 
-        mode = self._mode()
-        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        mode = self._mode(params)
         test = self.plan.splits.test
         if not test:
             raise DpradError(f"site {self.info.name}: has no test split to evaluate on (see --split)")
@@ -326,8 +364,7 @@ class Site:
         from dprad.privacy.accounting import gaussian_epsilon
         from dprad.run import files
 
-        mode = self._mode()
-        mode.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+        mode = self._mode(params)
         plan, schema = self.plan, self.plan.schema
         private = bool(self.state["thresholds_released"]) and plan.private
         metrics: dict[str, Any] = {
