@@ -142,3 +142,27 @@ def test_two_sites_with_one_name_are_refused(prepared: dict[str, Path], tmp_path
     with pytest.raises(DpradError, match="two sites share a --name"):
         run_federation(FederationConfig(rounds=1, min_clients=2), LocalTransport(twins), tmp_path / "fed")
     assert all(not (s / "updates").exists() for s in twins)
+
+
+def test_a_sites_histograms_carry_the_noise_its_ledger_accounts(
+    prepared: dict[str, Path], tmp_path: Path
+) -> None:
+    """The noise a site adds to its threshold histograms has the std its ledger's thresholds part states
+    (sigma * sqrt(L)): a site adding less would spend more than it records."""
+    from dprad.privacy.thresholds import DEFAULT_GRID, one_report_per_patient, score_histograms
+
+    (path,) = fresh(prepared, tmp_path, "site_a")
+    site = Site(path)
+    params = site.start()
+    mode = site._mode(params)
+    val = site.plan.splits.val
+    keep = one_report_per_patient([r.patient_id for r in val], [r.id for r in val])
+    exact = score_histograms(
+        mode.enc["val"].targets[keep], mode.probs("val")[keep], mode.enc["val"].mask[keep], DEFAULT_GRID
+    )
+    pos, neg, sigma = site.histograms(params, grid=DEFAULT_GRID)
+    noise = np.concatenate([(pos - exact[0]).ravel(), (neg - exact[1]).ravel()])  # 2 L (G+1) draws
+    ledger = json.loads((path / "privacy.json").read_text())
+    part = next(p for p in ledger["parts"] if "thresholds" in p["part"])
+    assert sigma == pytest.approx(part["noise_multiplier"])
+    assert np.std(noise) == pytest.approx(sigma * np.sqrt(len(site.info.labels)), rel=0.2)

@@ -34,18 +34,6 @@ Timeout = Annotated[float, typer.Option("--timeout", help="seconds a round waits
 Schema = Annotated[str, typer.Option("--schema", help="the federation's label schema (name or file)")]
 
 
-def _config(**kw: Any) -> Any:
-    from dprad.federate.server import FederationConfig
-
-    return FederationConfig(**kw)
-
-
-def _print(result: dict[str, Any], out: Path) -> None:
-    from dprad.commands.console import print_federation
-
-    print_federation(result, out)
-
-
 @federate_app.command("server")
 def server(
     out: Annotated[
@@ -68,9 +56,11 @@ def server(
     port: Annotated[int, typer.Option("--port", help="the SuperLink's port (sites connect to it)")] = 9092,
 ) -> None:
     """Start a Flower SuperLink, wait for --min-clients sites, run the federation, write --out."""
+    from dprad.commands.console import print_federation
     from dprad.federate.launch import serve
+    from dprad.federate.server import FederationConfig
 
-    cfg = _config(
+    cfg = FederationConfig(
         schema=schema,
         rounds=rounds,
         min_clients=min_clients,
@@ -82,7 +72,7 @@ def server(
         force=force,
         timeout=timeout,
     )
-    _print(serve(cfg, out, host=host, port=port), out)
+    print_federation(serve(cfg, out, host=host, port=port), out)
 
 
 @federate_app.command("local")
@@ -101,10 +91,11 @@ def local(
     force: Force = False,
 ) -> None:
     """The same federation in one process over prepared site directories (a simulation)."""
+    from dprad.commands.console import print_federation
     from dprad.federate.local import LocalTransport
-    from dprad.federate.server import run_federation
+    from dprad.federate.server import FederationConfig, run_federation
 
-    cfg = _config(
+    cfg = FederationConfig(
         schema=schema,
         rounds=rounds,
         min_clients=min_clients,
@@ -114,8 +105,7 @@ def local(
         client_dp_min=client_dp_min,
         force=force,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    _print(run_federation(cfg, LocalTransport(list(sites)), out), out)
+    print_federation(run_federation(cfg, LocalTransport(list(sites)), out), out)
 
 
 @federate_app.command("client")
@@ -176,9 +166,7 @@ def client(
         )
     if superlink is None:
         return
-    rc = join(out, superlink)
-    if rc:
-        raise typer.Exit(rc)
+    join(out, superlink)
     from dprad.run import RunRecord
 
     ledger = RunRecord.open(out).ledger  # the site ends as a run directory of the global model

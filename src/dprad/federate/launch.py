@@ -132,17 +132,24 @@ def serve(
     return read_object(out / FEDERATION)
 
 
-def _listening(address: str) -> bool:
-    host, _, port = address.rpartition(":")
+def _address(superlink: str) -> tuple[str, int]:
+    host, sep, port = superlink.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DpradError(f"--superlink {superlink!r}: expected HOST:PORT of the server's SuperLink")
+    return host, int(port)
+
+
+def _listening(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
-        return s.connect_ex((host or "127.0.0.1", int(port))) == 0
+        return s.connect_ex((host, port)) == 0
 
 
-def join(site: Path, superlink: str, *, port: int | None = None, until_done: bool = True) -> int:
-    """Run a SuperNode for ``site`` connected to ``superlink``; with ``until_done`` stop once the site has
-    evaluated the global model (its run directory is finished) and the server has closed its SuperLink.
-    Returns 0 when the site finished, else the SuperNode's exit code."""
+def join(site: Path, superlink: str, *, port: int | None = None) -> None:
+    """Run a SuperNode for ``site`` connected to ``superlink`` until the site has evaluated the global
+    model (its run directory is finished) and the server has closed its SuperLink; a SuperNode that stops
+    before is an error naming its log."""
+    address = _address(superlink)
     site = site.resolve()
     home = site / "flower"
     home.mkdir(exist_ok=True)
@@ -164,7 +171,7 @@ def join(site: Path, superlink: str, *, port: int | None = None, until_done: boo
         while node.poll() is None:
             # done: the site evaluated the global model and the server has since closed its SuperLink
             # (which it does only after every answer arrived); stopping earlier could drop the last reply
-            if until_done and (site / "metrics.json").exists() and not _listening(superlink):
+            if (site / "metrics.json").exists() and not _listening(*address):
                 break
             time.sleep(0.5)
     finally:
@@ -174,7 +181,11 @@ def join(site: Path, superlink: str, *, port: int | None = None, until_done: boo
                 node.wait(20)
             except subprocess.TimeoutExpired:
                 node.kill()
-    return 0 if (site / "metrics.json").exists() else int(node.returncode or 1)
+    if not (site / "metrics.json").exists():
+        raise DpradError(
+            f"the SuperNode stopped (exit code {node.returncode}) before the federation at {superlink} finished; "
+            f"see {log} (run the same command again to resume)"
+        )
 
 
 __all__ = ["free_port", "join", "serve"]

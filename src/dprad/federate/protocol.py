@@ -38,19 +38,28 @@ class Reply:
     declined: bool = False
 
 
+MODEL = "model/"  # the prefix of the model's parameters among a message's arrays (beside grid, thresholds)
+
+
+def as_model(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Model parameters (a head, or LoRA adapters and head) as a message's arrays."""
+    return {f"{MODEL}{k}": np.asarray(v) for k, v in params.items()}
+
+
+def model_of(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model parameters among a message's arrays (inverse of :func:`as_model`)."""
+    return {k.removeprefix(MODEL): v for k, v in arrays.items() if k.startswith(MODEL)}
+
+
 def _params(p: Payload) -> dict[str, np.ndarray]:
-    return {k.removeprefix("head/"): v for k, v in p.arrays.items() if k.startswith("head/")}
-
-
-def as_head(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f"head/{k}": np.asarray(v) for k, v in params.items()}
+    return model_of(p.arrays)
 
 
 def _hello(site: Site, p: Payload) -> Reply:
     labels = tuple(str(p.config.get("labels", "")).split("\n"))
     site.check_schema(labels)
     return Reply(
-        arrays=as_head(site.start()),
+        arrays=as_model(site.start()),
         metrics={
             "rounds": site.info.rounds,
             "rounds_taken": site.rounds_taken,
@@ -62,7 +71,7 @@ def _hello(site: Site, p: Payload) -> Reply:
 
 def _spent(site: Site) -> dict[str, float]:
     """The site's own epsilon so far and its delta (numbers about its DP parameters, not its data)."""
-    ledger = site.ledger(rounds=site.rounds_taken, thresholds=bool(site.state["thresholds_released"]))
+    ledger = site.current_ledger()
     if not ledger.private or ledger.epsilon is None or ledger.delta is None:
         return {}
     return {"epsilon": float(ledger.epsilon), "delta": float(ledger.delta)}
@@ -70,7 +79,7 @@ def _spent(site: Site) -> dict[str, float]:
 
 def _train(site: Site, p: Payload) -> Reply:
     params, units = site.train_round(int(p.config["round"]), _params(p))
-    return Reply(arrays=as_head(params), metrics={"units": units, **_spent(site)}, name=site.info.name)
+    return Reply(arrays=as_model(params), metrics={"units": units, **_spent(site)}, name=site.info.name)
 
 
 def _thresholds(site: Site, p: Payload) -> Reply:
@@ -109,4 +118,4 @@ def handle(site: Site, kind: str, payload: Payload) -> Reply:
         return Reply(name=site.info.name, error=str(err), declined=True)
 
 
-__all__ = ["HANDLERS", "KINDS", "Payload", "Reply", "as_head", "handle"]
+__all__ = ["HANDLERS", "KINDS", "Payload", "Reply", "as_model", "handle", "model_of"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from dprad import io
 from dprad.errors import DpradError
-from dprad.federate.protocol import Payload, Reply, as_head
+from dprad.federate.protocol import Payload, Reply, as_model, model_of
 from dprad.privacy.thresholds import DEFAULT_GRID
 
 FEDERATION = "federation.json"
@@ -52,10 +52,21 @@ class FederationConfig:
         return cls(**{**d, "grid": tuple(d.get("grid", DEFAULT_GRID))})
 
     def check(self) -> None:
-        if self.rounds < 1 or self.min_clients < 1:
-            raise DpradError(
-                f"--rounds {self.rounds} and --min-clients {self.min_clients} must be at least 1"
-            )
+        for flag, value in (
+            ("--rounds", self.rounds),
+            ("--min-clients", self.min_clients),
+            ("n_boot", self.n_boot),
+        ):
+            if value < 1:
+                raise DpradError(f"{flag} {value} must be at least 1")
+        positive = [("--timeout", self.timeout), ("wait_timeout", self.wait_timeout)]
+        positive += [("--client-clip", self.client_clip), ("client_delta", self.client_delta)]
+        positive += [] if self.client_dp is None else [("--client-dp", self.client_dp)]
+        for flag, number in positive:
+            if not (number > 0 and math.isfinite(number)):
+                raise DpradError(f"{flag} {number} must be a positive number")
+        if not self.client_delta < 1:
+            raise DpradError(f"client_delta {self.client_delta} must be below 1")
         if self.clients_per_round is not None and self.clients_per_round < self.min_clients:
             raise DpradError(
                 f"--clients-per-round {self.clients_per_round} is below --min-clients {self.min_clients}"
@@ -82,17 +93,14 @@ class Transport(Protocol):
 
 
 def _average(replies: dict[str, Reply]) -> dict[str, np.ndarray]:
-    """FedAvg: each site's head weighted by its training units."""
-    total = sum(r.metrics["units"] for r in replies.values())
+    """FedAvg: each site's parameters weighted by its training units."""
+    units = [r.metrics["units"] for r in replies.values()]
     first = next(iter(replies.values())).arrays
-    weights = [r.metrics["units"] / total for r in replies.values()]
     return {
-        k: np.sum(
-            [
-                np.asarray(r.arrays[k], dtype=np.float64) * w
-                for r, w in zip(replies.values(), weights, strict=True)
-            ],
+        k: np.average(
+            np.stack([np.asarray(r.arrays[k], dtype=np.float64) for r in replies.values()]),
             axis=0,
+            weights=units,
         )
         for k in first
     }
@@ -136,11 +144,7 @@ def _greet(
                 "rounds_agreed": int(r.metrics["rounds"]),
                 "private": bool(r.metrics.get("private", 0.0)),
             }
-    return {
-        n: {k.removeprefix("head/"): v for k, v in r.arrays.items()}
-        for n, r in replies.items()
-        if not r.error
-    }
+    return {n: model_of(r.arrays) for n, r in replies.items() if not r.error}
 
 
 def _same_start(
@@ -212,12 +216,10 @@ def _round(
         if cfg.clients_per_round is None
         else sorted(rng.choice(active, size=min(cfg.clients_per_round, len(active)), replace=False).tolist())
     )
-    payload = Payload(arrays=as_head(model), config={"round": r})
+    payload = Payload(arrays=as_model(model), config={"round": r})
     replies = transport.ask("train", {n: payload for n in chosen}, cfg.timeout)
     answered = {
-        n: Reply(arrays={k.removeprefix("head/"): v for k, v in x.arrays.items()}, metrics=x.metrics)
-        for n, x in replies.items()
-        if not x.error
+        n: Reply(arrays=model_of(x.arrays), metrics=x.metrics) for n, x in replies.items() if not x.error
     }
     record: dict[str, Any] = {
         "round": r,
@@ -249,7 +251,7 @@ def _thresholds(
 ) -> dict[str, Any]:
     from dprad.privacy.thresholds import select_thresholds
 
-    payload = Payload(arrays={**as_head(model), "grid": np.asarray(cfg.grid)})
+    payload = Payload(arrays={**as_model(model), "grid": np.asarray(cfg.grid)})
     replies = {
         n: x
         for n, x in transport.ask("thresholds", {n: payload for n in nodes}, cfg.timeout).items()
@@ -295,7 +297,7 @@ def _evaluate(
     from dprad.metrics.counts import count_evaluation
 
     payload = Payload(
-        arrays={**as_head(model), "thresholds": np.asarray(thresholds["values"])},
+        arrays={**as_model(model), "thresholds": np.asarray(thresholds["values"])},
         config={"n_boot": cfg.n_boot, "rule": thresholds["rule"]},
     )
     replies = transport.ask("evaluate", {n: payload for n in nodes}, cfg.timeout)
@@ -367,7 +369,7 @@ def run_federation(cfg: FederationConfig, transport: Transport, out: Path) -> di
     log["evaluation"] = _evaluate(cfg, transport, everyone, model, log["thresholds"], labels, names)
     log["guarantees"] = _guarantees(log, everyone, names)
     if cfg.client_dp is not None:
-        taken = {names[n]: sum(names[n] in rec.get("answered", {}) for rec in rounds) for n in everyone}
+        taken = {name: g["rounds"] for name, g in log["guarantees"].items()}
         log["client_level_dp"] = client_ledger(
             noise_multiplier=cfg.client_dp, clip=cfg.client_clip, delta=cfg.client_delta, rounds_by_site=taken
         )

@@ -4,13 +4,15 @@ A site is a run that trains in rounds. ``prepare_site`` plans it like ``dprad tr
 patient splits, the rule prior, the public warm start), with the whole federation's schedule in the
 plan: ``rounds`` rounds of ``steps_per_round`` Poisson-sampled DP-SGD steps each, the noise calibrated
 so that every round plus the site's share of the DP thresholds spends exactly its own ``--epsilon``.
-The frozen encoder's features are computed once and kept in the site directory; each round then starts
-from the global head it is sent and takes its DP-SGD steps on them.
+In the head mode the frozen encoder's features are computed once and kept in the site directory; each
+round starts from the global parameters it is sent (a head, or LoRA adapters and head) and takes its
+DP-SGD steps.
 
 The site's ledger (``privacy.json``, a :class:`~dprad.privacy.ledger.PrivacyLedger`) is rewritten after
 every round it computes, before the update leaves: the event composes the DP-SGD steps of every round
 taken, and the thresholds' Gaussian once released. A round that would take the site past its budget is
-declined. What leaves a site: head weights, counts, and the noisy histograms; never text, ids or labels.
+declined. What leaves a site: model parameters, counts, and the noisy histograms; never text, ids or
+labels.
 
 Everything in the site directory stays at the hospital (``plan.pkl`` holds its reports).
 """
@@ -34,6 +36,7 @@ from dprad.data.dataset import Encoded
 from dprad.data.reports import Report
 from dprad.errors import DpradError
 from dprad.modes.head import HeadMode
+from dprad.privacy.ledger import PrivacyLedger
 from dprad.run.plan import RunPlan
 
 SITE = "site.json"  # what the site agreed to: rounds, steps per round, its noise; written once
@@ -64,8 +67,19 @@ class SiteInfo:
         return {**self.__dict__, "labels": list(self.labels)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SiteInfo:
-        return cls(**{**d, "labels": tuple(d["labels"])})
+    def from_dict(cls, d: dict[str, Any], *, source: str = SITE) -> SiteInfo:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        if set(d) - known or "labels" not in d:
+            raise DpradError(
+                f"{source}: not a site of this dprad version (keys {sorted(set(d) - known) or sorted(d)}): "
+                "prepare it again with dprad federate client --overwrite"
+            )
+        try:
+            return cls(**{**d, "labels": tuple(d["labels"])})
+        except TypeError as err:
+            raise DpradError(f"{source}: not a complete site description ({err})") from None
 
 
 class SiteHead(HeadMode):
@@ -121,14 +135,16 @@ def prepare_site(
         cfg.train.epochs or get_mode(kind).defaults(private=cfg.private, epsilon=cfg.privacy.epsilon).epochs
     )
     per_round = local_epochs if local_epochs is not None else total / rounds
-    if not per_round > 0:
-        raise DpradError(f"--local-epochs {local_epochs} must be positive")
+    if not (per_round > 0 and math.isfinite(per_round)):
+        raise DpradError(f"--local-epochs {local_epochs} must be a positive number")
     first = plan_run(
         cfg.with_(train=replace(cfg.train, epochs=per_round * rounds)), reports, require_positives=False
     )
     steps = max(1, round(per_round / first.sample_rate))  # whole steps per round; the plan counts all rounds
-    exact = first.cfg.with_(train=replace(first.cfg.train, epochs=rounds * steps * first.sample_rate))
-    plan = plan_run(exact, reports, require_positives=False)  # the same data and splits, whole rounds
+    plan = first
+    if first.steps != rounds * steps:  # plan again (same data and splits) for whole rounds
+        exact = first.cfg.with_(train=replace(first.cfg.train, epochs=rounds * steps * first.sample_rate))
+        plan = plan_run(exact, reports, require_positives=False)
     if plan.steps != rounds * steps:
         raise RuntimeError(f"site plan has {plan.steps} steps, not {rounds} x {steps}")
     mode = get_mode(kind)(plan, notes=list(plan.notes))
@@ -209,9 +225,10 @@ class Site:
         self.path = Path(path)
         if not (self.path / SITE).exists():
             raise DpradError(f"{self.path}: not a prepared dprad federation site (no {SITE})")
-        self.info = SiteInfo.from_dict(read_object(self.path / SITE))
+        self.info = SiteInfo.from_dict(read_object(self.path / SITE), source=str(self.path / SITE))
         self.state = read_object(self.path / LEDGER_STATE)
         self._plan: RunPlan | None = None
+        self._ledger: PrivacyLedger | None = None  # the ledger as last written by this process
 
     @property
     def plan(self) -> RunPlan:
@@ -252,11 +269,6 @@ class Site:
         set_params(mode, params)
         return mode
 
-    def epsilon_after(self, rounds: int, *, thresholds: bool) -> float | None:
-        """The site's epsilon after ``rounds`` rounds (and the thresholds' release when ``thresholds``)."""
-        ledger = self.ledger(rounds=rounds, thresholds=thresholds)
-        return ledger.epsilon
-
     def train_round(
         self, server_round: int, params: dict[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], int]:
@@ -291,10 +303,23 @@ class Site:
     def _save_state(self, **changes: Any) -> None:
         self.state = {**self.state, **changes}
         io.write_json(self.path / LEDGER_STATE, self.state)
-        ledger = self.ledger(rounds=self.rounds_taken, thresholds=bool(self.state["thresholds_released"]))
-        io.write_json(self.path / "privacy.json", ledger.to_dict())
+        self._ledger = None
+        io.write_json(self.path / "privacy.json", self.current_ledger().to_dict())
 
-    def ledger(self, *, rounds: int, thresholds: bool) -> Any:
+    def current_ledger(self) -> PrivacyLedger:
+        """The ledger of every release so far (accounted once per process: PLD takes seconds)."""
+        if self._ledger is None:
+            self._ledger = self.ledger(
+                rounds=self.rounds_taken, thresholds=bool(self.state["thresholds_released"])
+            )
+        return self._ledger
+
+    def _history(self, rounds: int) -> dict[str, list[Any]]:
+        """history.json of the first ``rounds`` rounds: every step's loss, and which rounds they were."""
+        taken = self.state["rounds"][:rounds]
+        return {"step_loss": [x for r in taken for x in r["loss"]], "rounds": [r["round"] for r in taken]}
+
+    def ledger(self, *, rounds: int, thresholds: bool) -> PrivacyLedger:
         """The site's ledger after ``rounds`` rounds: the same :func:`build_ledger` a single run uses, over
         the steps it took (every round's Poisson steps compose into one DP-SGD event)."""
         from dprad.stages.finish import build_ledger
@@ -305,14 +330,9 @@ class Site:
             steps=rounds * self.info.steps_per_round,
             threshold_sigma=self.plan.threshold_sigma if thresholds else None,
         )
-        losses = [x for r in self.state["rounds"][:rounds] for x in r["loss"]]
-        history = {"step_loss": losses, "rounds": [r["round"] for r in self.state["rounds"][:rounds]]}
-        params = self.info.params
         sampler = "Poisson (per patient)" if self.plan.unit == "patient" else "Poisson"
-        ledger = build_ledger(
-            plan, plan.privacy(), Fitted(history, f"{sampler}; {rounds} federated round(s)"), params
-        )
-        return ledger
+        fitted = Fitted(self._history(rounds), f"{sampler}; {rounds} federated round(s)")
+        return build_ledger(plan, plan.privacy(), fitted, self.info.params)
 
     def histograms(
         self, params: dict[str, np.ndarray], *, grid: tuple[float, ...]
@@ -402,15 +422,9 @@ class Site:
             self.path / files.NOTES,
             [
                 *plan.notes,
-                f"federated: the global head of {self.rounds_taken} round(s) this site took part in",
+                f"federated: the global model of {self.rounds_taken} round(s) this site took part in",
             ],
         )
-        ledger = self.ledger(rounds=self.rounds_taken, thresholds=bool(self.state["thresholds_released"]))
-        rounds = self.state["rounds"]
-        history = {
-            "step_loss": [x for r in rounds for x in r["loss"]],
-            "rounds": [r["round"] for r in rounds],
-        }
-        io.write_json(self.path / files.HISTORY, history)
+        io.write_json(self.path / files.HISTORY, self._history(self.rounds_taken))
         io.write_json(self.path / files.METRICS, metrics)
-        io.write_json(self.path / files.PRIVACY, ledger.to_dict())
+        io.write_json(self.path / files.PRIVACY, self.current_ledger().to_dict())

@@ -16,8 +16,6 @@ import numpy as np
 from dprad.metrics.bootstrap import headline, interval, metrics_from_counts, patient_weights
 from dprad.metrics.scores import binarize
 
-TP, FP, FN, TN = range(4)
-
 
 def confusion_counts(
     y: np.ndarray,

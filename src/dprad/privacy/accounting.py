@@ -89,9 +89,12 @@ def _check(*, noise_multiplier: float, sample_rate: float, steps: int, delta: fl
 
 
 def dpsgd_event(*, noise_multiplier: float, sample_rate: float, steps: int) -> Any:
-    """The dp-accounting event of ``steps`` Poisson-sampled Gaussian steps."""
+    """The dp-accounting event of ``steps`` Poisson-sampled Gaussian steps (no step: no release, as
+    :func:`compute_epsilon` says; e.g. a federation's site that released only its threshold histograms)."""
     import dp_accounting
 
+    if steps == 0:
+        return dp_accounting.NoOpDpEvent()
     return dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)),
         steps,
