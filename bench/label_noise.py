@@ -11,13 +11,16 @@ gold labels. Teachers:
   0.30: the teacher misses findings;
 - ``negation20``: gold, each stated positive read as negative and each stated negative as positive with
   probability 0.20: the teacher gets negation wrong.
+- ``llm``: the LLM teacher's answers (`--llm-url`, `--llm-model`; answers cached in `--llm-cache`, so a
+  rerun asks only for what is missing). Start the server as in bench/llm_teacher.py. With SmolLM2-135M
+  here an answer takes 4-20 s, so label a corpus once in the background and rerun the study from the cache.
 Students are the product's default (`--mode head`: rule prior, public warm start, DP thresholds) at each
 eps. Per label: test sensitivity, mean over split seeds with a 95% interval (each seed's test split
 bootstrapped by patient, the replicates averaged over seeds), marked rare (fewer than 20 test positives
 on average) and critical. The realised noise of each teacher on the training labels is printed (binary,
 uncertain as positive): its false-negative rate among gold positives and false-positive rate among gold
-negatives. An LLM teacher is not in this study: labelling a full training split with the 135M model
-here takes hours on this CPU (bench/llm_teacher.py measures its agreement on a sample instead).
+negatives. A report the LLM teacher could not answer stops the study with the count (rerun to retry it):
+a failure is never turned into a reading.
 """
 
 from __future__ import annotations
@@ -74,7 +77,14 @@ def negation(p: float) -> Callable[[Labels, list[str], np.random.Generator], Lab
 NOISE = {"sym10": symmetric(0.10), "missed30": missed(0.30), "negation20": negation(0.20)}
 
 
-def relabel(report: Any, teacher: str, names: list[str], rules: Any, rng: np.random.Generator) -> Any:
+def relabel(
+    report: Any,
+    teacher: str,
+    names: list[str],
+    rules: Any,
+    rng: np.random.Generator,
+    llm: dict[str, Labels] | None = None,
+) -> Any:
     """The report with ``teacher``'s labels in place of its gold ones."""
     from dprad.labeling.rules import label_text
 
@@ -82,7 +92,34 @@ def relabel(report: Any, teacher: str, names: list[str], rules: Any, rng: np.ran
         return report
     if teacher == "rules":
         return replace(report, labels=label_text(report.text, rules))
+    if teacher == "llm":
+        assert llm is not None
+        return replace(report, labels=llm[report.id])
     return replace(report, labels=NOISE[teacher](dict(report.labels or {}), names, rng))
+
+
+def llm_answers(reports: list[Any], schema: Any, args: argparse.Namespace) -> dict[str, Labels]:
+    """The LLM teacher's reading of each report (from its cache where answered before), by report id."""
+    from dprad.labeling.llm import LLMConfig, LLMTeacher
+
+    teacher = LLMTeacher(
+        LLMConfig(
+            url=args.llm_url,
+            model=args.llm_model,
+            cache_dir=args.llm_cache,
+            concurrency=1,
+            timeout_s=args.llm_timeout,
+        ),
+        schema,
+    )
+    answers = teacher.label(reports)
+    failed = [r.id for r, a in zip(reports, answers, strict=True) if a is None]
+    if failed:
+        raise SystemExit(
+            f"the LLM teacher left {len(failed)} of {len(reports)} reports unanswered (first: {failed[0]}: "
+            f"{teacher.summary.failed.get(failed[0], '')}); rerun to retry them"
+        )
+    return {r.id: dict(a or {}) for r, a in zip(reports, answers, strict=True)}
 
 
 def binary(labels: Labels | None, names: list[str]) -> np.ndarray:
@@ -116,11 +153,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default="")
     ap.add_argument("--out", default="", help="write every number as JSON here")
+    ap.add_argument("--llm-url", default="", help="the LLM teacher's OpenAI-compatible server (teacher llm)")
+    ap.add_argument("--llm-model", default="smollm2")
+    ap.add_argument("--llm-cache", default=str(Path(tempfile.gettempdir()) / "dprad-llm-teacher-cache"))
+    ap.add_argument(
+        "--llm-timeout", type=float, default=600.0, help="seconds per request (a busy CPU is slow)"
+    )
     args = ap.parse_args()
     runs = Path(tempfile.mkdtemp(prefix="dprad-label-noise-"))
     cache = args.cache or str(runs / "cache")
     corpora = ["iu", "ct"] if args.corpus == "both" else [args.corpus]
     teachers = args.teachers.split(",")
+    if "llm" in teachers and not args.llm_url:
+        raise SystemExit("--teachers llm needs --llm-url (cached answers are read without asking the server)")
     seeds = [int(s) for s in args.seeds.split(",")]
     study: dict[str, Any] = {"corpora": {}, "rare_below": RARE, "resamples": N_BOOT}
     print(f"runs in {runs}")
@@ -145,9 +190,11 @@ def main() -> None:
                     names = list(schema.labels)
                     rules = rules_for(schema)
                     rng = np.random.default_rng([seed, 0x7E, teachers.index(teacher)])
-
+                    llm = (
+                        llm_answers([*splits.train, *splits.val], schema, args) if teacher == "llm" else None
+                    )
                     taught = {
-                        name: [relabel(r, teacher, names, rules, rng) for r in reps]
+                        name: [relabel(r, teacher, names, rules, rng, llm) for r in reps]
                         for name, reps in (("train", splits.train), ("val", splits.val))
                     }
                     g = np.array([binary(r.labels, names) for r in [*splits.train, *splits.val]])

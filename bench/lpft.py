@@ -27,6 +27,7 @@ CORPORA = {
 }
 SECTIONS = {"lr": "train", "epochs": "train", "batch_size": "train", "probe_share": "train", "probe": "train"}
 SECTIONS |= {"layers": "lora", "r": "lora", "max_grad_norm": "privacy", "threshold_share": "privacy"}
+SECTIONS |= {"max_length": "model"}
 
 
 def parse_sets(items: list[str]) -> dict[str, object]:
@@ -38,7 +39,7 @@ def parse_sets(items: list[str]) -> dict[str, object]:
         out[key] = (
             None if value == "none" else (value == "true" if value in ("true", "false") else float(value))
         )
-        if key in ("batch_size", "layers", "r") and out[key] is not None:
+        if key in ("batch_size", "layers", "r", "max_length") and out[key] is not None:
             out[key] = int(out[key])  # type: ignore[call-overload]
     return out
 

@@ -159,6 +159,9 @@ class PrivacyConfig:
     # whenever the training split has patients with several reports, else report
     unit: str = "auto"
     threshold_share: float = 0.1  # share of the target epsilon spent on DP thresholds
+    # the threshold a label keeps when the DP (or exact) validation counts do not move it; fixed in advance
+    # (privacy/thresholds.py:FALLBACK says how 0.3 was chosen)
+    threshold_default: float = 0.3
 
     RANGES: ClassVar[dict[str, Range]] = {
         "epsilon": POSITIVE,
@@ -166,6 +169,7 @@ class PrivacyConfig:
         "delta": UNIT_OPEN,
         "max_grad_norm": POSITIVE,
         "threshold_share": UNIT_OPEN,
+        "threshold_default": UNIT_OPEN,
     }
 
     def __post_init__(self) -> None:
@@ -207,6 +211,10 @@ class TrainConfig:
     # that phase 1 is calibrated to; phase 2 is calibrated so that both phases and the thresholds together
     # spend the target. 0.9: chosen on validation splits with LoraMode's defaults (see modes/lora.py)
     probe_share: float = 0.9
+    # non-private lora / full: ship the epoch (epoch 0: LP-FT's probe, before any fine-tuning) whose
+    # validation loss is lowest, rather than the last. None: on for non-private runs of those modes; refused
+    # for private runs (choosing on the validation reports would be a release the ledger does not account)
+    select_epoch: bool | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {
         "epochs": POSITIVE,

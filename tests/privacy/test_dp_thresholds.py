@@ -15,6 +15,7 @@ from dprad.privacy import dpsgd_event
 from dprad.privacy.accounting import compose_epsilon, gaussian_epsilon
 from dprad.privacy.thresholds import (
     DEFAULT_GRID,
+    FALLBACK,
     dp_thresholds,
     one_report_per_patient,
     score_histograms,
@@ -31,7 +32,7 @@ def _scores(n: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray, n
 
 def _brute_force(y, probs, mask, grid, critical):  # type: ignore[no-untyped-def]
     """The non-private grid search, written independently: per-label metrics at every grid point."""
-    out = np.full(y.shape[1], 0.5)
+    out = np.full(y.shape[1], FALLBACK)
     for j in range(y.shape[1]):
         rows = [per_label(y[:, [j]], probs[:, [j]], mask=mask[:, [j]], thresholds=g)[0] for g in grid]
         if rows[0]["support"] == 0:
@@ -74,7 +75,7 @@ def test_private_thresholds_converge_and_account() -> None:
     acc.compose(noisy.event)
     assert acc.get_epsilon(1e-5) == pytest.approx(noisy.epsilon, rel=0.02)
     assert compose_epsilon([noisy.event], 1e-5) == pytest.approx(noisy.epsilon, rel=1e-9)
-    assert set(noisy.values) <= set(DEFAULT_GRID) | {0.5}
+    assert set(noisy.values) <= set(DEFAULT_GRID) | {FALLBACK}
 
 
 def test_histogram_sensitivity_is_sqrt_labels() -> None:
@@ -138,17 +139,18 @@ def _two_level_scores(
 
 def test_the_same_noise_gives_different_models_different_thresholds() -> None:
     """Strong signal: the thresholds follow the model, not the noise draw (the same rng seed for both)."""
-    low = _two_level_scores(3000, 4, neg_hi=0.25, pos_lo=0.3, seed=1)  # best cut: 0.3
+    low = _two_level_scores(3000, 4, neg_hi=0.15, pos_lo=0.2, seed=1)  # best cut: 0.2
     high = _two_level_scores(3000, 4, neg_hi=0.65, pos_lo=0.7, seed=1)  # best cut: 0.7
     a = dp_thresholds(*low, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(7), critical={0: 0.9})
     b = dp_thresholds(*high, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(7), critical={0: 0.9})
-    np.testing.assert_allclose(a.values, [0.3] * 4)
+    np.testing.assert_allclose(a.values, [0.2] * 4)  # both away from the default (0.3)
     np.testing.assert_allclose(b.values, [0.7] * 4)
 
 
 @pytest.mark.parametrize("n", [115, 3000])
 def test_a_model_with_constant_scores_keeps_the_defaults(n: int) -> None:
-    """No signal in the scores: every label, critical ones too, keeps 0.5 whatever the noise draw."""
+    """No signal in the scores: every label, critical ones too, keeps the default whatever the noise draw
+    (the product's, and one a user sets)."""
     rng = np.random.default_rng(3)
     y = (rng.random((n, 14)) < rng.uniform(0.01, 0.4, 14)).astype(np.float32)
     probs = np.full(y.shape, 0.42)
@@ -157,7 +159,18 @@ def test_a_model_with_constant_scores_keeps_the_defaults(n: int) -> None:
         th = dp_thresholds(
             y, probs, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(seed), critical=critical
         )
-        np.testing.assert_allclose(th.values, 0.5)
+        np.testing.assert_allclose(th.values, FALLBACK)
+        own = dp_thresholds(
+            y,
+            probs,
+            None,
+            epsilon=1.0,
+            delta=1e-5,
+            rng=np.random.default_rng(seed),
+            default=0.5,
+            critical=critical,
+        )
+        np.testing.assert_allclose(own.values, 0.5)
 
 
 def test_small_validation_noise_leaves_every_label_at_the_default() -> None:
@@ -169,4 +182,4 @@ def test_small_validation_noise_leaves_every_label_at_the_default() -> None:
         th = dp_thresholds(
             y, probs, mask, epsilon=0.1, delta=1e-4, rng=np.random.default_rng(seed), critical=critical
         )
-        np.testing.assert_allclose(th.values, 0.5)
+        np.testing.assert_allclose(th.values, FALLBACK)

@@ -19,6 +19,7 @@ from dprad.modes import load_run
 from dprad.privacy import PrivacyLedger
 from dprad.report import write_model_card, write_report
 from dprad.run import RunRecord
+from dprad.run.files import as_run_config
 from dprad.stages.evaluate import EvalOptions, evaluate_run
 from dprad.stages.train import train
 from tiny import make_tiny_encoder
@@ -44,7 +45,7 @@ def old_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.chdir(here)  # the runs name their data and encoder relative to where they were trained
         for name in ("dp-head", "dp-lora"):
             run = here / "runs" / name
-            cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+            cfg = RunConfig.from_dict(as_run_config(json.loads((run / "config.json").read_text())))
             again = train(cfg, here / "retrained" / name)
             assert again.metrics == json.loads((run / "metrics.json").read_text()), name
             shutil.copytree(again.run_dir / "model", run / "model")

@@ -199,6 +199,11 @@ TRAIN_OPTIONS: tuple[Flag | str, ...] = (
         "auto | patient | report: what one unit of privacy is (auto: patient when patients have several reports)",
     ),
     Flag("privacy", "threshold_share", "share of --epsilon spent on DP thresholds"),
+    Flag(
+        "privacy",
+        "threshold_default",
+        "threshold a label keeps unless the (DP) validation counts move it (default 0.3)",
+    ),
     Flag("model", "name", "minilm (packaged default) or a local HF model directory"),
     Flag("model", "pooling", "auto | mean | cls"),
     Flag("model", "max_length", "tokens per report (truncation)"),
@@ -256,6 +261,12 @@ TRAIN_OPTIONS: tuple[Flag | str, ...] = (
         "train",
         "probe_share",
         "private LP-FT: share of the training budget (epsilon less the thresholds' share) for the probe",
+    ),
+    Flag(
+        "train",
+        "select_epoch",
+        "non-private lora / full: ship the epoch (0: the probe) with the lowest validation loss (default: on "
+        "when not private; refused when private)",
     ),
     Flag(
         "train",

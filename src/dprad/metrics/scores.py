@@ -81,6 +81,16 @@ def f1_scores(
     return {avg: float(h[f"{avg}_f1"][0]) for avg in ("weighted", "macro", "micro")}
 
 
+def report_log_loss(y_true: np.ndarray, y_prob: np.ndarray, *, mask: np.ndarray | None = None) -> float:
+    """Mean over reports of the binary cross-entropy summed over a report's scored labels (the training
+    loss's own scale, ``features.loss_per_example``): (N, L) labels and probabilities -> one number."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.clip(np.asarray(y_prob, dtype=np.float64), 1e-7, 1 - 1e-7)
+    m = np.ones_like(y) if mask is None else np.asarray(mask, dtype=np.float64)
+    bce = -(y * np.log(p) + (1 - y) * np.log1p(-p))  # (N, L)
+    return float((bce * m).sum(-1).mean()) if len(y) else float("nan")
+
+
 def macro_auroc(
     y_true: np.ndarray, y_score: np.ndarray, *, mask: np.ndarray | None = None
 ) -> tuple[float, int]:
@@ -139,5 +149,6 @@ __all__ = [
     "fit_thresholds",
     "macro_auroc",
     "per_label",
+    "report_log_loss",
     "summary",
 ]

@@ -46,7 +46,13 @@ class EncoderMode(Mode):
         from dprad.modes.base import resolve_public_warm_start
 
         probe = cfg.train.probe is not False
-        cfg = cfg.with_(train=replace(cfg.train, probe=probe))
+        if cfg.train.select_epoch and cfg.private:
+            raise DpradError(
+                "--select-epoch chooses the epoch on the validation reports, a release DP-SGD's ledger does not "
+                "account: it is for non-private runs (private runs ship their last step)"
+            )
+        select = not cfg.private if cfg.train.select_epoch is None else cfg.train.select_epoch
+        cfg = cfg.with_(train=replace(cfg.train, probe=probe, select_epoch=select))
         if probe:  # the public warm start is the probe's (phase 1 is the head mode)
             return resolve_rule_prior(resolve_public_warm_start(cfg, schema), schema)
         return super().resolve(cfg, schema=schema)

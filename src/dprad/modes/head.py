@@ -50,7 +50,9 @@ class HeadMode(Mode):
 
         if cfg.train.probe:
             raise DpradError("--probe (LP-FT) is for --mode lora or full: the head mode is the probe itself")
-        cfg = cfg.with_(train=replace(cfg.train, probe=False))
+        if cfg.train.select_epoch:
+            raise DpradError("--select-epoch is for --mode lora or full (a head trains to convergence)")
+        cfg = cfg.with_(train=replace(cfg.train, probe=False, select_epoch=False))
         return resolve_rule_prior(resolve_public_warm_start(cfg, schema), schema)
 
     def build(self) -> nn.Module:

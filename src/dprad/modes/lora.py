@@ -37,6 +37,9 @@ class LoraMode(EncoderMode):
     # eps 10 0.875 / 0.871, eps 1 0.862 / 0.867). At eps 1 the probe needs nearly all of the budget, and a few gentle steps from it
     # adapt its features without drowning them in noise.
     private_defaults = ModeDefaults(epochs=2.0, lr=1e-4, batch_size=512)
+    # Non-private: from the converged probe every epoch measured raised the validation loss (lr 1e-3 and
+    # 1e-4 alike; stages/select.py), so these run with epoch selection, which ships the probe and stops
+    # after 2 epochs unless an epoch lowers the validation loss.
     plain_defaults = ModeDefaults(epochs=5.0, lr=1e-3, batch_size=32)
 
     @classmethod

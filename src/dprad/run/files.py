@@ -58,6 +58,23 @@ def read_object(path: Path) -> dict[str, Any]:
     return raw
 
 
+# settings a run's config.json lacks when an older dprad wrote it, and the value that code used: a run
+# directory's config is a whole dump, so a missing key means "before the setting existed", not "default"
+WRITTEN_BEFORE: dict[tuple[str, str], Any] = {
+    ("privacy", "threshold_default"): 0.5,  # the DP thresholds' default until it became a setting
+    ("train", "select_epoch"): False,  # non-private fine-tuning shipped its last step
+}
+
+
+def as_run_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A run directory's config.json with what an older dprad wrote filled in as that code behaved."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    for (section, key), value in WRITTEN_BEFORE.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, value)
+    return out
+
+
 def weights_file(model_dir: Path, stem: str) -> Path | None:
     """``model_dir/stem.safetensors`` (an export) or ``model_dir/stem.pt`` (a run), whichever is there."""
     for suffix in (".safetensors", ".pt"):

@@ -151,7 +151,7 @@ class RunRecord:
             if not (path / name).is_file():
                 raise DpradError(f"{path}: not a finished dprad run directory ({name} is missing)")
         raw = read_object(path / files.CONFIG)
-        config = RunConfig.from_dict(raw, source=str(path / files.CONFIG))
+        config = RunConfig.from_dict(files.as_run_config(raw), source=str(path / files.CONFIG))
         ledger = PrivacyLedger.from_dict(read_json(path / files.PRIVACY), source=str(path / files.PRIVACY))
         schema = LabelSchema.from_dict(read_object(path / files.SCHEMA), source=str(path / files.SCHEMA))
         if (path / files.MANIFEST).is_file():

@@ -32,6 +32,7 @@ class TrainResult:
 
 def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, params: int) -> PrivacyLedger:
     cfg = plan.cfg
+    steps = plan.steps if fitted.steps is None else fitted.steps  # fewer: a non-private run stopped early
     n_val = len(plan.splits.val)
     n_canaries = 0 if plan.canaries is None else int(np.sum(plan.canaries.included))
     rule = cfg.privacy.thresholds
@@ -47,8 +48,8 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
     ]
     common: dict[str, Any] = dict(
         dataset_size=plan.n,
-        steps=plan.steps,
-        epochs=round(plan.steps * plan.sample_rate, 4),
+        steps=steps,
+        epochs=round(steps * plan.sample_rate, 4),
         sampler=fitted.sampler,
         mode=plan.display_mode,
         trainable_parameters=params,
@@ -166,6 +167,7 @@ def split_metrics(
             epsilon=plan.threshold_epsilon,
             delta=plan.cfg.privacy.delta,
             rng=np.random.default_rng(plan.cfg.train.seed + 2),
+            default=plan.cfg.privacy.threshold_default,
             critical=critical,
         )
         if not np.isclose(dp.noise_multiplier, plan.threshold_sigma or -1.0):  # what the ledger accounts
@@ -188,7 +190,14 @@ def split_metrics(
             keep = one_report_per_patient([r.patient_id for r in splits.val], [r.id for r in splits.val])
             y, m, p = y[keep], m[keep], p[keep]
         exact = dp_thresholds(
-            y, p, m, epsilon=math.inf, delta=1.0, rng=np.random.default_rng(0), critical=critical
+            y,
+            p,
+            m,
+            epsilon=math.inf,
+            delta=1.0,
+            rng=np.random.default_rng(0),
+            default=plan.cfg.privacy.threshold_default,
+            critical=critical,
         )
         thresholds = exact.values
         out["thresholds"] = {

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,10 +29,22 @@ class StepInfo:
     examples_per_s: float
 
 
+class EpochHook(Protocol):
+    """Called at step 0 and at each epoch's end (``stages.select.EpochSelection``); its state travels in
+    the checkpoint so that a resumed run continues it."""
+
+    def __call__(self, step: int, epoch: float) -> bool: ...  # True: stop training here
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Fitted:
     history: dict[str, Any]  # step_loss, batch_size (realised, per step), epsilon_per_epoch
     sampler: str  # the sampler the loop drew with (the ledger records it)
+    steps: int | None = None  # the steps taken when an epoch hook stopped the loop early (None: the plan's)
 
 
 def fit(
@@ -42,6 +54,7 @@ def fit(
     *,
     run_dir: RunDir | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    on_epoch: EpochHook | None = None,
     world: World = SOLO,
 ) -> Fitted:
     """Train ``mode`` for the plan's steps. Under ``world`` (several processes) every rank runs this loop
@@ -79,7 +92,12 @@ def fit(
         elif world.main:
             torch.set_rng_state(state["torch_rng"])
         start, history = int(state["step"]), state["history"]
+        if on_epoch is not None and state.get("on_epoch") is not None:
+            on_epoch.load(state["on_epoch"])
     per_epoch = 1 / plan.sample_rate
+    if on_epoch is not None and start == 0:
+        on_epoch(0, 0.0)
+    stopped = None
     tick = time.perf_counter()
     for step in range(start, plan.steps):
         idx = sampler.sample()  # (B,) indices into the training split; B varies under Poisson sampling
@@ -99,6 +117,16 @@ def fit(
             history["epsilon_per_epoch"].append(
                 {"epoch": round(done / per_epoch, 3), "step": done, "epsilon": eps_now}
             )
+        if (
+            on_epoch is not None
+            and (math.floor(done / per_epoch) > math.floor(step / per_epoch) or done == plan.steps)
+            and on_epoch(done, done / per_epoch)
+            and done < plan.steps
+        ):
+            if privacy.private:  # the ledger accounts the plan's steps: a private run never stops early
+                raise RuntimeError("an epoch hook stopped a private run")
+            stopped = done
+            break
         if run_dir is not None and done % t.checkpoint_every == 0 and done < plan.steps:
             torch_rngs = world.gather(torch.get_rng_state())  # collective: every rank, at the same steps
             if world.main:  # rank 0 alone writes the run directory
@@ -113,6 +141,7 @@ def fit(
                         "torch_rng": torch.get_rng_state(),
                         "torch_rng_ranks": torch_rngs,  # dropout streams, one per rank
                         "history": history,
+                        "on_epoch": None if on_epoch is None else on_epoch.state(),
                     }
                 )
         if on_step is not None:
@@ -124,4 +153,4 @@ def fit(
             f"; one draw shared by {world.size} processes (torch.distributed {world.backend}), each clipping "
             "its share, one noise draw per step"
         )
-    return Fitted(history, name)
+    return Fitted(history, name, stopped)

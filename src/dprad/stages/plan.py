@@ -295,7 +295,7 @@ def _calibrate(
             train_eps = epsilon_of(with_releases(tuning, probe_events(sigma)), delta=p.delta)
             th_eps = p.threshold_share / (1 - p.threshold_share) * train_eps
         th_sigma = gaussian_noise_multiplier(epsilon=th_eps, delta=p.delta)
-        notes.append(threshold_note(th_sigma, n_val=n_val, n_labels=n_labels))
+        notes.append(threshold_note(th_sigma, n_val=n_val, n_labels=n_labels, default=p.threshold_default))
     if probe_cfg is not None:
         # phase 1 is calibrated alone to its share of the training budget; phase 2 then to whatever
         # makes probe + fine-tuning + thresholds spend exactly the target (PLD composes them)
@@ -317,9 +317,9 @@ def _calibrate(
     return noise, th_eps, th_sigma, probe_sigma
 
 
-def threshold_note(sigma: float, *, n_val: int, n_labels: int) -> str:
+def threshold_note(sigma: float, *, n_val: int, n_labels: int, default: float) -> str:
     """What the DP thresholds' noise lets them see: the noisy positive count a label needs (95%) before its
-    threshold may leave the default 0.5, against the size of the validation split."""
+    threshold may leave ``default``, against the size of the validation split."""
     from scipy.stats import norm
 
     from dprad.privacy.thresholds import DEFAULT_GRID
@@ -327,12 +327,13 @@ def threshold_note(sigma: float, *, n_val: int, n_labels: int) -> str:
     need = float(norm.ppf(0.95)) * sigma * math.sqrt(n_labels) * math.sqrt(len(DEFAULT_GRID) + 1)
     note = (
         f"DP thresholds: the noise (multiplier {sigma:.3g} on {n_labels} labels' score histograms) lets a label "
-        f"leave the default 0.5 only with more than {need:.0f} validation positives"
+        f"leave the default {default:g} only with more than {need:.0f} validation positives"
     )
     if need > 0.1 * n_val:
         note += (
-            f", over a tenth of the {n_val} validation reports: most labels will keep 0.5 (a larger validation "
-            "split or --threshold-share would help; --thresholds 0.5 gives the budget to training instead)"
+            f", over a tenth of the {n_val} validation reports: most labels will keep {default:g} (a larger "
+            "validation split or --threshold-share would help; --thresholds 0.5 gives the budget to training "
+            "instead)"
         )
     return note
 
@@ -349,6 +350,7 @@ def probe_config(cfg: RunConfig, n: int) -> RunConfig:
         cfg.train,
         mode="head",
         probe=False,
+        select_epoch=False,
         epochs=d.epochs,
         lr=d.lr,
         batch_size=min(d.batch_size, n),

@@ -25,6 +25,7 @@ from dprad.stages.finish import CRITICAL_SENSITIVITY, TrainResult, build_ledger,
 from dprad.stages.fit import StepInfo, fit
 from dprad.stages.plan import CanaryHook, plan_run, planned_steps, prepare, resolve
 from dprad.stages.rundir import RunDir
+from dprad.stages.select import EpochSelection
 from dprad.stages.world import SOLO, World, env_world_size, joined
 
 
@@ -135,7 +136,13 @@ def _train(
                     "same Poisson batch, clipped its share, and the clipped sums plus one noise draw (rank 0's) "
                     "were all-reduced, the same DP-SGD step as on one process"
                 )
-            fitted = fit(plan, mode, privacy, run_dir=run_dir, on_step=on_step, world=world)
+            selection = None if world.distributed else EpochSelection.for_run(plan, mode, notes)
+            fitted = fit(
+                plan, mode, privacy, run_dir=run_dir, on_step=on_step, on_epoch=selection, world=world
+            )
+            if selection is not None:
+                selection.finish(fitted.steps or plan.steps, plan.steps, notes)
+                fitted.history["val_loss_per_epoch"] = selection.history
             if world.main:
                 result = finish(plan, mode, privacy, fitted, run_dir, notes)
             else:  # the same ledger, no scoring and no file: rank 0 writes the run
