@@ -47,6 +47,31 @@ class Fitted:
     steps: int | None = None  # the steps taken when an epoch hook stopped the loop early (None: the plan's)
 
 
+def _checkpoint(
+    done: int,
+    mode: Mode,
+    optimizer: torch.optim.Optimizer,
+    sampler: Any,
+    noise_gen: torch.Generator,
+    torch_rngs: list[torch.Tensor],
+    history: dict[str, Any],
+    on_epoch: EpochHook | None,
+) -> dict[str, Any]:
+    """Everything a resumed run needs to continue as if it had never stopped."""
+    return {
+        "step": done,
+        "trainable": dict(mode.trainable.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "sampler_rng": sampler.rng.bit_generator.state,
+        "sampler_perm": getattr(sampler, "_perm", None),
+        "noise_rng": noise_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "torch_rng_ranks": torch_rngs,  # dropout streams, one per rank
+        "history": history,
+        "on_epoch": None if on_epoch is None else on_epoch.state(),
+    }
+
+
 def fit(
     plan: RunPlan,
     mode: Mode,
@@ -131,18 +156,7 @@ def fit(
             torch_rngs = world.gather(torch.get_rng_state())  # collective: every rank, at the same steps
             if world.main:  # rank 0 alone writes the run directory
                 run_dir.save_checkpoint(
-                    {
-                        "step": done,
-                        "trainable": dict(mode.trainable.state_dict()),
-                        "optimizer": optimizer.state_dict(),
-                        "sampler_rng": sampler.rng.bit_generator.state,
-                        "sampler_perm": getattr(sampler, "_perm", None),
-                        "noise_rng": noise_gen.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "torch_rng_ranks": torch_rngs,  # dropout streams, one per rank
-                        "history": history,
-                        "on_epoch": None if on_epoch is None else on_epoch.state(),
-                    }
+                    _checkpoint(done, mode, optimizer, sampler, noise_gen, torch_rngs, history, on_epoch)
                 )
         if on_step is not None:
             rate = (done - start) * plan.sample_rate * plan.n / max(time.perf_counter() - tick, 1e-9)
