@@ -10,7 +10,8 @@ choice reads the validation reports, a release DP-SGD's ledger does not account.
 Why it is on by default: from a converged non-private probe, LoRA fine-tuning raised the validation loss
 at every epoch measured (IU X-ray, split seed 0, per report: 0.643 at the probe, then 1.33 / 1.16 / 1.20 /
 1.21 / 1.11 at lr 1e-3 and 1.17 / 1.32 / 1.39 at lr 1e-4; CT-RATE 2.688, then 2.696 / 2.756 / 2.878 at
-lr 1e-4, and the same with the encoder's dropout off), and shipped a model worse than its own start.
+lr 1e-4, and 2.696 / 2.754 / 2.872 with the encoder's dropout off), and shipped a model worse than its
+own start.
 """
 
 from __future__ import annotations
