@@ -50,7 +50,8 @@ def test_phase_two_starts_at_the_probe(
     exactly the trained probe's logits on every split."""
     plan = plan_run(config(corpus, tiny_bert, mode, epsilon=epsilon, layers=layers))
     assert plan.probe is not None and plan.probe.mode == "head" and plan.probe.steps > 0
-    assert plan.probe.cfg.train.seed != plan.cfg.train.seed  # independent draws and noise per phase
+    if epsilon is not None:  # independent draws and noise per phase
+        assert plan.probe.cfg.train.seed != plan.cfg.train.seed
     probe_head = fit_probe(plan.probe, [])
     from dprad.modes.head import HeadMode
 

@@ -147,6 +147,14 @@ def test_the_same_noise_gives_different_models_different_thresholds() -> None:
     np.testing.assert_allclose(b.values, [0.7] * 4)
 
 
+def test_the_product_default_is_the_mechanisms_fallback() -> None:
+    """`PrivacyConfig.threshold_default` (config cannot import privacy) and the mechanism's FALLBACK are
+    one number written twice: a change to one must change the other."""
+    from dprad.config import PrivacyConfig
+
+    assert PrivacyConfig().threshold_default == FALLBACK
+
+
 @pytest.mark.parametrize("n", [115, 3000])
 def test_a_model_with_constant_scores_keeps_the_defaults(n: int) -> None:
     """No signal in the scores: every label, critical ones too, keeps the default whatever the noise draw

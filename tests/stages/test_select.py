@@ -83,6 +83,20 @@ def test_a_fine_tuning_that_hurts_ships_the_probe(corpus: Path, tiny_bert: Path,
         kept.metrics["val"]["threshold_val"]["weighted_f1"]
         >= last.metrics["val"]["threshold_val"]["weighted_f1"]
     )
+    # the probe it ships is the `--mode head` run at the same seed (a non-private probe takes the run's
+    # seed): the same head weights bit for bit, and the same test metrics
+    head = train(config(corpus, tiny_bert, lr=1.0).with_(train=TrainConfig(mode="head")), tmp_path / "head")
+    wk, wh = (
+        torch.load(tmp_path / "kept" / "model" / "head.pt"),
+        torch.load(tmp_path / "head" / "model" / "head.pt"),
+    )
+    assert all(
+        torch.equal(wk[k], wh[f"head.{k}"]) for k in ("weight", "bias")
+    )  # the head run's adds its centre
+    for split in ("val", "test"):
+        for key in ("threshold_val", "threshold_0.5"):
+            got, want = kept.metrics[split][key], head.metrics[split][key]
+            assert got["weighted_f1"] == pytest.approx(want["weighted_f1"], abs=1e-6), (split, key)
 
 
 def test_a_resumed_run_selects_over_every_epoch(corpus: Path, tiny_bert: Path, tmp_path: Path) -> None:

@@ -135,19 +135,13 @@ def fit(
         history["batch_units"].append(len(idx) if groups is None else len(np.unique(groups[idx])))
         done = step + 1
         eps_now = None
-        if privacy.private and (
-            math.floor(done / per_epoch) > math.floor(step / per_epoch) or done == plan.steps
-        ):
+        epoch_end = math.floor(done / per_epoch) > math.floor(step / per_epoch) or done == plan.steps
+        if privacy.private and epoch_end:
             eps_now = privacy.accounting(done).epsilon  # type: ignore[union-attr]
             history["epsilon_per_epoch"].append(
                 {"epoch": round(done / per_epoch, 3), "step": done, "epsilon": eps_now}
             )
-        if (
-            on_epoch is not None
-            and (math.floor(done / per_epoch) > math.floor(step / per_epoch) or done == plan.steps)
-            and on_epoch(done, done / per_epoch)
-            and done < plan.steps
-        ):
+        if on_epoch is not None and epoch_end and on_epoch(done, done / per_epoch) and done < plan.steps:
             if privacy.private:  # the ledger accounts the plan's steps: a private run never stops early
                 raise RuntimeError("an epoch hook stopped a private run")
             stopped = done

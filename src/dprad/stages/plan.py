@@ -340,12 +340,21 @@ def threshold_note(sigma: float, *, n_val: int, n_labels: int, default: float) -
 
 def probe_config(cfg: RunConfig, n: int) -> RunConfig:
     """Phase 1 of LP-FT: the head mode on the same data and units, with the head's own defaults (the
-    settings the runbook chose for it) and its own seeds. Independent seeds matter for privacy, not only
-    for taste: the composition of two phases assumes each draws its own Poisson samples and noise."""
+    settings the runbook chose for it).
+
+    A private probe draws from its own seed stream: the composition of two phases assumes each draws its
+    own Poisson samples and noise, so the seeds matter for privacy, not only for taste. A non-private probe
+    has no noise to keep apart and takes the run's seed, so it is exactly ``--mode head`` at that seed and
+    epoch selection's epoch 0 is that head run (the comparison LP-FT vs head is then paired, not a
+    difference of training seeds)."""
     from dprad.modes.head import HeadMode
 
     d = HeadMode.defaults(private=cfg.private, epsilon=cfg.privacy.epsilon)
-    seed = int(np.random.SeedSequence([cfg.train.seed, PROBE_STREAM]).generate_state(1)[0])
+    seed = (
+        int(np.random.SeedSequence([cfg.train.seed, PROBE_STREAM]).generate_state(1)[0])
+        if cfg.private
+        else cfg.train.seed
+    )
     t = replace(
         cfg.train,
         mode="head",
