@@ -1,7 +1,8 @@
 """The frozen encoder of the private head, chosen by measurement: each encoder setting as the feature
 extractor of `--mode head` (the product's defaults otherwise: rule prior, public warm start, DP
 thresholds) on the real corpora, split seeds 0, 1, 2, at eps 1 / 10 / non-private, with the encoder's
-wall time per 1,000 reports measured side by side in the same run.
+wall time per 1,000 reports measured side by side in the same run. It prints validation F1 beside the
+test's: choose on validation.
 
     python bench/encoders.py [--corpus iu|ct|both] [--eps 1,10,inf] [--seeds 0,1,2] [--threads 1]
                              [--variant label:name=minilm,pooling=mean,max_length=256 ...] [--cache DIR]
@@ -118,7 +119,7 @@ def main() -> None:
             )
             for eps in [] if args.time_only else [float(e) for e in args.eps.split(",")]:
                 private = bool(np.isfinite(eps))
-                scores = []
+                scores, vals = [], []
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     cfg = RunConfig(
                         data=DataConfig(path=str(path), format=fmt, split_seed=seed),
@@ -129,19 +130,25 @@ def main() -> None:
                     tick = time.perf_counter()
                     res = train(cfg, out / f"{corpus}-{label}-{eps}-{seed}", overwrite=True)
                     f1 = res.metrics["test"]["threshold_val"]["weighted_f1"]
+                    val = res.metrics["val"]["threshold_val"]["weighted_f1"]
                     scores.append(f1)
+                    vals.append(val)
                     print(
-                        f"{label:>10} eps {eps:>4g} seed {seed}: test wF1 {f1:.3f} ({time.perf_counter() - tick:.0f} s)",
+                        f"{label:>10} eps {eps:>4g} seed {seed}: test wF1 {f1:.3f}, val {val:.3f}"
+                        f" ({time.perf_counter() - tick:.0f} s)",
                         flush=True,
                     )
                 a = np.array(scores)
                 line = (
                     f"{corpus:>3} {label:>10} eps {eps:>4g}: {a.mean():.3f} ({a.min():.3f}..{a.max():.3f})"
-                    f"   encoder {ms:.1f} s / 1,000 reports"
+                    f"   val {np.mean(vals):.3f}   encoder {ms:.1f} s / 1,000 reports"
                 )
                 summary.append(line)
                 print(line, flush=True)
-    print("\nsummary (test weighted F1 at the shipped thresholds, mean (min..max) over split seeds)")
+    print(
+        "\nsummary (test weighted F1 at the shipped thresholds, mean (min..max) over split seeds; then the"
+        " validation split's mean, the split a choice is made on)"
+    )
     print("\n".join(summary))
 
 
