@@ -124,6 +124,14 @@ def test_two_phase_ledger_recomputes_from_its_own_numbers(
     assert probe["epsilon"] == pytest.approx(0.9 * 0.9 * target, rel=0.02)
     config_json = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config_json["train"]["probe"] is True
+    # at a size where it was measured no better than the head, the run says so, with phase 2's steps
+    notes = json.loads((tmp_path / "run" / "notes.json").read_text())
+    assert any(
+        n.startswith(
+            f"LP-FT on {config_json['derived']['train_size']:,} training units: phase 2 takes {tune['steps']} DP-SGD"
+        )
+        for n in notes
+    )
     assert config_json["derived"]["probe"]["steps"] == probe["steps"]
     assert result.ledger.epsilon == led["epsilon"]
     # the run loads back with its probe's input transform and scores as it did at the end of training

@@ -231,6 +231,13 @@ def plan_run(
             n_labels=len(schema),
             notes=notes,
         )
+        if probe_cfg is not None and n <= AUTO_MEASURED_UP_TO:
+            notes.append(
+                f"LP-FT on {n:,} training units: phase 2 takes {steps} DP-SGD steps after the probe. At sizes up "
+                f"to {AUTO_MEASURED_UP_TO:,} it was never ahead of the private head by more than the spread over "
+                "split seeds, and behind at eps 1 (README runbook, Mode): --mode head gives the probe the whole "
+                "training budget"
+            )
     plan = RunPlan(
         cfg=cfg,
         schema=schema,
