@@ -52,6 +52,9 @@ def test_phase_two_starts_at_the_probe(
     assert plan.probe is not None and plan.probe.mode == "head" and plan.probe.steps > 0
     if epsilon is not None:  # independent draws and noise per phase
         assert plan.probe.cfg.train.seed != plan.cfg.train.seed
+    # the size note (LP-FT measured no better than the head up to AUTO_MEASURED_UP_TO) is LoRA's alone:
+    # full fine-tuning was not on the curve
+    assert any(n.startswith("LP-FT on ") for n in plan.notes) == (mode == "lora" and epsilon is not None)
     probe_head = fit_probe(plan.probe, [])
     from dprad.modes.head import HeadMode
 
