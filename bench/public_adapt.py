@@ -27,6 +27,7 @@ def main() -> None:
     from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from dprad.data.schemas import CHEXPERT14, CTRATE18
     from dprad.data.table import reports_frame, write_table
+    from dprad.errors import DpradError
     from dprad.features import public_reports
     from dprad.local_models import DEFAULT_ENCODER, resolve_model_dir
     from dprad.stages.train import train
@@ -44,6 +45,19 @@ def main() -> None:
         raise SystemExit(f"--out {out}: already exists")
     schema = CHEXPERT14 if args.modality == "cxr" else CTRATE18
     base = resolve_model_dir(DEFAULT_ENCODER)
+    try:  # the settings are checked before anything is generated or trained
+        train_cfg = TrainConfig(
+            mode="full",
+            probe=True,
+            rule_prior=False,
+            select_epoch=False,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            threads=args.threads,
+        )
+    except DpradError as err:
+        raise SystemExit(f"public_adapt.py: {err}") from None
     with tempfile.TemporaryDirectory(prefix="dprad-public-adapt-") as tmp:
         data = Path(tmp) / f"public-{args.modality}.csv"
         reports = public_reports(args.modality)
@@ -51,16 +65,7 @@ def main() -> None:
         cfg = RunConfig(
             data=DataConfig(path=str(data), schema=schema.name),
             model=ModelConfig(name=DEFAULT_ENCODER),
-            train=TrainConfig(
-                mode="full",
-                probe=True,
-                rule_prior=False,
-                select_epoch=False,
-                epochs=args.epochs,
-                lr=args.lr,
-                batch_size=args.batch_size,
-                threads=args.threads,
-            ),
+            train=train_cfg,
         )
         res = train(cfg, Path(tmp) / "run")
         staged = Path(tmp) / "encoder"

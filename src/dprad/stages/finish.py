@@ -32,7 +32,7 @@ class TrainResult:
 
 def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, params: int) -> PrivacyLedger:
     cfg = plan.cfg
-    steps = plan.steps if fitted.steps is None else fitted.steps  # fewer: a non-private run stopped early
+    steps = fitted.steps_taken(plan.steps)  # fewer: a non-private run stopped early
     n_val = len(plan.splits.val)
     n_canaries = 0 if plan.canaries is None else int(np.sum(plan.canaries.included))
     rule = cfg.privacy.thresholds

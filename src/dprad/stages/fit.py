@@ -46,6 +46,10 @@ class Fitted:
     sampler: str  # the sampler the loop drew with (the ledger records it)
     steps: int | None = None  # the steps taken when an epoch hook stopped the loop early (None: the plan's)
 
+    def steps_taken(self, planned: int) -> int:
+        """The steps this run took: ``planned`` unless an epoch hook stopped it early."""
+        return planned if self.steps is None else self.steps
+
 
 def _checkpoint(
     done: int,

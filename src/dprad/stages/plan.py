@@ -231,9 +231,8 @@ def plan_run(
             n_labels=len(schema),
             notes=notes,
         )
-        if (
-            probe_cfg is not None and cfg.train.mode == "lora" and n <= AUTO_MEASURED_UP_TO
-        ):  # what was measured
+        measured = probe_cfg is not None and cfg.train.mode == "lora" and n <= AUTO_MEASURED_UP_TO
+        if measured:  # LP-FT's LoRA was measured against the head up to this size (full was not)
             notes.append(
                 f"LP-FT on {n:,} training units: phase 2 takes {steps} DP-SGD steps after the probe. At sizes up "
                 f"to {AUTO_MEASURED_UP_TO:,} it was never ahead of the private head by more than the spread over "

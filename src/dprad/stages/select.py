@@ -58,9 +58,7 @@ class EpochSelection:
         if loss < self.best_loss:  # ties keep the earlier epoch
             self.best_step, self.best_loss = step, loss
             self.best_state = {k: v.detach().clone() for k, v in self.mode.trainable.state_dict().items()}
-        since = (
-            len(self.history) - 1 - next(i for i, h in enumerate(self.history) if h["step"] == self.best_step)
-        )
+        since = sum(h["step"] > self.best_step for h in self.history)  # epochs recorded after the best
         return since >= PATIENCE
 
     def state(self) -> dict[str, Any]:

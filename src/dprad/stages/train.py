@@ -141,7 +141,7 @@ def _train(
                 plan, mode, privacy, run_dir=run_dir, on_step=on_step, on_epoch=selection, world=world
             )
             if selection is not None:
-                selection.finish(fitted.steps or plan.steps, plan.steps, notes)
+                selection.finish(fitted.steps_taken(plan.steps), plan.steps, notes)
                 fitted.history["val_loss_per_epoch"] = selection.history
             if world.main:
                 result = finish(plan, mode, privacy, fitted, run_dir, notes)
