@@ -162,8 +162,15 @@ class PrivacyConfig:
     # the threshold a label keeps when the DP (or exact) validation counts do not move it; fixed in advance
     # (privacy/thresholds.py:FALLBACK says how 0.3 was chosen)
     threshold_default: float = 0.3
+    # None (the default, and the only setting for a model that will be shared): every DP draw (Poisson
+    # batches, gradient noise, threshold histograms) comes from a generator keyed with 256 bits of OS
+    # entropy that is never written down (privacy/noise.py). A number: draw them from this stated seed,
+    # reproducible bit for bit (tests, research); the guarantee then holds only while the seed stays
+    # secret, the ledger and card say so, and export / serve refuse the run without --force.
+    noise_seed: int | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {
+        "noise_seed": NON_NEGATIVE_INT,
         "epsilon": POSITIVE,
         "noise_multiplier": POSITIVE,
         "delta": UNIT_OPEN,
@@ -174,6 +181,12 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self, "privacy")
+        # always checked, private run or not: a misspelt accountant must not wait for --epsilon to surface.
+        # The names are privacy/accounting.py:ACCOUNTANTS (a layer above; tests/privacy keeps them equal)
+        if self.accountant not in ("pld", "rdp", "prv"):
+            raise DpradError(
+                f"--accountant '{self.accountant}' is not one of pld, rdp, prv (config privacy.accountant)"
+            )
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,8 @@ class TrainConfig:
         8192  # tokens per physical micro-batch (memory; scoring on a CPU caps it at 2,048); not the maths
     )
     weight_decay: float = 0.0
+    # public randomness only: initialisation, the canary draw, the order of non-private batches. Never a
+    # DP draw (those come from privacy/noise.py; see privacy.noise_seed)
     seed: int = 0
     threads: int | None = None
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:i]

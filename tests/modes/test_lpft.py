@@ -14,6 +14,7 @@ from dprad.data.table import reports_frame, write_table
 from dprad.modes import get_mode, load_run
 from dprad.modes.encoder import EncoderMode
 from dprad.privacy import dpsgd_event, epsilon_of, event_from_dict
+from dprad.privacy.noise import NoiseSource
 from dprad.stages.plan import plan_run
 from dprad.stages.train import fit_probe, train
 
@@ -55,7 +56,7 @@ def test_phase_two_starts_at_the_probe(
     # the size note (LP-FT measured no better than the head up to AUTO_MEASURED_UP_TO) is LoRA's alone:
     # full fine-tuning was not on the curve
     assert any(n.startswith("LP-FT on ") for n in plan.notes) == (mode == "lora" and epsilon is not None)
-    probe_head = fit_probe(plan.probe, [])
+    probe_head = fit_probe(plan.probe, [], noise=NoiseSource.from_seed(0))
     from dprad.modes.head import HeadMode
 
     # the probe's own probabilities, through the head mode's frozen-feature path

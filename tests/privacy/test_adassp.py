@@ -20,6 +20,7 @@ from dprad.privacy.adassp import (
     pca_projection,
     sufficient_statistics,
 )
+from dprad.privacy.noise import NoiseSource
 
 
 def _data(n: int, d: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -34,7 +35,9 @@ def _data(n: int, d: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndar
 def test_no_noise_is_ridge_regression() -> None:
     x, y, m = _data(300, 6, 3, 0)
     m[::7, 1] = 0  # masked entries have target 0 on the +-1 scale
-    fit = fit_adassp(x, y, m, epsilon=math.inf, delta=1e-5, rng=np.random.default_rng(0), ridge=0.3)
+    fit = fit_adassp(
+        x, y, m, epsilon=math.inf, delta=1e-5, noise=NoiseSource.from_seed(0).stream("test"), ridge=0.3
+    )
     assert fit.epsilon == math.inf and fit.ridge == 0.3 and fit.noise_multipliers == (0.0, 0.0, 0.0)
     xa = np.concatenate([x, np.ones((len(x), 1))], axis=1) / math.sqrt(2)  # the intercept column
     t = (2 * y - 1) * m
@@ -50,7 +53,14 @@ def test_no_noise_with_projection_is_ridge_on_projected_rows() -> None:
     proj = pca_projection(public, 4)
     np.testing.assert_allclose(proj.T @ proj, np.eye(4), atol=1e-5)
     fit = fit_adassp(
-        x, y, m, epsilon=math.inf, delta=1e-5, rng=np.random.default_rng(0), projection=proj, ridge=1.0
+        x,
+        y,
+        m,
+        epsilon=math.inf,
+        delta=1e-5,
+        noise=NoiseSource.from_seed(0).stream("test"),
+        projection=proj,
+        ridge=1.0,
     )
     za = np.concatenate([x @ proj, np.ones((len(x), 1))], axis=1) / math.sqrt(2)
     ref = Ridge(alpha=1.0, fit_intercept=False).fit(za, 2 * y - 1)
@@ -62,7 +72,7 @@ def test_no_noise_with_projection_is_ridge_on_projected_rows() -> None:
 def test_accounting_recomputes_and_stays_within_target() -> None:
     x, y, m = _data(500, 5, 4, 3)
     for eps in (1.0, 8.0):
-        fit = fit_adassp(x, y, m, epsilon=eps, delta=1e-5, rng=np.random.default_rng(0))
+        fit = fit_adassp(x, y, m, epsilon=eps, delta=1e-5, noise=NoiseSource.from_seed(0).stream("test"))
         assert eps * 0.99 <= fit.epsilon <= eps
         assert fit.event == adassp_event(noise_multipliers=fit.noise_multipliers)
         assert compose_epsilon([fit.event], 1e-5) == pytest.approx(fit.epsilon, rel=1e-9)
@@ -90,11 +100,13 @@ def test_sensitivity_of_the_released_statistics() -> None:
 
 def test_private_fit_learns_with_enough_data() -> None:
     x, y, m = _data(20_000, 8, 3, 5)
-    fit = fit_adassp(x, y, m, epsilon=1.0, delta=1e-6, rng=np.random.default_rng(0))
+    fit = fit_adassp(x, y, m, epsilon=1.0, delta=1e-6, noise=NoiseSource.from_seed(0).stream("test"))
     acc = ((x @ fit.weights + fit.bias > 0) == (y > 0)).mean()
     assert acc > 0.85
     assert fit.ridge == 0.0  # plenty of data: the smallest eigenvalue dwarfs the noise, no ridge needed
-    small = fit_adassp(x[:300], y[:300], m[:300], epsilon=1.0, delta=1e-6, rng=np.random.default_rng(0))
+    small = fit_adassp(
+        x[:300], y[:300], m[:300], epsilon=1.0, delta=1e-6, noise=NoiseSource.from_seed(0).stream("test")
+    )
     assert small.ridge > 0  # little data: AdaSSP regularises adaptively
 
 
@@ -109,10 +121,10 @@ def test_block_projection_keeps_the_prior_block() -> None:
 def test_bad_input_is_a_clear_error() -> None:
     x, y, m = _data(20, 3, 2, 6)
     with pytest.raises(DpradError, match="0 or 1"):
-        fit_adassp(x, y * 2, m, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(0))
+        fit_adassp(x, y * 2, m, epsilon=1.0, delta=1e-5, noise=NoiseSource.from_seed(0).stream("test"))
     with pytest.raises(DpradError, match="do not fit"):
-        fit_adassp(x[:5], y, m, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(0))
+        fit_adassp(x[:5], y, m, epsilon=1.0, delta=1e-5, noise=NoiseSource.from_seed(0).stream("test"))
     with pytest.raises(DpradError, match="epsilon"):
-        fit_adassp(x, y, m, epsilon=0.0, delta=1e-5, rng=np.random.default_rng(0))
+        fit_adassp(x, y, m, epsilon=0.0, delta=1e-5, noise=NoiseSource.from_seed(0).stream("test"))
     with pytest.raises(DpradError, match="projection size"):
         pca_projection(x, 5)

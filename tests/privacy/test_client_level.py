@@ -10,19 +10,22 @@ import pytest
 from dprad.errors import DpradError
 from dprad.federate.server import FederationConfig
 from dprad.privacy.client_level import client_ledger, flatten, noisy_mean_update, unflatten
+from dprad.privacy.noise import NoiseSource
 
 
 def test_clipping_bounds_one_hospitals_influence_and_the_noise_has_the_stated_std() -> None:
-    rng = np.random.default_rng(0)
+    rng = NoiseSource.from_seed(0).stream("test")
     big, small = np.full(1000, 10.0), np.full(1000, 0.001)
-    without, _ = noisy_mean_update([small], clip=1.0, noise_multiplier=1e-9, denominator=2, rng=rng)
-    with_big, norms = noisy_mean_update([small, big], clip=1.0, noise_multiplier=1e-9, denominator=2, rng=rng)
+    without, _ = noisy_mean_update([small], clip=1.0, noise_multiplier=1e-9, denominator=2, noise=rng)
+    with_big, norms = noisy_mean_update(
+        [small, big], clip=1.0, noise_multiplier=1e-9, denominator=2, noise=rng
+    )
     assert norms[1] == pytest.approx(np.linalg.norm(big))
     assert np.linalg.norm((with_big - without) * 2) == pytest.approx(1.0, rel=1e-6)  # sensitivity = clip
-    noise, _ = noisy_mean_update([np.zeros(20000)], clip=0.5, noise_multiplier=2.0, denominator=4, rng=rng)
+    noise, _ = noisy_mean_update([np.zeros(20000)], clip=0.5, noise_multiplier=2.0, denominator=4, noise=rng)
     assert np.std(noise * 4) == pytest.approx(1.0, rel=0.03)  # sigma * clip on the sum
     with pytest.raises(DpradError, match="fixed denominator"):
-        noisy_mean_update([small, small], clip=1.0, noise_multiplier=1.0, denominator=1, rng=rng)
+        noisy_mean_update([small, small], clip=1.0, noise_multiplier=1.0, denominator=1, noise=rng)
 
 
 def test_arrays_round_trip_through_one_vector() -> None:

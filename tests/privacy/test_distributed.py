@@ -16,6 +16,7 @@ from dprad.data.dataset import PoissonSampler
 from dprad.data.sampling import PatientPoissonSampler
 from dprad.privacy.distributed import distributed_private_step, rank_and_world, shard
 from dprad.privacy.dp_step import private_step
+from dprad.privacy.noise import NoiseSource
 
 N, STEPS, Q, CLIP, SIGMA = 48, 4, 0.4, 0.5, 0.7
 WORLD = 2
@@ -49,7 +50,7 @@ def train(unit: str, rank: int, world: int) -> list[torch.Tensor]:
     sampler = PatientPoissonSampler(groups, Q, rng) if patient else PoissonSampler(N, Q, rng)
     unit_groups = groups if patient else None
     expected = Q * sampler.n
-    gen = torch.Generator().manual_seed(7)
+    gen = NoiseSource.from_seed(7).stream("gradient")
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
         logits = gsm(x[idx])  # (B, L)
@@ -61,13 +62,13 @@ def train(unit: str, rank: int, world: int) -> list[torch.Tensor]:
             mbs = [idx[:5], idx[5:]] if len(idx) > 5 else [idx]  # accumulation across micro-batches
             mbs = [m for m in mbs if len(m)]
             private_step(params, opt, mbs, loss_fn, max_grad_norm=CLIP, noise_multiplier=SIGMA,
-                         expected_batch_size=expected, generator=gen, groups=unit_groups)  # fmt: skip
+                         expected_batch_size=expected, noise=gen, groups=unit_groups)  # fmt: skip
         else:
             mine = shard(idx, rank=rank, world_size=world, groups=unit_groups)
             mbs = [mine[:3], mine[3:]] if len(mine) > 3 else [mine]
             mbs = [m for m in mbs if len(m)]
             distributed_private_step(params, opt, mbs, loss_fn, max_grad_norm=CLIP, noise_multiplier=SIGMA,
-                                     expected_batch_size=expected, generator=gen, groups=unit_groups)  # fmt: skip
+                                     expected_batch_size=expected, noise=gen, groups=unit_groups)  # fmt: skip
     return [p.detach().clone() for p in params]
 
 

@@ -24,6 +24,7 @@ from dprad.features import loss_per_example
 from dprad.local_models import load_tokenizer
 from dprad.model import ReportClassifier, attach_lora, encoder_type, freeze_for_dp_full, load_encoder
 from dprad.privacy.dp_step import per_sample_norms, plain_step, private_step
+from dprad.privacy.noise import NoiseSource
 from dprad.stages.train import check_sampler
 
 
@@ -105,7 +106,7 @@ def test_noise_free_unclipped_dp_step_equals_plain_step(tiny_bert: Path) -> None
         max_grad_norm=1e12,
         noise_multiplier=0.0,
         expected_batch_size=len(idx),
-        generator=torch.Generator().manual_seed(0),
+        noise=NoiseSource.from_seed(0).stream("test"),
     )
     plain_step(pb, ob, [idx], loss(b), batch_size=len(idx))
     for x, y in zip(pa, pb, strict=True):
@@ -138,7 +139,7 @@ def test_clipping_bounds_every_per_sample_gradient(tiny_bert: Path) -> None:
             max_grad_norm=clip,
             noise_multiplier=0.0,
             expected_batch_size=1.0,
-            generator=torch.Generator().manual_seed(0),
+            noise=NoiseSource.from_seed(0).stream("test"),
         )
         step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, params, strict=True)]).norm()
         assert float(step) <= clip * (1 + 1e-5)
@@ -161,7 +162,7 @@ def test_empty_poisson_batch_still_adds_noise(tiny_bert: Path) -> None:
         max_grad_norm=1.0,
         noise_multiplier=1.0,
         expected_batch_size=4.0,
-        generator=torch.Generator().manual_seed(0),
+        noise=NoiseSource.from_seed(0).stream("test"),
     )
     moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, params, strict=True)])
     assert moved.abs().sum() > 0  # noise only, scaled by 1 / expected batch size

@@ -13,6 +13,7 @@ from dprad.errors import DpradError
 from dprad.metrics.scores import per_label
 from dprad.privacy import dpsgd_event
 from dprad.privacy.accounting import compose_epsilon, gaussian_epsilon
+from dprad.privacy.noise import NoiseSource
 from dprad.privacy.thresholds import (
     DEFAULT_GRID,
     FALLBACK,
@@ -55,7 +56,7 @@ def test_noise_free_limit_is_the_grid_search(grid: tuple[float, ...]) -> None:
         mask,
         epsilon=math.inf,
         delta=1e-5,
-        rng=np.random.default_rng(0),
+        noise=NoiseSource.from_seed(0).stream("test"),
         grid=grid,
         critical=critical,
     )
@@ -66,8 +67,12 @@ def test_noise_free_limit_is_the_grid_search(grid: tuple[float, ...]) -> None:
 
 def test_private_thresholds_converge_and_account() -> None:
     y, probs, mask = _scores(3000, 4, 1)
-    exact = dp_thresholds(y, probs, mask, epsilon=math.inf, delta=1e-5, rng=np.random.default_rng(0))
-    noisy = dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(0))
+    exact = dp_thresholds(
+        y, probs, mask, epsilon=math.inf, delta=1e-5, noise=NoiseSource.from_seed(0).stream("test")
+    )
+    noisy = dp_thresholds(
+        y, probs, mask, epsilon=1.0, delta=1e-5, noise=NoiseSource.from_seed(0).stream("test")
+    )
     assert np.abs(noisy.values - exact.values).max() <= 0.2  # close at eps 1 with 3000 reports
     assert noisy.epsilon <= 1.0 and noisy.epsilon == pytest.approx(1.0, rel=1e-3)
     assert noisy.event == dp_accounting.GaussianDpEvent(noisy.noise_multiplier)
@@ -92,7 +97,9 @@ def test_histogram_sensitivity_is_sqrt_labels() -> None:
 def test_ledger_total_composes_training_and_thresholds() -> None:
     delta = 1e-5
     training = dpsgd_event(noise_multiplier=1.1, sample_rate=0.1, steps=50)
-    th = dp_thresholds(*_scores(500, 3, 3), epsilon=0.5, delta=delta, rng=np.random.default_rng(0))
+    th = dp_thresholds(
+        *_scores(500, 3, 3), epsilon=0.5, delta=delta, noise=NoiseSource.from_seed(0).stream("test")
+    )
     total = compose_epsilon([training, th.event], delta)
     acc = pld.PLDAccountant()
     acc.compose(training)
@@ -108,15 +115,15 @@ def test_ledger_total_composes_training_and_thresholds() -> None:
 
 def test_bad_input_is_a_clear_error() -> None:
     y, probs, mask = _scores(50, 2, 4)
-    rng = np.random.default_rng(0)
+    rng = NoiseSource.from_seed(0).stream("test")
     with pytest.raises(DpradError, match="grid"):
-        dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, rng=rng, grid=(0.5, 0.2))
+        dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, noise=rng, grid=(0.5, 0.2))
     with pytest.raises(DpradError, match="do not fit"):
-        dp_thresholds(y[:10], probs, mask, epsilon=1.0, delta=1e-5, rng=rng)
+        dp_thresholds(y[:10], probs, mask, epsilon=1.0, delta=1e-5, noise=rng)
     with pytest.raises(DpradError, match="critical"):
-        dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, rng=rng, critical={5: 0.9})
+        dp_thresholds(y, probs, mask, epsilon=1.0, delta=1e-5, noise=rng, critical={5: 0.9})
     with pytest.raises(DpradError, match="epsilon"):
-        dp_thresholds(y, probs, mask, epsilon=-1.0, delta=1e-5, rng=rng)
+        dp_thresholds(y, probs, mask, epsilon=-1.0, delta=1e-5, noise=rng)
 
 
 def test_one_report_per_patient_keeps_each_patients_first_report_by_id() -> None:
@@ -141,8 +148,12 @@ def test_the_same_noise_gives_different_models_different_thresholds() -> None:
     """Strong signal: the thresholds follow the model, not the noise draw (the same rng seed for both)."""
     low = _two_level_scores(3000, 4, neg_hi=0.15, pos_lo=0.2, seed=1)  # best cut: 0.2
     high = _two_level_scores(3000, 4, neg_hi=0.65, pos_lo=0.7, seed=1)  # best cut: 0.7
-    a = dp_thresholds(*low, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(7), critical={0: 0.9})
-    b = dp_thresholds(*high, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(7), critical={0: 0.9})
+    a = dp_thresholds(
+        *low, None, epsilon=1.0, delta=1e-5, noise=NoiseSource.from_seed(7).stream("test"), critical={0: 0.9}
+    )
+    b = dp_thresholds(
+        *high, None, epsilon=1.0, delta=1e-5, noise=NoiseSource.from_seed(7).stream("test"), critical={0: 0.9}
+    )
     np.testing.assert_allclose(a.values, [0.2] * 4)  # both away from the default (0.3)
     np.testing.assert_allclose(b.values, [0.7] * 4)
 
@@ -165,7 +176,13 @@ def test_a_model_with_constant_scores_keeps_the_defaults(n: int) -> None:
     critical = {5: 0.9, 6: 0.9, 7: 0.9, 9: 0.9}
     for seed in range(5):
         th = dp_thresholds(
-            y, probs, None, epsilon=1.0, delta=1e-5, rng=np.random.default_rng(seed), critical=critical
+            y,
+            probs,
+            None,
+            epsilon=1.0,
+            delta=1e-5,
+            noise=NoiseSource.from_seed(seed).stream("test"),
+            critical=critical,
         )
         np.testing.assert_allclose(th.values, FALLBACK)
         own = dp_thresholds(
@@ -174,7 +191,7 @@ def test_a_model_with_constant_scores_keeps_the_defaults(n: int) -> None:
             None,
             epsilon=1.0,
             delta=1e-5,
-            rng=np.random.default_rng(seed),
+            noise=NoiseSource.from_seed(seed).stream("test"),
             default=0.5,
             critical=critical,
         )
@@ -188,6 +205,12 @@ def test_small_validation_noise_leaves_every_label_at_the_default() -> None:
     critical = {5: 0.9, 6: 0.9, 7: 0.9, 9: 0.9}
     for seed in range(5):
         th = dp_thresholds(
-            y, probs, mask, epsilon=0.1, delta=1e-4, rng=np.random.default_rng(seed), critical=critical
+            y,
+            probs,
+            mask,
+            epsilon=0.1,
+            delta=1e-4,
+            noise=NoiseSource.from_seed(seed).stream("test"),
+            critical=critical,
         )
         np.testing.assert_allclose(th.values, FALLBACK)

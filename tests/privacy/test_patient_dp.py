@@ -21,6 +21,7 @@ from dprad.features import loss_per_example
 from dprad.local_models import load_tokenizer
 from dprad.model import ReportClassifier, attach_lora, load_encoder
 from dprad.privacy.dp_step import clip_and_accumulate, per_sample_norms, private_step
+from dprad.privacy.noise import NoiseSource, NoiseStream
 
 
 def build(model_dir: Path, seed: int = 0) -> ReportClassifier:
@@ -111,7 +112,7 @@ def test_patient_clipped_sum_equals_a_brute_force_loop(tiny_bert: Path) -> None:
             max_grad_norm=clip,
             noise_multiplier=0.0,
             expected_batch_size=1.0,
-            generator=torch.Generator().manual_seed(0),
+            noise=NoiseSource.from_seed(0).stream("test"),
             groups=groups,
         ),
     )
@@ -149,7 +150,7 @@ def test_a_patient_with_20_reports_moves_the_model_no_more_than_one_with_1(tiny_
                     max_grad_norm=clip,
                     noise_multiplier=0.0,
                     expected_batch_size=1.0,
-                    generator=torch.Generator().manual_seed(0),
+                    noise=NoiseSource.from_seed(0).stream("test"),
                     groups=unit_groups,
                 ),
             ).norm()
@@ -183,9 +184,10 @@ def old_private_step(
     max_grad_norm: float,
     noise_multiplier: float,
     expected_batch_size: float,
-    generator: torch.Generator,
+    noise: NoiseStream,
 ) -> float:
-    """dprad.privacy.dp_step.private_step as it was before patient-level DP (frozen copy)."""
+    """dprad.privacy.dp_step.private_step as it was before patient-level DP (frozen copy; its noise now
+    drawn from the run's NoiseStream, as every DP draw is)."""
     summed = [torch.zeros_like(p) for p in params]
     total_loss = 0.0
     for idx in batches:
@@ -202,9 +204,9 @@ def old_private_step(
             p.grad = None
         total_loss += float(losses.detach().sum())
     std = noise_multiplier * max_grad_norm
-    for p, acc in zip(params, summed, strict=True):
-        noise = torch.normal(0.0, std, size=acc.shape, generator=generator) if std > 0 else 0.0
-        p.grad = (acc + noise) / expected_batch_size
+    drawn = noise.gaussian_like(summed, std=std) if std > 0 else [torch.zeros_like(a) for a in summed]
+    for p, acc, z in zip(params, summed, drawn, strict=True):
+        p.grad = (acc + z) / expected_batch_size
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total_loss
@@ -220,7 +222,7 @@ def test_report_level_step_is_bit_for_bit_the_step_before(tiny_bert: Path, noise
         gsm = GradSampleModule(build(tiny_bert), batch_first=True, loss_reduction="sum")
         params = [p for p in gsm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-2)
-        gen = torch.Generator().manual_seed(11)
+        gen = NoiseSource.from_seed(11).stream("test")
         losses = []
         for batch in batches:
             losses.append(
@@ -232,7 +234,7 @@ def test_report_level_step_is_bit_for_bit_the_step_before(tiny_bert: Path, noise
                     max_grad_norm=0.05,
                     noise_multiplier=noise,
                     expected_batch_size=6.0,
-                    generator=gen,
+                    noise=gen,
                 )
             )
         runs.append(([p.detach().clone() for p in params], losses))

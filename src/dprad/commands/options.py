@@ -236,7 +236,14 @@ TRAIN_OPTIONS: tuple[Flag | str, ...] = (
         "teacher",
         "who wrote the training labels, for the model card (default: what `dprad label` recorded beside the table)",
     ),
-    Flag("train", "seed", "training seed (sampling, noise, init)"),
+    Flag("train", "seed", "public randomness only: initialisation, canaries, non-private batch order"),
+    Flag(
+        "privacy",
+        "noise_seed",
+        "draw the DP noise and Poisson batches from this stated seed (tests, research): reproducible, and "
+        "private only while the seed stays secret; the ledger and card say so, export and serve refuse it "
+        "without --force. Default: a secret key from OS entropy, written nowhere that is shipped",
+    ),
     Flag("train", "threads", "torch CPU threads"),
     Flag("train", "device", "auto (CUDA when present) | cpu | cuda[:i]; bf16 autocast on a GPU"),
     "overwrite",
@@ -381,3 +388,26 @@ def read_input(
         split_col=split_col,
         labels_path=labels,
     )
+
+
+def check_out_file(path: Path, flag: str = "--out") -> None:
+    """Refuse an output file that cannot be written, before any work: a folder in its place, or a folder
+    it would go in that cannot be written (or created: dprad's writers create missing folders). Probes
+    with a temporary file or folder, as the atomic writer will (``dprad.io``), and removes it at once."""
+    import tempfile
+
+    if path.is_dir():
+        raise DpradError(f"{flag} {path}: is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest folder that exists: the writer creates the rest
+    if not folder.is_dir():
+        raise DpradError(f"{flag} {path}: {folder} is not a folder")
+    try:
+        if folder == path.parent:
+            with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=folder):
+                pass  # deleted on close
+        else:
+            Path(tempfile.mkdtemp(prefix=".dprad-", suffix=".probe", dir=folder)).rmdir()
+    except OSError as err:
+        raise DpradError(f"{flag} {path}: cannot write in {folder} ({err.strerror or err})") from None

@@ -19,6 +19,7 @@ import numpy as np
 from dprad import io
 from dprad.errors import DpradError
 from dprad.federate.protocol import Payload, Reply, as_model, model_of
+from dprad.privacy.noise import NoiseSource, NoiseStream
 from dprad.privacy.thresholds import DEFAULT_GRID
 
 FEDERATION = "federation.json"
@@ -38,7 +39,10 @@ class FederationConfig:
     client_delta: float = 1e-5
     client_dp_min: int = 5  # client-level DP below this many sites per round is refused unless forced
     force: bool = False
-    seed: int = 0
+    seed: int = 0  # public: the tie-breaking draws of threshold selection (post-processing) only
+    # client selection and client-level noise come from a secret key (privacy/noise.py); a number here
+    # draws them from this stated seed instead (tests), which federation.json records but never holds
+    noise_seed: int | None = None
     timeout: float = 900.0  # seconds a round waits for answers
     wait_timeout: float = 1800.0  # seconds to wait for the first --wait-for sites to connect
     n_boot: int = 200
@@ -46,6 +50,10 @@ class FederationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "grid": list(self.grid)}
+
+    def record(self) -> dict[str, Any]:
+        """The settings as ``federation.json`` records them: a stated noise seed is withheld."""
+        return {**self.to_dict(), "noise_seed": None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederationConfig:
@@ -111,7 +119,7 @@ def _client_dp_step(
     model: dict[str, np.ndarray],
     replies: dict[str, Reply],
     asked: int,
-    rng: np.random.Generator,
+    noise: NoiseStream,
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     from dprad.privacy.client_level import flatten, noisy_mean_update, unflatten
 
@@ -119,7 +127,7 @@ def _client_dp_step(
     base = flatten(model)
     updates = [flatten(r.arrays) - base for r in replies.values()]
     mean, norms = noisy_mean_update(
-        updates, clip=cfg.client_clip, noise_multiplier=cfg.client_dp, denominator=asked, rng=rng
+        updates, clip=cfg.client_clip, noise_multiplier=cfg.client_dp, denominator=asked, noise=noise
     )
     return unflatten(base + mean, model), norms
 
@@ -207,14 +215,18 @@ def _round(
     r: int,
     active: list[str],
     model: dict[str, np.ndarray],
-    rng: np.random.Generator,
+    noise: NoiseSource,
     names: dict[str, str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
     """One round -> (the new global head, the round's record, the sites that declined for good)."""
     chosen = (
         active
         if cfg.clients_per_round is None
-        else sorted(rng.choice(active, size=min(cfg.clients_per_round, len(active)), replace=False).tolist())
+        else sorted(
+            noise.stream(f"clients-{r}")
+            .generator.choice(active, size=min(cfg.clients_per_round, len(active)), replace=False)
+            .tolist()
+        )
     )
     payload = Payload(arrays=as_model(model), config={"round": r})
     replies = transport.ask("train", {n: payload for n in chosen}, cfg.timeout)
@@ -236,7 +248,7 @@ def _round(
     if cfg.client_dp is None:
         new = _average(answered)
     else:
-        new, norms = _client_dp_step(cfg, model, answered, len(chosen), rng)
+        new, norms = _client_dp_step(cfg, model, answered, len(chosen), noise.stream(f"client-dp-{r}"))
         record["update_norms"] = {names[n]: v for n, v in zip(answered, norms, strict=True)}
     record["epsilon"] = {names[n]: x.metrics["epsilon"] for n, x in replies.items() if "epsilon" in x.metrics}
     return new, record, [n for n, x in replies.items() if x.declined]
@@ -344,8 +356,10 @@ def run_federation(cfg: FederationConfig, transport: Transport, out: Path) -> di
     from dprad.privacy.client_level import client_ledger
 
     cfg.check()
-    rng = np.random.default_rng(cfg.seed)
-    log: dict[str, Any] = {"config": cfg.to_dict()}
+    noise = NoiseSource.for_run(cfg.noise_seed)  # client selection and client-level DP: never cfg.seed
+    log: dict[str, Any] = {"config": cfg.record()}
+    if cfg.client_dp is not None:
+        log["noise"] = noise.describe()
     active, model = _hello(cfg, transport, log)
     model0 = dict(model)
     rounds: list[dict[str, Any]] = []
@@ -357,7 +371,7 @@ def run_federation(cfg: FederationConfig, transport: Transport, out: Path) -> di
                 {"round": r, "stopped": f"{len(active)} site(s) left with budget, fewer than --min-clients"}
             )
             break
-        model, record, done = _round(cfg, transport, r, active, model, rng, names)
+        model, record, done = _round(cfg, transport, r, active, model, noise, names)
         rounds.append(record)
         active = [n for n in active if n not in done]
     log["rounds"] = rounds

@@ -37,6 +37,7 @@ from dprad.data.reports import Report
 from dprad.errors import DpradError
 from dprad.modes.head import HeadMode
 from dprad.privacy.ledger import PrivacyLedger
+from dprad.privacy.noise import NoiseSource
 from dprad.run.plan import RunPlan
 
 SITE = "site.json"  # what the site agreed to: rounds, steps per round, its noise; written once
@@ -44,6 +45,10 @@ PLAN = "plan.pkl"  # the site's RunPlan (its reports included): never leaves the
 ARRAYS = "features.npz"  # head inputs, targets and masks per split
 START_SEED = 0  # the head's initialisation before the public warm start, the same at every site
 LEDGER_STATE = "rounds.json"  # the rounds this site took part in (its ledger is built from it)
+# the site's secret DP key (privacy/noise.py), owner-only: every round's batches and noise and its threshold
+# histograms are drawn from it. It never leaves the hospital: no message, update or file the server sees
+# holds anything from which the site's draws can be regenerated
+NOISE_KEY = "noise.key"
 
 
 class Declined(DpradError):
@@ -153,8 +158,10 @@ def prepare_site(
         mode.build()
     start = get_params(mode)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (SITE, "metrics.json", "privacy.json", "messages.jsonl"):  # a fresh site: no earlier state
+    for stale in (SITE, "metrics.json", "privacy.json", "messages.jsonl", NOISE_KEY):  # a fresh site
         (out / stale).unlink(missing_ok=True)
+    if cfg.privacy.noise_seed is None:
+        NoiseSource.secret().save(out / NOISE_KEY)
     shutil.rmtree(out / "updates", ignore_errors=True)
     if isinstance(mode, HeadMode):  # the head's inputs, once: a round needs no encoder
         arrays = {"center": np.asarray(mode.center)}
@@ -236,6 +243,11 @@ class Site:
             self._plan = pickle.loads((self.path / PLAN).read_bytes())  # the site's own file, written by it
         return self._plan
 
+    def noise(self) -> NoiseSource:
+        """The site's DP randomness: its secret key, or the stated ``--noise-seed``."""
+        seed = self.plan.cfg.privacy.noise_seed
+        return NoiseSource.for_run(seed) if seed is not None else NoiseSource.load(self.path / NOISE_KEY)
+
     @property
     def rounds_taken(self) -> int:
         return len(self.state["rounds"])
@@ -291,7 +303,7 @@ class Site:
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            fitted = fit(plan, mode, plan.privacy())
+            fitted = fit(plan, mode, plan.privacy(), noise=self.noise().child(f"round-{taken}"))
         out = get_params(mode)
         rounds = [*self.state["rounds"], {"round": server_round, "loss": fitted.history["step_loss"]}]
         self._save_state(rounds=rounds)  # counted before the update leaves the site
@@ -332,7 +344,7 @@ class Site:
         )
         sampler = "Poisson (per patient)" if self.plan.unit == "patient" else "Poisson"
         fitted = Fitted(self._history(rounds), f"{sampler}; {rounds} federated round(s)")
-        return build_ledger(plan, plan.privacy(), fitted, self.info.params)
+        return build_ledger(plan, plan.privacy(), fitted, self.info.params, noise=self.noise())
 
     def histograms(
         self, params: dict[str, np.ndarray], *, grid: tuple[float, ...]
@@ -354,9 +366,9 @@ class Site:
         if self.plan.private and not sigma:
             raise DpradError(f"site {self.info.name}: planned without DP thresholds (--thresholds dp)")
         if sigma:
-            rng = np.random.default_rng([self.plan.cfg.train.seed, 0x7E5])
+            noise = self.noise().stream("thresholds")
             std = sigma * math.sqrt(len(self.info.labels))
-            pos, neg = pos + rng.normal(0, std, pos.shape), neg + rng.normal(0, std, neg.shape)
+            pos, neg = pos + noise.gaussian(pos.shape, std=std), neg + noise.gaussian(neg.shape, std=std)
         self._save_state(thresholds_released=True)  # counted before the histograms leave
         return pos, neg, sigma
 

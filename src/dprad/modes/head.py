@@ -21,6 +21,7 @@ from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
 from dprad.features import (
+    PublicCorpus,
     cached_features,
     encoder_features,
     head_inputs,
@@ -31,6 +32,7 @@ from dprad.features import (
 from dprad.modes.base import Mode, ModeDefaults, resolve_public_warm_start, resolve_rule_prior
 
 if TYPE_CHECKING:
+    from dprad.model import FeatureHead
     from dprad.modes.predictor import Predictor
     from dprad.modes.reference import AuditView, TrainFn
     from dprad.run import RunRecord
@@ -57,7 +59,7 @@ class HeadMode(Mode):
 
     def build(self) -> nn.Module:
         from dprad.local_models import load_tokenizer
-        from dprad.model import FeatureHead, load_encoder
+        from dprad.model import load_encoder
 
         plan, cfg = self.plan, self.plan.cfg
         self.tokenizer = load_tokenizer(plan.model_dir)
@@ -97,17 +99,17 @@ class HeadMode(Mode):
         for name, reps in plan.splits.as_dict().items():
             idx = np.array([row[r.id] for r in reps], dtype=np.int64)
             self.x[name] = head_x(raw[idx], self.center, [r.text for r in reps], plan.schema, prior=prior)
-        self.head = FeatureHead(self.x["train"].shape[1], len(plan.schema), center=self.center)
+        self.head = start_head(cfg, plan.schema, public)
+        if self.head.head.in_features != self.x["train"].shape[1]:
+            raise RuntimeError("the head's public start does not fit its inputs")
         if prior:
             self.notes.append(
                 "rule prior: the rule teacher's reading of each report (a public function of its text, "
                 "no privacy cost) is part of the head's input"
             )
         if cfg.train.public_warm_start:
-            x_pub, y_pub, m_pub = public.labelled[plan.schema.name]
-            x_pub = head_x(x_pub, self.center, public.texts[plan.schema.name], plan.schema, prior=prior)
-            warm_start(self.head, x_pub, y_pub, m_pub)
-            self.notes.append(f"head initialised on {len(x_pub)} public synthetic reports (no privacy cost)")
+            n_pub = len(public.texts[plan.schema.name])
+            self.notes.append(f"head initialised on {n_pub} public synthetic reports (no privacy cost)")
         return self.head
 
     @property
@@ -239,6 +241,22 @@ class HeadMode(Mode):
             return head_reference_models(x, y, mask, recipe, k=k, rng=rng, public=public, on_model=on_model)
 
         return AuditView(logits=logits, references=references)
+
+
+def start_head(cfg: RunConfig, schema: LabelSchema, public: PublicCorpus) -> FeatureHead:
+    """The head before any private step: ``nn.Linear``'s initialisation from the torch generator as the
+    run seeded it (``train.seed``), then the public warm start. A function of ``config.json``, the schema
+    and public data only: what the noise-replay audit starts its replay from."""
+    from dprad.model import FeatureHead
+
+    prior = bool(cfg.train.rule_prior)
+    dim = head_x(np.zeros((1, len(public.center))), public.center, [""], schema, prior=prior).shape[1]
+    head = FeatureHead(dim, len(schema), center=public.center)
+    if cfg.train.public_warm_start:
+        x_pub, y_pub, m_pub = public.labelled[schema.name]
+        x_pub = head_x(x_pub, public.center, public.texts[schema.name], schema, prior=prior)
+        warm_start(head, x_pub, y_pub, m_pub)
+    return head
 
 
 def head_x(

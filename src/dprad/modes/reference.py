@@ -30,6 +30,7 @@ from dprad.errors import DpradError
 from dprad.features import loss_per_example, warm_start
 from dprad.model import FeatureHead
 from dprad.privacy.dp_step import plain_step, private_step
+from dprad.privacy.noise import NoiseSource
 
 if TYPE_CHECKING:
     from dprad.run import RunRecord
@@ -167,6 +168,8 @@ def train_head(
         assert recipe.sample_rate and recipe.steps and recipe.noise_multiplier is not None
         assert recipe.max_grad_norm is not None
         sampler = PoissonSampler(n, recipe.sample_rate, rng)
+        # the auditor's simulated run: its noise need not be secret (it is never shipped), only independent
+        noise = NoiseSource.from_seed(int(rng.integers(2**62))).stream("reference")
         for _ in range(recipe.steps):
             idx = sampler.sample()
             private_step(
@@ -177,7 +180,7 @@ def train_head(
                 max_grad_norm=recipe.max_grad_norm,
                 noise_multiplier=recipe.noise_multiplier,
                 expected_batch_size=recipe.sample_rate * n,
-                generator=gen,
+                noise=noise,
             )
     else:
         batch = min(recipe.batch_size, n)

@@ -33,6 +33,7 @@ import numpy as np
 
 from dprad.errors import DpradError
 from dprad.privacy.accounting import compose_epsilon, gaussian_noise_multiplier
+from dprad.privacy.noise import NoiseStream
 
 SPLIT = (0.1, 0.45, 0.45)  # shares of the Gaussian budget: (smallest eigenvalue, X^T X, X^T T)
 FAILURE_PROB = 0.05  # the ridge keeps the noisy system positive definite with probability >= 1 - this
@@ -144,7 +145,7 @@ def fit_adassp(
     *,
     epsilon: float,
     delta: float,
-    rng: np.random.Generator,
+    noise: NoiseStream,
     projection: np.ndarray | None = None,
     split: tuple[float, float, float] = SPLIT,
     intercept: float = 1.0,
@@ -169,18 +170,18 @@ def fit_adassp(
     gram, moments = sufficient_statistics(x, y, mask, projection=projection, intercept=intercept)
     d, n_labels = moments.shape
     if math.isfinite(epsilon):
-        noise = calibrate_adassp(epsilon=epsilon, delta=delta, split=split)
-        event = adassp_event(noise_multipliers=noise)
-        s_eig, s_gram, s_mom = noise
+        sigmas = calibrate_adassp(epsilon=epsilon, delta=delta, split=split)
+        event = adassp_event(noise_multipliers=sigmas)
+        s_eig, s_gram, s_mom = sigmas
         lam_min = float(np.linalg.eigvalsh(gram)[0])
         # release 1: a lower confidence bound on the smallest eigenvalue (sensitivity 1)
         tail = math.sqrt(2 * math.log(3 / failure_prob))
-        lam_min_dp = max(lam_min + s_eig * rng.standard_normal() - s_eig * tail, 0.0)
+        lam_min_dp = max(lam_min + float(noise.gaussian(1, std=s_eig)[0]) - s_eig * tail, 0.0)
         # release 2: X^T X, symmetric noise (upper triangle mirrored), sensitivity 1
-        g = rng.standard_normal((d, d)) * s_gram  # (D', D')
+        g = noise.gaussian((d, d), std=s_gram)  # (D', D')
         gram = gram + np.triu(g) + np.triu(g, 1).T
         # release 3: X^T T, sensitivity sqrt(L)
-        moments = moments + rng.standard_normal((d, n_labels)) * (s_mom * math.sqrt(n_labels))
+        moments = moments + noise.gaussian((d, n_labels), std=s_mom * math.sqrt(n_labels))
         # Wang (2018): a high-probability bound on ||Z||_2 of the symmetric noise, minus the eigenvalue
         bound = s_gram * math.sqrt(d * math.log(6 * d * d / failure_prob))
         lam = max(bound - lam_min_dp, ridge)
@@ -190,7 +191,7 @@ def fit_adassp(
 
         if not epsilon > 0:
             raise DpradError(f"--epsilon {epsilon} must be > 0 (inf for no privacy)")
-        noise, event, lam, eps_spent = (0.0, 0.0, 0.0), dp_accounting.NonPrivateDpEvent(), ridge, math.inf
+        sigmas, event, lam, eps_spent = (0.0, 0.0, 0.0), dp_accounting.NonPrivateDpEvent(), ridge, math.inf
     theta0 = np.zeros((d, n_labels))  # (D', L) the ridge's centre
     if public is not None:
         g_pub, m_pub = sufficient_statistics(*public, projection=projection, intercept=intercept)
@@ -207,7 +208,7 @@ def fit_adassp(
         event=event,
         epsilon=eps_spent,
         delta=delta,
-        noise_multipliers=noise,
+        noise_multipliers=sigmas,
         ridge=float(lam),
     )
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from dprad.errors import DpradError
 from dprad.privacy.accounting import epsilon_of, event_to_dict
+from dprad.privacy.noise import NoiseStream
 
 
 def flatten(params: dict[str, np.ndarray]) -> np.ndarray:
@@ -42,7 +43,7 @@ def noisy_mean_update(
     clip: float,
     noise_multiplier: float,
     denominator: int,
-    rng: np.random.Generator,
+    noise: NoiseStream,
 ) -> tuple[np.ndarray, list[float]]:
     """(sum of each update (P,) clipped to L2 norm ``clip``, plus N(0, (sigma clip)^2)) / ``denominator``,
     and each update's norm before clipping."""
@@ -56,7 +57,7 @@ def noisy_mean_update(
     total = np.zeros_like(updates[0]) if updates else np.zeros(0)
     for u, n in zip(updates, norms, strict=True):
         total = total + u * min(1.0, clip / max(n, 1e-12))
-    total = total + rng.normal(0.0, noise_multiplier * clip, size=total.shape)
+    total = total + noise.gaussian(total.shape, std=noise_multiplier * clip)
     return total / denominator, norms
 
 

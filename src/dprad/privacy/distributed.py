@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from dprad.privacy.dp_step import LossFn, apply_step, clip_and_accumulate, gaussian_noise
+from dprad.privacy.noise import NoiseStream
 
 
 def rank_and_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
@@ -63,12 +64,12 @@ def distributed_private_step(
     max_grad_norm: float,
     noise_multiplier: float,
     expected_batch_size: float,
-    generator: torch.Generator,
+    noise: NoiseStream,
     groups: np.ndarray | None = None,
     group: dist.ProcessGroup | None = None,
 ) -> float:
     """One DP-SGD step over all ranks of ``group``; ``batches`` are *this rank's* micro-batches (of its
-    ``shard``). Every rank must call it once per step, even with an empty share. ``generator`` is used on
+    ``shard``). Every rank must call it once per step, even with an empty share. ``noise`` is drawn on
     rank 0 only. ``expected_batch_size`` is the expected size of the whole logical batch (``q * n``, in
     reports or, with ``groups``, patients), not of one share. Returns the loss summed over all ranks.
 
@@ -78,8 +79,8 @@ def distributed_private_step(
     rank, _ = rank_and_world(group)
     summed, loss = clip_and_accumulate(params, batches, loss_fn, max_grad_norm=max_grad_norm, groups=groups)
     if rank == 0:  # the one noise draw of the step, in the same order as the single-process step
-        noise = gaussian_noise(summed, std=noise_multiplier * max_grad_norm, generator=generator)
-        summed = [acc + z for acc, z in zip(summed, noise, strict=True)]
+        drawn = gaussian_noise(summed, std=noise_multiplier * max_grad_norm, noise=noise)
+        summed = [acc + z for acc, z in zip(summed, drawn, strict=True)]
     device = summed[0].device if summed else torch.device("cpu")
     flat = torch.cat([s.reshape(-1) for s in summed] + [torch.tensor([loss], device=device)])  # (D + 1,)
     if dist.is_available() and dist.is_initialized():

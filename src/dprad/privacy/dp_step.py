@@ -16,8 +16,8 @@ iterations) cannot take an empty Poisson batch (no forward pass to hook), couple
 own data loader, and clips rows of ``grad_sample`` only (no per-patient sums); the step below is the same
 arithmetic as its ``clip_and_accumulate`` / ``add_noise`` / ``scale_grad`` with the accumulation explicit.
 The per-sample gradients, the error-prone part, stay opacus's. The clip / noise arithmetic is done in
-float32 whatever the parameters' dtype, and the noise is drawn on the accumulator's device from
-``generator`` (which must live on that device).
+float32 whatever the parameters' dtype, and the noise comes from ``noise``, a stream of the run's secret
+``privacy.noise.NoiseSource`` (hardened Gaussian draws on the CPU, moved to the accumulator's device).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+
+from dprad.privacy.noise import NoiseStream
 
 # per-example loss for the examples ``idx`` of one micro-batch -> (B,)
 LossFn = Callable[[np.ndarray], torch.Tensor]
@@ -128,16 +130,11 @@ def clip_and_accumulate(
     return summed, total_loss
 
 
-def gaussian_noise(
-    summed: Sequence[torch.Tensor], *, std: float, generator: torch.Generator
-) -> list[torch.Tensor]:
+def gaussian_noise(summed: Sequence[torch.Tensor], *, std: float, noise: NoiseStream) -> list[torch.Tensor]:
     """One draw of N(0, std^2) per coordinate, parameter by parameter (the order fixes the stream)."""
-    return [
-        torch.normal(0.0, std, size=acc.shape, generator=generator, device=acc.device)
-        if std > 0
-        else torch.zeros_like(acc)
-        for acc in summed
-    ]
+    if std <= 0:
+        return [torch.zeros_like(acc) for acc in summed]
+    return noise.gaussian_like(summed, std=std)
 
 
 def apply_step(
@@ -163,7 +160,7 @@ def private_step(
     max_grad_norm: float,
     noise_multiplier: float,
     expected_batch_size: float,
-    generator: torch.Generator,
+    noise: NoiseStream,
     groups: np.ndarray | None = None,
 ) -> float:
     """One DP-SGD step; returns the summed (unnoised) loss of the batch, for logging inside the institution.
@@ -174,11 +171,11 @@ def private_step(
     summed, total_loss = clip_and_accumulate(
         params, batches, loss_fn, max_grad_norm=max_grad_norm, groups=groups
     )
-    noise = gaussian_noise(summed, std=noise_multiplier * max_grad_norm, generator=generator)
+    drawn = gaussian_noise(summed, std=noise_multiplier * max_grad_norm, noise=noise)
     apply_step(
         params,
         optimizer,
-        [acc + z for acc, z in zip(summed, noise, strict=True)],
+        [acc + z for acc, z in zip(summed, drawn, strict=True)],
         expected_batch_size=expected_batch_size,
     )
     return total_loss

@@ -40,6 +40,10 @@ class PrivacyLedger:
     # the releases that make up the total epsilon, e.g. [{"part": "training", "epsilon": ...}, ...]
     parts: list[dict[str, Any]] = field(default_factory=list)
     canaries: int = 0  # audit canaries mixed into the training split (never in reported metrics)
+    # where the run's DP draws came from (privacy/noise.py:NoiseSource.describe): {"source": "os-entropy" |
+    # "stated-seed", "generator": ..., "gaussian": ...}. Empty in ledgers written before noise was secret:
+    # those runs drew their noise from a seed written in config.json (see ``noise_source``)
+    noise: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +81,42 @@ class PrivacyLedger:
         return None
 
 
+# ``PrivacyLedger.noise_source`` values
+NOISE_SECRET = "os-entropy"  # keyed with OS entropy never written down: the guarantee's assumption holds
+NOISE_STATED = "stated-seed"  # --noise-seed: reproducible, and only as private as the seed is secret
+NOISE_WRITTEN = "written-seed"  # ledgers written before secret noise: the seed ships in config.json
+
+
+def noise_source(ledger: PrivacyLedger) -> str:
+    """Where a private run's DP draws came from: NOISE_SECRET, NOISE_STATED or NOISE_WRITTEN (a ledger
+    written before dprad drew secret noise: its noise was seeded from ``train.seed`` in config.json)."""
+    source = str(ledger.noise.get("source") or NOISE_WRITTEN)
+    if source not in (NOISE_SECRET, NOISE_STATED, NOISE_WRITTEN):
+        raise DpradError(f"privacy.json: unknown noise source {source!r}")
+    return source
+
+
+def noise_warning(ledger: PrivacyLedger) -> str | None:
+    """The sentence a private run whose noise is not secret must carry in the first lines of its model card,
+    its export refusal and its serving refusal; None when the noise is secret (or the run is not private)."""
+    if not ledger.private:
+        return None
+    source = noise_source(ledger)
+    if source == NOISE_STATED:
+        return (
+            "Its DP noise was drawn from a stated seed (--noise-seed): anyone who knows that seed can regenerate "
+            "the noise and subtract it, so the guarantee below holds only while the seed stays secret. "
+            "Retrain without --noise-seed before sharing."
+        )
+    if source == NOISE_WRITTEN:
+        return (
+            "Its DP noise was seeded from a value written in its own config.json (dprad before secret noise): "
+            "whoever holds the run or its export can regenerate the noise, and against them the guarantee "
+            "below does not hold. Retrain with this version of dprad before sharing."
+        )
+    return None
+
+
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -89,10 +129,10 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def guarantee_statement(
-    ledger: PrivacyLedger, *, model_name: str, val_size: int, thresholds: str = "val"
-) -> str:
-    """One plain-language paragraph for a governance board."""
+def guarantee_statement(ledger: PrivacyLedger, *, model_name: str, thresholds: str = "val") -> str:
+    """One plain-language paragraph for a governance board. The only count it quotes is the number of
+    training units n, which DP-SGD treats as public (it fixes the sample rate and each step's scale) and
+    which the statement names as released outside the guarantee."""
     unit = ledger.privacy_unit
     if not ledger.private:
         return (
@@ -103,22 +143,27 @@ def guarantee_statement(
     parts = "; ".join(f"{p['part']}: epsilon {p['epsilon']:.4g}" for p in ledger.parts)
     if thresholds == "dp":
         th = (
-            f"Its per-label decision thresholds were chosen on the {val_size} validation reports under DP "
+            "Its per-label decision thresholds were chosen on the validation reports under DP "
             f"(noisy score histograms) and are included in epsilon ({parts}). "
         )
         not_covered = ""
     else:
         th = ""
         not_covered = (
-            f"the {val_size} validation reports (used WITHOUT DP to choose thresholds), "
-            if thresholds == "val"
-            else ""
+            "the validation reports (used WITHOUT DP to choose thresholds), " if thresholds == "val" else ""
         )
     group = (
         "The unit of privacy is one report: a patient with k reports is protected at roughly k times that "
         "epsilon (group privacy). "
         if unit == "report"
         else "The unit of privacy is one patient: all of a patient's reports together. "
+    )
+    warning = noise_warning(ledger)
+    noise = (
+        f"{warning} "
+        if warning
+        else "Every random draw of the mechanism (the Poisson samples and the noise) came from a secret key "
+        "drawn from the operating system's entropy and written nowhere that is shipped. "
     )
     return (
         f"This model was trained with DP-SGD ({ledger.mode}) on {ledger.dataset_size} {unit}s and satisfies "
@@ -127,7 +172,9 @@ def guarantee_statement(
         f"sample (each {unit} in with probability {ledger.sample_rate:.4g}), clipped every {unit}'s gradient to "
         f"norm {ledger.max_grad_norm:g} and added Gaussian noise of standard deviation "
         f"{ledger.noise_multiplier:.4g} x {ledger.max_grad_norm:g}; the {ledger.accountant.upper() if ledger.accountant else ''} "
-        f"accountant computed epsilon. {th}{group}Not covered: the base model {model_name} and its own "
+        f"accountant computed epsilon. {noise}{th}{group}Not covered: the base model {model_name} and its own "
         f"pre-training data, {not_covered}the reports sent to the model after release, and the label schema "
-        "and hyper-parameters chosen by people who had seen the data."
+        "and hyper-parameters chosen by people who had seen the data. Released outside the guarantee: the "
+        f"number of training {unit}s ({ledger.dataset_size}), which DP-SGD treats as public (it sets the "
+        "sample rate and the scale of each step)."
     )

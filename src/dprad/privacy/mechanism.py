@@ -25,6 +25,7 @@ from dprad.privacy.accounting import (
     with_releases,
 )
 from dprad.privacy.dp_step import LossFn, plain_step, private_step
+from dprad.privacy.noise import NoiseStream
 
 
 class Sampler(Protocol):
@@ -53,7 +54,7 @@ class Privacy(Protocol):
         batches: Sequence[np.ndarray],
         loss_fn: LossFn,
         *,
-        generator: torch.Generator,
+        noise: NoiseStream,
         realised: int,
     ) -> float: ...
 
@@ -126,7 +127,7 @@ class DpSgd:
         batches: Sequence[np.ndarray],
         loss_fn: LossFn,
         *,
-        generator: torch.Generator,
+        noise: NoiseStream,
         realised: int,
     ) -> float:
         del realised  # the private step divides by the *expected* batch size: the realised one would leak
@@ -147,7 +148,7 @@ class DpSgd:
             max_grad_norm=self.max_grad_norm,
             noise_multiplier=self.noise_multiplier,
             expected_batch_size=self.expected_batch_size,
-            generator=generator,
+            noise=noise,
             groups=self.unit_groups,
         )
 
@@ -206,10 +207,10 @@ class NonPrivate:
         batches: Sequence[np.ndarray],
         loss_fn: LossFn,
         *,
-        generator: torch.Generator,
+        noise: NoiseStream,
         realised: int,
     ) -> float:
-        del generator
+        del noise
         return plain_step(params, optimizer, batches, loss_fn, batch_size=realised)
 
     def accounting(self, steps: int | None = None) -> None:

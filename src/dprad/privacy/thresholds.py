@@ -33,6 +33,7 @@ import numpy as np
 
 from dprad.errors import DpradError
 from dprad.privacy.accounting import gaussian_epsilon, gaussian_noise_multiplier
+from dprad.privacy.noise import NoiseStream
 
 # 0.1, 0.2, ..., 0.9: a coarse grid keeps the noisy tail sums short (see bench/head_trainers.py)
 DEFAULT_GRID: tuple[float, ...] = tuple(float(g) for g in np.round(np.arange(0.1, 0.91, 0.1), 2))
@@ -242,7 +243,7 @@ def dp_thresholds(
     *,
     epsilon: float,
     delta: float,
-    rng: np.random.Generator,
+    noise: NoiseStream | None = None,
     grid: Sequence[float] = DEFAULT_GRID,
     default: float = FALLBACK,
     critical: Mapping[int, float] | None = None,
@@ -250,7 +251,8 @@ def dp_thresholds(
     """Per-label thresholds from noisy validation histograms; ``epsilon`` inf: exact counts, not private.
 
     y (N, L) in {0, 1}, probs (N, L) scores, mask (N, L) or None; ``critical`` maps a label index to the
-    sensitivity (recall) its threshold must reach.
+    sensitivity (recall) its threshold must reach. ``noise``: a stream of the run's
+    ``privacy.noise.NoiseSource`` (required unless ``epsilon`` is inf).
     """
     import dp_accounting
 
@@ -275,12 +277,20 @@ def dp_thresholds(
             f"validation, NOT private: {what}",
             0.0,
         )
+    if noise is None:
+        raise ValueError("DP thresholds draw their noise from a NoiseStream (privacy.noise)")
     sigma = gaussian_noise_multiplier(epsilon=epsilon, delta=delta)
     std = sigma * math.sqrt(n_labels)  # L2 sensitivity of the whole release: sqrt(L)
-    noisy_pos = pos + rng.normal(0.0, std, size=pos.shape)
-    noisy_neg = neg + rng.normal(0.0, std, size=neg.shape)
-    values = select_thresholds(
-        noisy_pos, noisy_neg, grid, default=default, critical=critical, noise_std=std, rng=rng
+    noisy_pos = pos + noise.gaussian(pos.shape, std=std)  # (L, G+1)
+    noisy_neg = neg + noise.gaussian(neg.shape, std=std)
+    values = select_thresholds(  # post-processing of the released histograms: public randomness suffices
+        noisy_pos,
+        noisy_neg,
+        grid,
+        default=default,
+        critical=critical,
+        noise_std=std,
+        rng=np.random.default_rng(0),
     )
     event = dp_accounting.GaussianDpEvent(sigma)
     return DpThresholds(

@@ -221,6 +221,22 @@ class RunRecord:
         return MODE_ALIASES.get(m, m)
 
     @property
+    def noise_source(self) -> str:
+        """Where a private run's DP draws came from (``privacy.ledger.noise_source``): a run written before
+        secret noise reads as NOISE_WRITTEN, "noise seeded from a written value" (its config.json's
+        ``train.seed``), whose guarantee does not hold against whoever holds its files."""
+        from dprad.privacy.ledger import noise_source
+
+        return noise_source(self.ledger)
+
+    @property
+    def noise_warning(self) -> str | None:
+        """The sentence a run whose noise is not secret carries (None: secret, or not private)."""
+        from dprad.privacy.ledger import noise_warning
+
+        return noise_warning(self.ledger)
+
+    @property
     def display_mode(self) -> str:
         """The mode as the ledger names it: ``dp-head`` for a private head."""
         mode = self.ledger.mode if self.ledger.mode not in ("", "unknown") else self.mode

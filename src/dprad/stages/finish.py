@@ -15,6 +15,7 @@ from dprad.data.splits import Splits
 from dprad.model import trainable_parameters
 from dprad.modes.base import Mode
 from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, epsilon_of, guarantee_statement, library_versions
+from dprad.privacy.noise import NoiseSource
 from dprad.run import files
 from dprad.run.plan import RunPlan
 from dprad.stages.fit import Fitted
@@ -30,16 +31,23 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, params: int) -> PrivacyLedger:
+def model_name(cfg_name: str) -> str:
+    """The base encoder as the ledger names it: a name, never a local path (a hospital's file layout)."""
+    return cfg_name if cfg_name == "minilm" else Path(cfg_name).name or cfg_name
+
+
+def build_ledger(
+    plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, params: int, *, noise: NoiseSource | None
+) -> PrivacyLedger:
+    """The run's ledger. ``noise``: where its DP draws came from (None: not private)."""
     cfg = plan.cfg
     steps = fitted.steps_taken(plan.steps)  # fewer: a non-private run stopped early
-    n_val = len(plan.splits.val)
     n_canaries = 0 if plan.canaries is None else int(np.sum(plan.canaries.included))
     rule = cfg.privacy.thresholds
     not_protected = [
-        f"the base model {plan.model_dir} and its pre-training data",
+        f"the base model {model_name(cfg.model.name)} and its pre-training data",
         *(
-            [f"the {n_val} validation reports: used WITHOUT DP to pick thresholds (--thresholds val)"]
+            ["the validation reports: used WITHOUT DP to pick thresholds (--thresholds val)"]
             if rule == "val"
             else []
         ),
@@ -56,6 +64,7 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
         not_protected=not_protected,
         library_versions=library_versions(),
         canaries=n_canaries,
+        noise={} if noise is None or not plan.private else noise.describe(),
     )
     if isinstance(privacy, DpSgd):
         from dprad.stages.plan import threshold_releases
@@ -87,7 +96,6 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
                     "part": "thresholds (DP: noisy validation score histograms)",
                     "epsilon": epsilon_of(release, delta=privacy.delta, accountant=privacy.accountant),
                     "noise_multiplier": plan.threshold_sigma,
-                    "validation_reports": n_val,
                 }
             )
         ledger = PrivacyLedger(
@@ -124,7 +132,7 @@ def build_ledger(plan: RunPlan, privacy: DpSgd | NonPrivate, fitted: Fitted, par
             accountant_note="",
             **common,
         )
-    statement = guarantee_statement(ledger, model_name=plan.model_dir, val_size=n_val, thresholds=rule)
+    statement = guarantee_statement(ledger, model_name=model_name(cfg.model.name), thresholds=rule)
     return replace(ledger, statement=statement)
 
 
@@ -135,9 +143,15 @@ def _phase_numbers(phase: dict[str, Any]) -> dict[str, Any]:
 
 
 def split_metrics(
-    probs_for: Callable[[str], np.ndarray], schema: LabelSchema, splits: Splits, plan: RunPlan
+    probs_for: Callable[[str], np.ndarray],
+    schema: LabelSchema,
+    splits: Splits,
+    plan: RunPlan,
+    *,
+    noise: NoiseSource,
 ) -> dict[str, Any]:
-    """Validation-fitted thresholds, and val / test metrics at 0.5 and at those thresholds."""
+    """Validation-fitted thresholds, and val / test metrics at 0.5 and at those thresholds. The DP
+    thresholds' histogram noise is drawn from ``noise`` (the run's secret source)."""
     from dprad.data.reports import label_matrix
     from dprad.data.schemas import UncertainPolicy
     from dprad.metrics.scores import summary
@@ -166,7 +180,7 @@ def split_metrics(
             m,
             epsilon=plan.threshold_epsilon,
             delta=plan.cfg.privacy.delta,
-            rng=np.random.default_rng(plan.cfg.train.seed + 2),
+            noise=noise.stream("thresholds"),
             default=plan.cfg.privacy.threshold_default,
             critical=critical,
         )
@@ -195,7 +209,6 @@ def split_metrics(
             m,
             epsilon=math.inf,
             delta=1.0,
-            rng=np.random.default_rng(0),
             default=plan.cfg.privacy.threshold_default,
             critical=critical,
         )
@@ -235,9 +248,16 @@ def audit_canaries(plan: RunPlan, mode: Mode, ledger: PrivacyLedger) -> dict[str
 
 
 def finish(
-    plan: RunPlan, mode: Mode, privacy: DpSgd | NonPrivate, fitted: Fitted, run_dir: RunDir, notes: list[str]
+    plan: RunPlan,
+    mode: Mode,
+    privacy: DpSgd | NonPrivate,
+    fitted: Fitted,
+    run_dir: RunDir,
+    notes: list[str],
+    *,
+    noise: NoiseSource,
 ) -> TrainResult:
-    ledger = build_ledger(plan, privacy, fitted, trainable_parameters(mode.trainable))
+    ledger = build_ledger(plan, privacy, fitted, trainable_parameters(mode.trainable), noise=noise)
     splits = plan.splits
     if plan.canaries is not None:  # canaries are training data for the audit only: never in metrics
         splits = replace(splits, train=[r for r in splits.train if not r.id.startswith("canary-")])
@@ -248,7 +268,7 @@ def finish(
             probs[split] = mode.probs(split)
         return probs[split]
 
-    metrics = split_metrics(probs_for, plan.schema, splits, plan)
+    metrics = split_metrics(probs_for, plan.schema, splits, plan, noise=noise)
     mode.save(run_dir.model_dir)
     run_dir.write_json(files.SCHEMA, plan.schema.to_dict())
     run_dir.write_json(files.HISTORY, fitted.history)

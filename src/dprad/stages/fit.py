@@ -14,6 +14,7 @@ import torch
 
 from dprad.modes.base import Mode
 from dprad.privacy.mechanism import DpSgd, NonPrivate, check_sampler
+from dprad.privacy.noise import NoiseSource, NoiseStream
 from dprad.run.plan import RunPlan
 from dprad.stages.rundir import RunDir
 from dprad.stages.world import SOLO, World
@@ -56,19 +57,20 @@ def _checkpoint(
     mode: Mode,
     optimizer: torch.optim.Optimizer,
     sampler: Any,
-    noise_gen: torch.Generator,
+    noise: NoiseStream,
     torch_rngs: list[torch.Tensor],
     history: dict[str, Any],
     on_epoch: EpochHook | None,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs to continue as if it had never stopped."""
+    """Everything a resumed run needs to continue as if it had never stopped. It holds the DP streams'
+    states (their keys): the checkpoint is private and deleted when the run finishes."""
     return {
         "step": done,
         "trainable": dict(mode.trainable.state_dict()),
         "optimizer": optimizer.state_dict(),
         "sampler_rng": sampler.rng.bit_generator.state,
         "sampler_perm": getattr(sampler, "_perm", None),
-        "noise_rng": noise_gen.get_state(),
+        "noise_rng": noise.state(),
         "torch_rng": torch.get_rng_state(),
         "torch_rng_ranks": torch_rngs,  # dropout streams, one per rank
         "history": history,
@@ -81,6 +83,7 @@ def fit(
     mode: Mode,
     privacy: DpSgd | NonPrivate,
     *,
+    noise: NoiseSource,
     run_dir: RunDir | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: EpochHook | None = None,
@@ -88,16 +91,19 @@ def fit(
 ) -> Fitted:
     """Train ``mode`` for the plan's steps. Under ``world`` (several processes) every rank runs this loop
     with the same sampler seed, trains on its ``privacy.shard`` of each batch, and ends with the same
-    model; rank 0 alone reads and writes checkpoints (the others receive its checkpoint)."""
+    model; rank 0 alone reads and writes checkpoints (the others receive its checkpoint).
+
+    ``noise``: the run's DP randomness (``privacy.noise``). A private run draws its Poisson batches and its
+    gradient noise from it, never from ``train.seed``, which is written in ``config.json``; a non-private
+    run's batch order is public and follows ``train.seed``."""
     t = plan.cfg.train
     module = privacy.wrap(mode.trainable)  # per-sample gradient hooks when private
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = mode.optimizer(params)
-    sampler = privacy.sampler(np.random.default_rng(t.seed))
+    coins = noise.stream("sampler").generator if privacy.private else np.random.default_rng(t.seed)
+    sampler = privacy.sampler(coins)
     check_sampler(sampler, private=privacy.private)
-    # the noise is drawn where the gradients live (for a head mode: the CPU)
-    device = next(iter(params)).device if params else torch.device("cpu")
-    noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
+    gradient_noise = noise.stream("gradient")  # drawn on rank 0 only when distributed
     loss_fn = mode.loss_fn(module)
     # batch_size: reports per step; batch_units: privacy units (patients or reports) per step, whose mean
     # is the expected batch size q * n the accountant assumed
@@ -114,7 +120,7 @@ def fit(
         sampler.rng.bit_generator.state = state["sampler_rng"]
         if state["sampler_perm"] is not None:
             sampler._perm = state["sampler_perm"]  # type: ignore[union-attr]
-        noise_gen.set_state(state["noise_rng"])  # used on rank 0 only when distributed
+        gradient_noise.load(state["noise_rng"])
         per_rank = state.get("torch_rng_ranks") or [state["torch_rng"]]
         if len(per_rank) == world.size:  # else (another world size) ranks > 0 keep their own stream
             torch.set_rng_state(per_rank[world.rank])
@@ -132,7 +138,7 @@ def fit(
         idx = sampler.sample()  # (B,) indices into the training split; B varies under Poisson sampling
         mine = privacy.shard(idx)  # (B_rank,) this rank's share (all of idx on one process); may be empty
         loss = privacy.step(  # the loss summed over the whole batch (all ranks)
-            params, optimizer, mode.batches(mine), loss_fn, generator=noise_gen, realised=len(idx)
+            params, optimizer, mode.batches(mine), loss_fn, noise=gradient_noise, realised=len(idx)
         )
         history["step_loss"].append(round(loss / max(len(idx), 1), 6))
         history["batch_size"].append(len(idx))
@@ -154,7 +160,7 @@ def fit(
             torch_rngs = world.gather(torch.get_rng_state())  # collective: every rank, at the same steps
             if world.main:  # rank 0 alone writes the run directory
                 run_dir.save_checkpoint(
-                    _checkpoint(done, mode, optimizer, sampler, noise_gen, torch_rngs, history, on_epoch)
+                    _checkpoint(done, mode, optimizer, sampler, gradient_noise, torch_rngs, history, on_epoch)
                 )
         if on_step is not None:
             rate = (done - start) * plan.sample_rate * plan.n / max(time.perf_counter() - tick, 1e-9)

@@ -10,6 +10,7 @@ import torch
 
 from dprad import io
 from dprad.errors import DpradError
+from dprad.privacy.noise import NoiseSource
 from dprad.run.files import CONFIG, PRIVACY, RUN_FILES, as_written, read_object
 
 
@@ -19,6 +20,9 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.checkpoint = self.path / "checkpoint.pt"
+        # the run's secret DP key, owner-only, beside the checkpoint and deleted with it: a killed run
+        # resumes with the same draws; a finished run (and so every export) holds no trace of it
+        self.noise_key = self.path / "noise.key"
 
     def open(self, config: dict[str, Any], *, overwrite: bool) -> bool:
         """Prepare the directory for ``config``; True when an interrupted run of it will resume."""
@@ -38,6 +42,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         resume = self.checkpoint.exists()
         if not resume:  # a fresh start: no file of an earlier run may outlive it
+            self.noise_key.unlink(missing_ok=True)
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "model", ignore_errors=True)
@@ -60,5 +65,17 @@ class RunDir:
         # on the CPU: load_state_dict copies onto each parameter's device (under torchrun rank 0 sends it on)
         return dict(torch.load(self.checkpoint, map_location="cpu", weights_only=False))
 
+    def noise(self, noise_seed: int | None) -> NoiseSource:
+        """The run's DP randomness: from the stated seed, else the secret key of the interrupted run this
+        directory resumes, else a new secret key (written owner-only, for a resume after a kill)."""
+        if noise_seed is not None:
+            return NoiseSource.from_seed(noise_seed)
+        if self.checkpoint.exists() and self.noise_key.exists():
+            return NoiseSource.load(self.noise_key)
+        source = NoiseSource.secret()
+        source.save(self.noise_key)
+        return source
+
     def close(self) -> None:
         self.checkpoint.unlink(missing_ok=True)
+        self.noise_key.unlink(missing_ok=True)

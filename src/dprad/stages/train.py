@@ -20,6 +20,7 @@ from dprad.errors import DpradError
 from dprad.model import trainable_parameters
 from dprad.modes import get_mode
 from dprad.privacy.mechanism import DpSgd, check_sampler
+from dprad.privacy.noise import NoiseSource
 from dprad.run.plan import RunPlan
 from dprad.stages.finish import CRITICAL_SENSITIVITY, TrainResult, build_ledger, finish
 from dprad.stages.fit import StepInfo, fit
@@ -59,15 +60,18 @@ def train_plan(
         return _train(plan, out, world, on_step=on_step, overwrite=overwrite)
 
 
-def fit_probe(probe: RunPlan, notes: list[str]) -> torch.nn.Module:
+def fit_probe(probe: RunPlan, notes: list[str], *, noise: NoiseSource) -> torch.nn.Module:
     """Phase 1 of LP-FT: train the head mode on ``probe`` (its own steps, noise and seeds) and return the
     trained head. It is not checkpointed: it takes seconds after one feature pass, and a resumed run
-    retrains it to the same weights (the same seeds) before phase 2 loads its checkpoint. Under torchrun
-    every rank trains it alike (same draws, same noise): one release, computed on every rank."""
+    retrains it to the same weights (the same seeds, and the same secret ``noise``, kept beside the
+    checkpoint) before phase 2 loads its checkpoint. Under torchrun every rank trains it alike (same draws,
+    same noise): one release, computed on every rank."""
     head = get_mode(probe.mode)(probe, notes=notes)  # the probe's plan is the head mode's
     head.build()
     privacy = probe.privacy()
-    fit(probe, head, privacy, run_dir=None, world=SOLO)  # steps are reported for the fine-tuning phase
+    fit(
+        probe, head, privacy, noise=noise, run_dir=None, world=SOLO
+    )  # steps are reported for the fine-tuning phase
     eps = privacy.accounting()
     notes.append(
         f"LP-FT phase 1: linear probe trained for {probe.steps} steps"
@@ -111,6 +115,8 @@ def _train(
         except DpradError as err:
             error = str(err)
     world.raise_if_any(error)  # a refused run directory stops every rank, not rank 0 alone
+    # the run's DP randomness: rank 0's (secret) key, shared so that every rank draws the same batches
+    noise = world.share(run_dir.noise(plan.cfg.privacy.noise_seed) if world.main else None)
     threads = torch.get_num_threads()
     try:
         if plan.cfg.train.threads:
@@ -120,7 +126,7 @@ def _train(
             notes = list(plan.notes)
             mode = get_mode(plan.mode)(plan, notes=notes)
             if plan.probe is not None:  # LP-FT phase 1: the head mode's probe, then fine-tuning from it
-                mode.start_from(fit_probe(plan.probe, notes))
+                mode.start_from(fit_probe(plan.probe, notes, noise=noise.child("probe")))
             mode.build()
             privacy = plan.privacy()
             if world.distributed:
@@ -138,15 +144,24 @@ def _train(
                 )
             selection = None if world.distributed else EpochSelection.for_run(plan, mode, notes)
             fitted = fit(
-                plan, mode, privacy, run_dir=run_dir, on_step=on_step, on_epoch=selection, world=world
+                plan,
+                mode,
+                privacy,
+                noise=noise,
+                run_dir=run_dir,
+                on_step=on_step,
+                on_epoch=selection,
+                world=world,
             )
             if selection is not None:
                 selection.finish(fitted.steps_taken(plan.steps), plan.steps, notes)
                 fitted.history["val_loss_per_epoch"] = selection.history
             if world.main:
-                result = finish(plan, mode, privacy, fitted, run_dir, notes)
+                result = finish(plan, mode, privacy, fitted, run_dir, notes, noise=noise)
             else:  # the same ledger, no scoring and no file: rank 0 writes the run
-                ledger = build_ledger(plan, privacy, fitted, trainable_parameters(mode.trainable))
+                ledger = build_ledger(
+                    plan, privacy, fitted, trainable_parameters(mode.trainable), noise=noise
+                )
                 result = TrainResult(run_dir.path, ledger, {})
     finally:
         torch.set_num_threads(threads)  # no process-global side effect outlives the run
