@@ -3,6 +3,7 @@ recovers the noiseless clipped-gradient sum; under the default secret noise it c
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from dprad import CHEXPERT14, SynthConfig, generate_reports
-from dprad.audit.noise_replay import momentum_coefficients, noise_replay_audit
+from dprad.audit.noise_replay import BEFORE, momentum_coefficients, noise_replay_audit
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.modes.head import HeadMode
@@ -19,6 +20,7 @@ from dprad.privacy.noise import NoiseSource
 from dprad.run import RunRecord
 from dprad.stages.plan import plan_run
 from dprad.stages.train import train
+from tiny import make_tiny_encoder
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,7 @@ def true_clipped_sum(c: RunConfig) -> list[np.ndarray]:
 def test_replay_recovers_the_gradient_sum_under_a_stated_seed_and_fails_on_secret_noise(
     corpus: Path, tiny_bert: Path, tmp_path: Path
 ) -> None:
+    # lr 100: one large step, so that float32 rounding of the weights stays below the 1e-5 checked
     stated = one_step(corpus, tiny_bert, noise_seed=7)  # 7: a seed anyone would try
     run = train(stated, tmp_path / "stated")
     assert run.ledger.steps == 1
@@ -87,6 +90,21 @@ def test_replay_recovers_the_gradient_sum_under_a_stated_seed_and_fails_on_secre
     missed = noise_replay_audit(RunRecord.open(tmp_path / "secret"))
     assert missed["regenerated"] is False and missed["rho"] > 1.0 and "not regenerated" in missed["verdict"]
     assert missed["candidates_tried"] >= 30 and missed["noise_source"] == "os-entropy"
+
+
+def test_a_run_written_before_secret_noise_is_regenerated_from_its_own_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committed fixture's private head, trained by dprad before secret noise (fixture README): its
+    noise comes back from config.json's train.seed, under the old torch-generator convention."""
+    here = tmp_path / "fx"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19", here)
+    make_tiny_encoder(here / "encoder", "bert")
+    monkeypatch.chdir(here)  # the run names its encoder relative to where it was trained
+    out = noise_replay_audit(RunRecord.open(here / "runs" / "dp-head"))
+    assert out["noise_source"] == "written-seed" and out["regenerated"] is True, out
+    assert out["best_candidate"] == {"seed": 0, "from": "config.json train.seed", "convention": BEFORE}
+    assert out["rho"] < 0.1
 
 
 def test_momentum_coefficients_follow_torchs_sgd() -> None:

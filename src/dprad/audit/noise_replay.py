@@ -82,7 +82,10 @@ def shipped_integers(obj: Any, where: str = "config.json") -> Iterator[tuple[str
 def candidates(config: Mapping[str, Any]) -> list[Candidate]:
     """The seeds an attacker tries: every shipped integer first, then the common ones."""
     out: dict[int, Candidate] = {}
-    for where, value in shipped_integers(config):
+    found = sorted(
+        shipped_integers(config), key=lambda f: (not f[0].endswith("train.seed"), "seed" not in f[0])
+    )
+    for where, value in found:  # named seeds first: a value is reported under the field that seeds most
         out.setdefault(value, Candidate(value, where))
     for seed in COMMON_SEEDS:
         out.setdefault(seed, Candidate(seed, "a commonly used seed"))
