@@ -158,6 +158,7 @@ def train_dpsgd(
     from dprad.features import loss_per_example, warm_start
     from dprad.privacy import calibrate_noise, dpsgd_event
     from dprad.privacy.dp_step import plain_step, private_step
+    from dprad.privacy.noise import NoiseSource
 
     n, d = x.shape
     q = min(BATCH, n) / n
@@ -178,7 +179,7 @@ def train_dpsgd(
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9)
     sampler = PoissonSampler(n, q, np.random.default_rng(seed))
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = NoiseSource.from_seed(seed).stream("gradient")  # a benchmark: a stated seed is fine
     xt = torch.from_numpy(x)
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
@@ -196,7 +197,7 @@ def train_dpsgd(
                 max_grad_norm=s.clip,
                 noise_multiplier=sigma,
                 expected_batch_size=q * n,
-                generator=gen,
+                noise=gen,
             )
         else:
             plain_step(params, opt, batches, loss_fn, batch_size=len(idx))
@@ -222,6 +223,7 @@ def train_adassp(
     public: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Trained:
     from dprad.privacy.adassp import fit_adassp
+    from dprad.privacy.noise import NoiseSource
 
     fit = fit_adassp(
         x,
@@ -229,7 +231,7 @@ def train_adassp(
         m,
         epsilon=epsilon,
         delta=delta,
-        rng=np.random.default_rng(seed),
+        noise=NoiseSource.from_seed(seed).stream("adassp"),
         projection=projection,
         ridge=1.0,  # non-private only: a unit ridge (AdaSSP's own lambda is larger whenever eps is finite)
         public=public,
@@ -263,6 +265,7 @@ def score(
 ) -> Scored:
     from dprad.metrics.scores import f1_scores, per_label
     from dprad.privacy.accounting import compose_epsilon
+    from dprad.privacy.noise import NoiseSource
     from dprad.privacy.thresholds import dp_thresholds
 
     _, va, te = idx
@@ -274,7 +277,7 @@ def score(
         corpus.mask[va],
         epsilon=epsilon * THRESHOLD_SHARE if math.isfinite(epsilon) else math.inf,
         delta=delta,
-        rng=np.random.default_rng(1000 + seed),
+        noise=NoiseSource.from_seed(1000 + seed).stream("thresholds"),
         grid=grid,
         critical=critical,
     )
