@@ -126,7 +126,7 @@ def test_export_holds_exactly_the_safe_list(
     assert listing(out) == SAFE[mode]
     # the export module's own list says the same, with a reason for every file
     record = RunRecord.open(out)
-    listed = set(safe_files(mode, lp_ft=mode != "head"))
+    listed = set(safe_files(mode, lp_ft=mode != "head", private=True))
     encoder = {n for n in listing(out) if n.startswith("encoder/")}
     assert listed | encoder | {"MANIFEST.json"} == SAFE[mode]
     assert all(
@@ -291,7 +291,14 @@ def test_include_evaluation_and_the_command(runs: dict[str, Path], corpus: Path,
     )
     assert result.exit_code == 0, result.output
     assert listing(tmp_path / "ex") == SAFE["head"] | {"evaluation.json"}
-    assert (tmp_path / "ex" / "evaluation.json").read_bytes() == (run / "evaluation.json").read_bytes()
+    # the run's evaluation, its local paths named (the run directory and the data by their names)
+    own = json.loads((run / "evaluation.json").read_text())
+    shipped = json.loads((tmp_path / "ex" / "evaluation.json").read_text())
+    assert (own["run"], own["data"]) == (str(run), str(corpus))
+    assert (shipped["run"], shipped["data"]) == (run.name, corpus.name)
+    assert {k: v for k, v in shipped.items() if k not in ("run", "data")} == {
+        k: v for k, v in own.items() if k not in ("run", "data")
+    }
     assert "model/head.safetensors" in result.output and "splits.json" in result.output
     card = (tmp_path / "ex" / "MODEL_CARD.md").read_text().splitlines()
     assert "private data WITHOUT differential privacy" in card[0] and "## Metrics" in card

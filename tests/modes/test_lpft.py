@@ -87,7 +87,8 @@ def test_phase_two_starts_at_the_probe(
         assert want.shape == got.shape and np.ptp(want) > 1.0  # a real, non-constant probe
         # float32: logits of magnitude ~20 have a spacing of 2e-6, so the logits agree to 1e-5 relative
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(fine.probs(split), head_mode.probs(split), atol=1e-6, rtol=0)
+        # probabilities: within the logits' 1e-5 (a sigmoid's slope is at most 1/4)
+        np.testing.assert_allclose(fine.probs(split), head_mode.probs(split), atol=1e-5, rtol=0)
 
 
 def test_two_phase_ledger_recomputes_from_its_own_numbers(

@@ -420,3 +420,21 @@ def test_plots_leave_matplotlib_global_state_alone(study: dict[str, Path], tmp_p
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_report_and_card_name_the_base_model_and_the_run_never_their_paths(tmp_path: Path) -> None:
+    """A run's ledger written before these pages named things (tests/fixtures/run-before-19) holds the base
+    model's install path (/tmp/fixgen/encoder); the pages name the model, the data and the run instead."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19" / "runs"
+    runs = tmp_path / "runs"
+    shutil.copytree(fixture, runs)
+    assert "/tmp/fixgen/encoder" in (runs / "dp-head" / "privacy.json").read_text()
+    html = write_report([runs / "dp-head", runs / "dp-lora"], tmp_path / "report.html").read_text()
+    card = write_model_card(runs / "dp-head", tmp_path / "card.md").read_text()
+    for page in (html, card):
+        assert "/tmp/fixgen" not in page and str(tmp_path) not in page
+    assert "the base model encoder and its pre-training data" in html
+    assert (
+        "- Training data: `reports.csv` (format" in card and "Not covered: the base model encoder and" in card
+    )
+    assert "_Written by dprad from run `dp-head`;" in card

@@ -216,6 +216,34 @@ def test_refusals_are_clear_4xx_with_an_audit_line(
     assert last["labels"] == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "allow"),
+    [
+        ("DELETE", "/v1/model", 405, "method_not_allowed", "GET"),
+        ("GET", "/v1/classify", 405, "method_not_allowed", "POST"),
+        ("PUT", "/healthz", 405, "method_not_allowed", "GET"),
+        ("GET", "/v2/nothing", 404, "not_found", None),
+    ],
+)
+def test_the_frameworks_own_refusals_answer_in_the_products_error_shape(
+    server: tuple[str, Path], method: str, path: str, status: int, code: str, allow: str | None
+) -> None:
+    """404 and 405 come from FastAPI / Starlette, not from a handler: the body is still the product's
+    ``{"error": {"code", "message"}}`` (not FastAPI's ``{"detail": ...}``), 405 keeps its Allow header, and
+    the refusal leaves its audit line."""
+    url, state = server
+    httpx.get(f"{url}/healthz")  # the audit log exists, whichever test ran first
+    before = len(audit_lines(state))
+    r = httpx.request(method, f"{url}{path}", headers=auth(CLIENT))
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
+    assert r.headers.get("allow") == allow
+    lines = audit_lines(state)
+    assert len(lines) == before + 1 and lines[-1]["status"] == status
+    assert lines[-1]["error"] == body["error"]["message"]
+
+
 def test_over_budget_is_429_with_remaining_and_reset(server: tuple[str, Path]) -> None:
     url, state = server
     key = auth("daily-key-0123456789abcdef")

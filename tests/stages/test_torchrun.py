@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def train_args(corpus: Path, model: Path, out: Path) -> list[str]:
     return [
         "train", str(corpus), "--model", str(model), "--mode", "lora", "--noise-multiplier", "1.0",
         "--epochs", "2", "--batch-size", "64", "--max-length", "48", "--device", "cpu", "--threads", "1",
-        "--out", str(out),
+        "--noise-seed", "3", "--out", str(out),  # a stated seed: one process and two draw the same noise
     ]  # fmt: skip
 
 
@@ -119,7 +120,10 @@ def test_two_processes_resume_one_processs_checkpoint(
     corpus: Path, tiny_bert: Path, single: Path, tmp_path: Path
 ) -> None:
     cfg = RunConfig.from_dict(read(single, "config.json"))
-    cfg = cfg.with_(train=replace(cfg.train, checkpoint_every=1))
+    # the default secret noise: rank 0 reads the interrupted run's key and shares it with every rank
+    cfg = cfg.with_(
+        train=replace(cfg.train, checkpoint_every=1), privacy=replace(cfg.privacy, noise_seed=None)
+    )
     out = tmp_path / "resumed"
 
     def crash(info: StepInfo) -> None:
@@ -129,11 +133,14 @@ def test_two_processes_resume_one_processs_checkpoint(
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, on_step=crash)
     assert (out / "checkpoint.pt").exists() and not (out / "privacy.json").exists()
+    shutil.copytree(out, tmp_path / "one-process")
     # both ranks continue from rank 0's checkpoint at step 2 (a rank starting over would draw other batches)
     proc = torchrun(["train", "--config", str(out / "config.json"), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (out / "checkpoint.pt").exists()
-    assert_same_model(single, out)
+    assert not (out / "checkpoint.pt").exists() and not (out / "noise.key").exists()
+    # the same interrupted run resumed by one process: the same secret draws, the same model
+    train(cfg, tmp_path / "one-process")
+    assert_same_model(tmp_path / "one-process", out)
 
 
 def test_distributed_runs_other_than_dp_lora_or_full_are_refused(

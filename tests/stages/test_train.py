@@ -120,6 +120,7 @@ def test_run_directory_describes_itself_and_reloads(
 
 def test_resume_after_a_crash_gives_the_same_run(corpus: Path, tiny_bert: Path, tmp_path: Path) -> None:
     c = cfg(corpus, tiny_bert, "dp-lora", epochs=3.0)
+    c = c.with_(privacy=PrivacyConfig(epsilon=3.0, noise_seed=2))  # stated: a whole run to compare with
     whole = train(c, tmp_path / "whole")
 
     def crash(info: StepInfo) -> None:

@@ -15,8 +15,8 @@ def export(
         bool,
         typer.Option(
             "--force",
-            help="export a run the guarantee does not cover (non-private, or thresholds fitted without DP); "
-            "its model card says so on its first line",
+            help="export a run the guarantee does not cover (non-private, thresholds fitted without DP, or DP "
+            "noise that is not secret); its model card says so first",
         ),
     ] = False,
     include: Annotated[
@@ -34,6 +34,8 @@ def export(
     report id, training history, metric or audit of the private data."""
     from dprad.commands.console import console
     from dprad.export import export_run
+    from dprad.privacy.ledger import noise_warning
+    from dprad.report.public import METRICS_INCLUDED, released_outside
     from dprad.run import RunRecord
 
     wanted = tuple(i.strip() for item in include or () for i in item.split(",") if i.strip())
@@ -42,7 +44,11 @@ def export(
     manifest = record.manifest()
     assert manifest is not None
     led = record.ledger
-    guarantee = f"eps = {led.epsilon:.4g}, delta = {led.delta:.1e}" if led.private else "NO privacy guarantee"
+    guarantee = (
+        f"eps = {led.epsilon:.4g} (recomputed from the ledger's accounting event), delta = {led.delta:.1e}"
+        if led.private
+        else "NO privacy guarantee"
+    )
     console.print(f"[bold]{path}[/]: export of {manifest.run} ({record.display_mode}, {guarantee})")
     console.print("written, and why each file is safe to share (MANIFEST.json has their SHA-256):")
     for e in manifest.files:
@@ -53,6 +59,16 @@ def export(
         console.print(
             "[bold red]thresholds fitted without DP[/]: exported with --force; the card says so first"
         )
+    if noise_warning(led):
+        console.print(
+            "[bold red]DP noise not secret[/]: exported with --force; the card says so under its title, and "
+            "config.json holds no noise seed"
+        )
+    released = released_outside(record, metrics=METRICS_INCLUDED if "evaluation" in wanted else None)
+    if released:
+        console.print("released outside the guarantee (MANIFEST.json and the card state it):")
+        for item in released:
+            console.print(f"  {item}", highlight=False)
     console.print("left out (they stay with the run):")
     for name, why in manifest.left_out:
         console.print(f"  {name}: {why}", highlight=False)

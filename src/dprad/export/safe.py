@@ -9,18 +9,27 @@ from fnmatch import fnmatch
 
 MANIFEST_WHY = "this list: every file of the export, its SHA-256 and why it is safe to share"
 
-# every export, whatever the mode
+# every export, whatever the mode. "{trained}" is how the run trained its weights, read from its ledger
+# (``trained``); thresholds.json's reason is read from the run's thresholds and config (``thresholds_why``)
 COMMON: dict[str, str] = {
-    "config.json": "the run's resolved settings (no report text or ids), needed to load the model; "
-    "derived.model_dir names the bundled encoder/",
-    "privacy.json": "the privacy ledger, byte for byte as the run wrote it: the guarantee itself",
+    "config.json": "the run's resolved settings (no report text or ids), needed to load the model: local "
+    "paths replaced by their names (derived.data_sha256: the training file's SHA-256 where it could be read), "
+    "no noise seed; derived.model_dir names the bundled encoder/",
+    "privacy.json": "the privacy ledger as the run wrote it, every number of the guarantee unchanged (its "
+    "epsilon recomputed from its own accounting event), with local paths replaced by names and no size of "
+    "the validation or test split",
     "schema.json": "the label schema (label names, critical labels, rule vocabulary): definitions, no data",
-    "thresholds.json": "the shipped per-label thresholds: chosen under DP inside the ledger's epsilon, "
-    "or the fixed 0.5",
+    "thresholds.json": "the shipped per-label thresholds",
     "MODEL_CARD.md": "the model card, quoting only what this export holds",
-    "model/head.safetensors": "the classification head, trained with DP-SGD (with the public feature centre "
-    "its inputs are centred on)",
+    "model/head.safetensors": "the classification head (with the public feature centre its inputs are "
+    "centred on), {trained}",
 }
+DP_SGD = "trained with DP-SGD"
+NO_DP = "trained WITHOUT differential privacy: no privacy guarantee (exported with --force)"
+LEDGER_NO_DP = (
+    "the run's ledger as it wrote it, with local paths replaced by names: it records that the model was "
+    "trained WITHOUT differential privacy"
+)
 CENTER: dict[str, str] = {
     "model/center.safetensors": "LP-FT: the mean feature of dprad's public synthetic corpus (public data, "
     "no privacy cost)",
@@ -28,12 +37,12 @@ CENTER: dict[str, str] = {
 MODE_FILES: dict[str, dict[str, str]] = {
     "head": {},
     "lora": {
-        "model/adapter/adapter_model.safetensors": "the LoRA adapters, trained with DP-SGD",
+        "model/adapter/adapter_model.safetensors": "the LoRA adapters, {trained}",
         "model/adapter/adapter_config.json": "the LoRA settings (rank, alpha, target modules)",
     },
     "full": {
-        "model/encoder/model.safetensors": "the fine-tuned encoder, trained with DP-SGD (under DP its "
-        "embeddings stay frozen at the base model's)",
+        "model/encoder/model.safetensors": "the fine-tuned encoder, {trained} (under DP its embeddings stay "
+        "frozen at the base model's)",
         "model/encoder/config.json": "the fine-tuned encoder's architecture",
     },
 }
@@ -90,9 +99,36 @@ LEFT_OUT: dict[str, str] = {
 NOT_ON_LIST = "not on the safe list"
 
 
-def safe_files(mode: str, *, lp_ft: bool) -> dict[str, str]:
-    """The files an export of a run in ``mode`` holds outside ``encoder/`` (and MANIFEST.json), with why."""
-    return {**COMMON, **(CENTER if lp_ft else {}), **MODE_FILES[mode]}
+def safe_files(mode: str, *, lp_ft: bool, private: bool) -> dict[str, str]:
+    """The files an export of a run in ``mode`` holds outside ``encoder/`` (and MANIFEST.json), with why;
+    ``private``: whether the run's ledger says its weights were trained with DP-SGD."""
+    listed = {**COMMON, **(CENTER if lp_ft else {}), **MODE_FILES[mode]}
+    if not private:
+        listed["privacy.json"] = LEDGER_NO_DP
+    return {name: why.replace("{trained}", DP_SGD if private else NO_DP) for name, why in listed.items()}
+
+
+def thresholds_why(fitted_on: str | None, rule: str, *, epsilon: float | None, default: float) -> str:
+    """Why thresholds.json may be shared, from how the run chose its thresholds (``Thresholds``) and its
+    ``privacy.threshold_default``."""
+    if fitted_on is None:
+        return f"the shipped per-label thresholds: {rule}, fixed before training (no data, no privacy cost)"
+    if "(DP)" in fitted_on:
+        cost = f" (ε = {epsilon:.3g})" if epsilon is not None else ""
+        return (
+            "the shipped per-label thresholds: chosen on the validation split under DP (noisy score "
+            f"histograms), inside the ledger's epsilon{cost}; a label whose noisy counts did not move it keeps "
+            f"the default {default:g} (privacy.threshold_default)"
+        )
+    if "NOT private" in fitted_on:
+        return (
+            "the shipped per-label thresholds: fitted on the private validation split WITHOUT DP, outside the "
+            "guarantee (exported with --force; the card says so first)"
+        )
+    return (
+        "the shipped per-label thresholds: fitted on the validation split of a run trained without DP "
+        "(exported with --force)"
+    )
 
 
 def encoder_why(name: str) -> str | None:

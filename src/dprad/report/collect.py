@@ -20,6 +20,7 @@ from typing import Any
 from dprad.config import RunConfig
 from dprad.errors import DpradError
 from dprad.privacy.ledger import PrivacyLedger
+from dprad.report.public import data_name, model_name
 from dprad.run.audit import Audit
 from dprad.run.files import mapping, read_json
 from dprad.run.record import RunRecord, Thresholds
@@ -61,9 +62,7 @@ class Run:
     def of(cls, record: RunRecord) -> Run:
         ev = record.evaluation or record.evaluation_of("test")
         at, shipped = thresholds_phrase(ev, record.thresholds) if ev is not None else ("", False)
-        model = _short(record.config.model.name)
-        dataset = _short(record.data_path) if record.data_path else "unknown"
-        return cls(record, model, dataset, ev, at, shipped)
+        return cls(record, model_name(record), data_name(record), ev, at, shipped)
 
     def at_of(self, ev: Evaluation) -> str:
         """Which thresholds another of the run's evaluations (evaluation-*.json) is at."""
@@ -166,11 +165,6 @@ class Run:
     @property
     def eps_label(self) -> str:
         return "∞ (non-private)" if not self.private else f"{self.epsilon:.3g}"
-
-
-def _short(name: str) -> str:
-    """A path's last part ('/models/minilm' -> 'minilm'); a plain name stays as it is."""
-    return Path(name).name or name if ("/" in name or "\\" in name) else name
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def federation_context(paths: Sequence[Path], table: Any) -> list[dict[str, Any]
         fed = FederationRecord.open(p)
         blocks.append(
             {
-                "name": str(p),
+                "name": p.name,  # a name, not the machine's path
                 "config": fed.config,
                 "thresholds": fed.thresholds.get("rule", ""),
                 "refused": fed.refused,
@@ -105,7 +105,7 @@ def federation_context(paths: Sequence[Path], table: Any) -> list[dict[str, Any]
 def federation_card(fed: FederationRecord) -> str:
     """MODEL_CARD.md of a federation's global model: each hospital's guarantee first."""
     lines = [
-        f"# Model card: federated model ({fed.path})",
+        f"# Model card: federated model ({fed.path.name})",
         "",
         f"A linear head on frozen encoder features, trained by {len(fed.sites)} hospitals that did not pool their "
         f"reports (dprad federate, {sum('answered' in r for r in fed.rounds)} rounds, schema "

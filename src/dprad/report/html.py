@@ -19,6 +19,7 @@ from dprad.report import attacks, plots
 from dprad.report.collect import Run, Selection, SweepTable, find_selection, read_runs, read_sweep_table
 from dprad.report.fmt import fmt_interval, fmt_num
 from dprad.report.label_noise import Corpus, LabelNoiseStudy, load_study
+from dprad.report.public import public_ledger, training_units
 from dprad.run.audit import Audit
 from dprad.run.results import Evaluation, Interval, number
 
@@ -136,7 +137,7 @@ def _dp_row(r: Run) -> dict[str, str]:
         "epochs": fmt_num(led.epochs, ".3g"),
         "sampler": led.sampler or "—",
         "accountant": (led.accountant or "—") + (f" ({led.accountant_note})" if led.accountant_note else ""),
-        "train reports": fmt_num(led.dataset_size, "d"),
+        "training n": training_units(led),
         "trainable params": fmt_num(led.trainable_parameters, ",d"),
         "selection ε": selection_text(r),
         "ε parts": ledger_parts(r) or "—",
@@ -458,7 +459,8 @@ def build_context(
         "audit": plots.audit(ordered),
         "extraction": attacks.extraction_plot(ordered),
     }
-    ledger_items = list(dict.fromkeys(x for r in ordered for x in r.ledger.not_protected))
+    public = {r.name: public_ledger(r.record) for r in ordered}  # local paths named, no split sizes
+    ledger_items = list(dict.fromkeys(x for r in ordered for x in public[r.name].not_protected))
     private_by_data = {d: sum(r.private for r in ordered if r.dataset == d) for d in datasets}
     no_ci = [r.name for r in ordered if r.evaluation is not None and not r.evaluation.has_ci]
     selection_cols = [c for c in (sweep.columns if sweep else ()) if "select" in c.lower()]
@@ -496,7 +498,7 @@ def build_context(
         "not_shipped": [(r.name, r.at) for r in ordered if r.evaluation is not None and not r.at_shipped],
         "not_covered": PLAIN_NOT_COVERED,
         "ledger_not_covered": ledger_items,
-        "statements": [(r.name, r.ledger.statement) for r in ordered if r.ledger.statement],
+        "statements": [(r.name, public[r.name].statement) for r in ordered if r.ledger.statement],
         "skipped": list(skipped),
         "runs": ordered,
     }

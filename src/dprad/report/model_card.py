@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dprad.io import write_text
+from dprad.privacy.ledger import noise_warning
 from dprad.report.collect import Run, read_run
 from dprad.report.fmt import fmt_interval, fmt_num
 from dprad.report.html import (
@@ -17,6 +18,13 @@ from dprad.report.html import (
     ledger_parts,
     selection_text,
     weighted_f1,
+)
+from dprad.report.public import (
+    METRICS_INCLUDED,
+    METRICS_OF_RUN,
+    public_ledger,
+    released_outside,
+    short_name,
 )
 from dprad.run.results import RARE_SUPPORT
 
@@ -29,6 +37,7 @@ class ExportScope:
     otherwise: what it leaves out is not quoted, and anything outside the guarantee is said first."""
 
     evaluation: bool = False  # its evaluation files (computed on private data WITHOUT DP) are included
+    data_sha256: str | None = None  # the training file's SHA-256, when the export could read it
 
     def warnings(self, run: Run) -> list[str]:
         """The card's first lines: what in this export the privacy guarantee does not cover."""
@@ -91,10 +100,11 @@ def _intended_use(run: Run, export: ExportScope | None = None) -> list[str]:
 def _data(run: Run, export: ExportScope | None = None) -> list[str]:
     d = run.config.data
     split = ", ".join(f"{k} {v}" for k, v in run.splits.items()) or "unknown"
+    sha = f", SHA-256 `{export.data_sha256}`" if export is not None and export.data_sha256 else ""
     lines = [
         "## Data, labels and teacher",
         "",
-        f"- Training data: `{run.data_path or 'unknown'}` (format `{d.format}`).",
+        f"- Training data: `{run.dataset}` (format `{d.format}`{sha}).",
         f"- Reports per split (by patient, no patient in two splits): {split}."
         if export is None
         else "- Split by patient into training, validation and test reports (no patient in two splits); this "
@@ -124,7 +134,7 @@ def _data(run: Run, export: ExportScope | None = None) -> list[str]:
 
 
 def _privacy(run: Run, export: ExportScope | None = None) -> list[str]:
-    led = run.ledger
+    led = public_ledger(run.record)
     lines = ["## Privacy guarantee", ""]
     if not led.private:
         lines += [
@@ -158,7 +168,7 @@ def _privacy(run: Run, export: ExportScope | None = None) -> list[str]:
             "accountant",
             (led.accountant or "—") + (f" ({led.accountant_note})" if led.accountant_note else ""),
         ],
-        ["training reports", fmt_num(led.dataset_size, "d")],
+        [f"training {led.privacy_unit}s (n)", fmt_num(led.dataset_size, ",d")],
         ["trainable parameters", fmt_num(led.trainable_parameters, ",d")],
     ]
     if run.selection is not None:
@@ -170,6 +180,14 @@ def _privacy(run: Run, export: ExportScope | None = None) -> list[str]:
     lines += ["**In numbers** (from `privacy.json`):", "", *_md_table(["parameter", "value"], rows)]
     if led.statement:
         lines += ["", f"> {led.statement}"]
+    if led.private:
+        quoted = METRICS_OF_RUN if export is None else METRICS_INCLUDED if export.evaluation else None
+        lines += [
+            "",
+            "**Released outside the guarantee** (public, or published without DP):",
+            "",
+            *(f"- {item}." for item in released_outside(run.record, metrics=quoted)),
+        ]
     c = run.audit.canary if run.audit else None
     if export is not None:
         c = None  # audit.json stays with the run
@@ -199,7 +217,7 @@ def _metrics(run: Run, export: ExportScope | None = None) -> list[str]:
         return [*lines, "No metrics: the run has neither evaluation.json nor metrics.json."]
     if ev.has_ci:
         lines.append(
-            f"From `{Path(ev.source).name}`: {ev.split or '?'} split of `{ev.data}`, {ev.reports} reports from "
+            f"From `{Path(ev.source).name}`: {ev.split or '?'} split of `{short_name(ev.data or '?')}`, {ev.reports} reports from "
             f"{ev.patients} patients, {run.at}; brackets are 95% intervals from "
             f"{ev.bootstrap_resamples or '?'} patient-level bootstrap resamples."
         )
@@ -231,7 +249,7 @@ def _metrics(run: Run, export: ExportScope | None = None) -> list[str]:
     for extra in run.extra_evaluations:
         lines += [
             "",
-            f"On `{extra.data}` ({eval_source(extra)}, {run.at_of(extra)}): weighted F1 "
+            f"On `{short_name(extra.data or '?')}` ({eval_source(extra)}, {run.at_of(extra)}): weighted F1 "
             f"{fmt_interval(extra.metric('weighted_f1'))}, macro AUROC {fmt_interval(extra.metric('macro_auroc'))}.",
         ]
     return lines
@@ -305,7 +323,7 @@ def _limits(run: Run, export: ExportScope | None = None) -> list[str]:
 
 
 def _not_protected(run: Run, export: ExportScope | None = None) -> list[str]:
-    led = run.ledger
+    led = public_ledger(run.record)
     lines = ["## What differential privacy does not protect", ""]
     if not led.private:
         lines.append(
@@ -352,10 +370,12 @@ def model_card_markdown(run: Run, export: ExportScope | None = None) -> str:
     led = run.ledger
     guarantee = f"ε = {fmt_eps(run)}, δ = {fmt_num(led.delta, '.1e')}" if led.private else "no DP (ε = ∞)"
     quotes_metrics = export is None or export.evaluation
+    warning = noise_warning(led)
     lines = [
         *(export.warnings(run) if export is not None else []),
         f"# Model card: {run.name}",
         "",
+        *([f"> **The DP noise is not secret.** {warning}", ""] if warning else []),
         f"{run.mode} classifier of `{run.schema}` findings in radiology reports, encoder `{run.model}`, "
         f"trained on `{run.dataset}`. Privacy: {guarantee} per {led.privacy_unit}."
         + (f" Weighted F1 on the test split: {weighted_f1(run)}." if quotes_metrics else ""),
@@ -372,7 +392,7 @@ def model_card_markdown(run: Run, export: ExportScope | None = None) -> str:
         "",
         *_not_protected(run, export),
         "",
-        f"_Written by dprad from `{run.path}`; every number is read from the run directory._"
+        f"_Written by dprad from run `{run.name}`; every number is read from the run directory._"
         if export is None
         else f"_Written by `dprad export` from run `{run.name}`; every number is read from the files of this "
         "export (`MANIFEST.json` lists them)._",

@@ -23,9 +23,13 @@ from typing import Any
 import anyio
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
+from dprad.errors import DpradError
 from dprad.metrics.drift import tokenizer_vocab
+from dprad.privacy.ledger import noise_warning
 from dprad.run import RunRecord
 from dprad.serve.api import ApiError, ServeLimits
 from dprad.serve.auditlog import AuditLog, AuditRecord, now_iso, server_key
@@ -34,7 +38,7 @@ from dprad.serve.budgets import BudgetStore, RateLimiter
 from dprad.serve.deps import ServeState, state_of
 from dprad.serve.keys import load_keys
 from dprad.serve.live import LiveReference
-from dprad.serve.model_info import model_info, public_model_info
+from dprad.serve.model_info import model_info
 from dprad.serve.prometheus import ServerMetrics
 from dprad.serve.routes import add_routes
 
@@ -53,11 +57,14 @@ def create_app(
     record_reference: str | Path | None = None,
     record_every: int = 1000,
     audit_secret_file: str | Path | None = None,
+    force: bool = False,
 ) -> FastAPI:
     """Load the run and the keys, open the budget database and the audit log, and build the app.
 
     The audit log hashes report texts under ``audit_secret_file`` when given, else under
-    ``state_dir/audit.secret`` (generated on first start, mode 0600, reused after that).
+    ``state_dir/audit.secret`` (generated on first start, mode 0600, reused after that). A private run
+    whose DP noise is not secret (a stated ``--noise-seed``, or a run from before secret noise) is refused
+    (``DpradError``, one line) unless ``force``; its ``GET /v1/model`` then carries the warning.
     """
     server = serve_state(
         run_dir,
@@ -67,6 +74,7 @@ def create_app(
         record_reference=record_reference,
         record_every=record_every,
         audit_secret_file=audit_secret_file,
+        force=force,
     )
     app = FastAPI(
         title="dprad",
@@ -80,7 +88,9 @@ def create_app(
     app.state.budgets, app.state.audit, app.state.metrics = server.budgets, server.audit, server.metrics
     app.middleware("http")(audit_every_request)
     app.exception_handler(ApiError)(api_error)
-    app.exception_handler(404)(not_found)
+    # the framework's own refusals (404, 405 with its Allow header, a body it rejects) in the product's shape
+    app.exception_handler(HTTPException)(http_error)
+    app.exception_handler(RequestValidationError)(validation_error)
     add_routes(app, limits)
     return app
 
@@ -94,14 +104,22 @@ def serve_state(
     record_reference: str | Path | None,
     record_every: int,
     audit_secret_file: str | Path | None,
+    force: bool = False,
 ) -> ServeState:
     """What the handlers read: the run (through RunRecord) and its model, the keys, the audit key, the
-    budget database, the audit log, the counters, the micro-batcher and the live reference, if asked."""
+    budget database, the audit log, the counters, the micro-batcher and the live reference, if asked.
+    A run whose DP noise is not secret is refused unless ``force`` (see ``create_app``)."""
     from dprad.modes import load_run
 
+    record = RunRecord.open(run_dir)
+    warning = noise_warning(record.ledger)
+    if warning and not force:
+        raise DpradError(
+            f"{run_dir}: its DP noise is not secret, so its guarantee does not hold against whoever can "
+            f"regenerate it: {warning} --force to serve it anyway"
+        )
     keys = load_keys(keys_path)
     audit_key, _ = server_key(state_dir, audit_secret_file)
-    record = RunRecord.open(run_dir)
     predictor = load_run(record)
     schema, thresholds, rule = predictor.schema, record.thresholds.array, record.thresholds.describe()
     info = model_info(record, mode=predictor.mode, limits=limits)
@@ -123,7 +141,7 @@ def serve_state(
         thresholds=thresholds,
         rule=rule,
         model_info=info,
-        public_info=public_model_info(info),
+        public_info=model_info(record, mode=predictor.mode, limits=limits, public=True),
         limits=limits,
         keys=keys,
         rate=RateLimiter(),
@@ -195,9 +213,44 @@ async def api_error(request: Request, err: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
-async def not_found(request: Request, _: Exception) -> JSONResponse:
-    request.state.audit["error"] = "no such endpoint"
-    return JSONResponse({"error": {"code": "not_found", "message": "no such endpoint"}}, status_code=404)
+# the framework's refusals by status: (code, message) in the product's error shape
+FRAMEWORK_ERRORS = {
+    404: ("not_found", "no such endpoint"),
+    405: (
+        "method_not_allowed",
+        "this endpoint does not answer that method (the Allow header lists those it does)",
+    ),
+}
+
+
+async def http_error(request: Request, err: Exception) -> JSONResponse:
+    """A refusal raised by FastAPI / Starlette themselves (no route, a method the route does not take, ...),
+    answered like the product's own: ``{"error": {"code", "message"}}``, with the framework's headers."""
+    assert isinstance(err, HTTPException)
+    code, message = FRAMEWORK_ERRORS.get(err.status_code, (_slug(err.status_code), _phrase(err.status_code)))
+    request.state.audit["error"] = message
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=err.status_code, headers=err.headers
+    )
+
+
+async def validation_error(request: Request, _: Exception) -> JSONResponse:
+    """A request FastAPI's own validation refused (the handlers read their bodies themselves, so none today)."""
+    request.state.audit["error"] = "invalid request"
+    return JSONResponse({"error": {"code": "invalid_request", "message": "invalid request"}}, status_code=422)
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return f"refused ({status})"
+
+
+def _slug(status: int) -> str:
+    return "_".join(_phrase(status).replace("-", " ").split()) or "error"
 
 
 @contextmanager

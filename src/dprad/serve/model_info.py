@@ -1,10 +1,17 @@
-"""What ``GET /v1/model`` answers: the run's schema, shipped thresholds, privacy ledger and metrics."""
+"""What ``GET /v1/model`` answers: the run's schema, shipped thresholds, privacy ledger and metrics.
+
+Admin keys see the run as it is (its ledger as written, metrics computed without DP on its own splits).
+The other roles see what a shareable file may say (:mod:`dprad.report.public`): the ledger with local
+paths named and no size of the validation or test split, what is released outside the guarantee (the
+number of training units n), and no metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from dprad.privacy.ledger import noise_warning
+from dprad.report.public import public_ledger, released_outside
 from dprad.run import RunRecord
 from dprad.serve.api import ServeLimits
 
@@ -12,12 +19,17 @@ HEADLINE = ("weighted_f1", "macro_f1", "micro_f1", "macro_auroc")
 PER_LABEL = ("label", "support", "precision", "recall", "f1", "auroc")
 
 
-def model_info(record: RunRecord, *, mode: str, limits: ServeLimits) -> dict[str, Any]:
-    """The admin view of the model. Its ``metrics`` were computed without DP on the run's own validation and
-    test splits: :func:`public_model_info` is what the other roles see."""
+def model_info(record: RunRecord, *, mode: str, limits: ServeLimits, public: bool = False) -> dict[str, Any]:
+    """The admin view of the model, or with ``public`` what the other roles see. The admin view's
+    ``metrics`` were computed without DP on the run's own validation and test splits."""
     schema, thresholds = record.schema, record.thresholds
-    privacy = record.ledger.to_dict()
-    return {
+    privacy = (public_ledger(record) if public else record.ledger).to_dict()
+    about: dict[str, Any] = {}
+    if record.ledger.private:
+        about["released_outside_guarantee"] = released_outside(record)
+    if warning := noise_warning(record.ledger):
+        about["noise_warning"] = warning
+    info = {
         "run": record.name,
         "mode": mode,
         "schema": {k: v for k, v in schema.to_dict().items() if k != "terms"},
@@ -27,6 +39,7 @@ def model_info(record: RunRecord, *, mode: str, limits: ServeLimits) -> dict[str
         },
         "privacy": {
             "statement": privacy.get("statement"),
+            **about,
             "numbers": {k: v for k, v in privacy.items() if k != "statement"},
         },
         "metrics": metrics_summary(record.metrics),
@@ -36,11 +49,9 @@ def model_info(record: RunRecord, *, mode: str, limits: ServeLimits) -> dict[str
             "max_report_chars": limits.max_report_chars,
         },
     }
-
-
-def public_model_info(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The model as non-admin keys see it: what the ledger covers (no evaluation counts)."""
-    return {k: v for k, v in info.items() if k != "metrics"}
+    if public:  # evaluation counts and scores on the private splits, computed without DP: admin only
+        del info["metrics"]
+    return info
 
 
 def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
