@@ -3,6 +3,7 @@ recovers the noiseless clipped-gradient sum; under the default secret noise it c
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.audit.noise_replay import BEFORE, momentum_coefficients, noise_replay_audit
+from dprad.cli import main
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.modes.head import HeadMode
@@ -105,6 +107,35 @@ def test_a_run_written_before_secret_noise_is_regenerated_from_its_own_config(
     assert out["noise_source"] == "written-seed" and out["regenerated"] is True, out
     assert out["best_candidate"] == {"seed": 0, "from": "config.json train.seed", "convention": BEFORE}
     assert out["rho"] < 0.1
+
+
+def test_the_audit_command_and_serve_say_it_of_a_run_and_its_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dprad audit RUN --attack noise-replay`` writes its section and prints the verdict; on an export it
+    prints and writes nothing into it; ``dprad serve`` refuses such a run without --force, before serving."""
+    here = tmp_path / "fx"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19", here)
+    make_tiny_encoder(here / "encoder", "bert")
+    monkeypatch.chdir(here)
+    run = here / "runs" / "dp-head"
+    main(["audit", str(run), "--attack", "noise-replay"])
+    assert "noise replay: REGENERATED" in capsys.readouterr().out
+    section = json.loads((run / "audit.json").read_text())["noise_replay"]
+    assert section["regenerated"] is True and section["best_candidate"]["from"] == "config.json train.seed"
+    main(["export", str(run), "--out", str(tmp_path / "ex"), "--force"])
+    capsys.readouterr()
+    before = sorted(p.name for p in (tmp_path / "ex").iterdir())
+    main(["audit", str(tmp_path / "ex"), "--attack", "noise-replay"])
+    # the export ships train.seed (it cannot be withheld: it seeds the public start), so it falls too
+    assert "noise replay: REGENERATED" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == before
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys: []\n")
+    with pytest.raises(SystemExit) as ex:
+        main(["serve", str(run), "--keys", str(keys), "--port", "18123"])
+    err = capsys.readouterr()
+    assert ex.value.code == 2 and "--force" in err.err and "serving" not in err.out
 
 
 def test_momentum_coefficients_follow_torchs_sgd() -> None:

@@ -110,3 +110,29 @@ def test_audit_refuses_unknown_attacks_and_bad_budgets(run_dir: Path, tmp_path: 
         res = CliRunner().invoke(app, ["audit", str(run_dir), *args])
         assert res.exit_code != 0 and isinstance(res.exception, DpradError), res.output
         assert match in str(res.exception) and "secret" not in str(res.exception)
+
+
+def test_audit_refuses_no_bootstrap_too_many_queries_and_other_urls_before_any_work(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "attacker.key"
+    key.write_text("attacker-key-0123456789\n")
+    audit = run_dir / "audit.json"
+    before = audit.read_bytes() if audit.exists() else None
+    for args, match in (
+        # extraction wrote "ci_low": NaN with no resamples; loss refused it: every attack refuses it now
+        (["--attack", "extraction", "--bootstrap", "0"], "--bootstrap 0 must be at least 1"),
+        (["--attack", "attribute", "--bootstrap", "-1"], "--bootstrap -1 must be at least 1"),
+        # 7.5e10 synthetic patients were being generated
+        (
+            ["--attack", "extraction", "--queries", "100,100000000000"],
+            "--queries 100000000000 is more than 100,000",
+        ),
+        # refused before the default attacks train their reference models
+        (["--url", "ftp://x"], "--url 'ftp://x' must be an http:// or https:// URL with a host"),
+        (["--attack", "extraction", "--url", "http://", "--key-file", str(key)], "--url 'http://' must be"),
+    ):
+        res = CliRunner().invoke(app, ["audit", str(run_dir), *args])
+        assert res.exit_code != 0 and isinstance(res.exception, DpradError), res.output
+        assert match in str(res.exception)
+    assert (audit.read_bytes() if audit.exists() else None) == before

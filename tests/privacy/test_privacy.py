@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from dprad import DpradError
@@ -45,8 +43,9 @@ def test_epsilon_grows_with_steps_and_shrinks_with_noise() -> None:
     e = lambda s, t: compute_epsilon(noise_multiplier=s, sample_rate=0.1, steps=t, delta=1e-5).epsilon  # noqa: E731
     assert e(1.0, 100) < e(1.0, 200)
     assert e(2.0, 100) < e(1.0, 100)
-    assert compute_epsilon(noise_multiplier=0.0, sample_rate=0.1, steps=1, delta=1e-5).epsilon == math.inf
     assert compute_epsilon(noise_multiplier=1.0, sample_rate=0.1, steps=0, delta=1e-5).epsilon == 0.0
+    with pytest.raises(DpradError, match=r"--noise-multiplier 0 is below 0\.1"):  # was epsilon = inf
+        compute_epsilon(noise_multiplier=0.0, sample_rate=0.1, steps=1, delta=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +68,14 @@ def test_default_delta_is_below_one_over_n() -> None:
     for n in (1, 9, 10, 2678, 10**6):
         d = default_delta(n)
         assert d <= 0.1 / n and d > 0.01 / n
+
+
+def test_the_config_accepts_every_accountant_and_nothing_else() -> None:
+    """config.py (a layer below) spells the accountants' names out: they must stay ACCOUNTANTS."""
+    from dprad.config import PrivacyConfig
+    from dprad.privacy import ACCOUNTANTS
+
+    for name in ACCOUNTANTS:
+        assert PrivacyConfig(accountant=name).accountant == name
+    with pytest.raises(DpradError, match="--accountant 'foo' is not one of pld, rdp, prv"):
+        PrivacyConfig(accountant="foo")  # refused without --epsilon too: nothing else reads it then

@@ -12,8 +12,15 @@ from dprad.commands.console import render_audit
 from dprad.errors import DpradError
 
 MIA_ATTACKS = ("loss", "lira", "rmia")
-ATTACKS = (*MIA_ATTACKS, "attribute", "extraction")
+ATTACKS = (*MIA_ATTACKS, "attribute", "extraction", "noise-replay")
 MODALITY = {"chexpert14": "cxr", "ctrate18": "ct"}  # the synthetic generator's corpora, by schema
+
+
+# The largest --queries budget. Extraction synthesises that many attacker reports and has the victim
+# answer each of them: 100,000 took 50 s to synthesise (0.5 GB) on a 2-core CPU, and a MiniLM victim
+# served at the measured ~56 reports/s (README, bench/serve_load.py) answers them in about 30 minutes.
+# Ten times more would be hours of scoring for a point on a curve that has long flattened out.
+MAX_QUERIES = 100_000
 
 
 def _budgets(spec: str) -> list[int]:
@@ -23,7 +30,27 @@ def _budgets(spec: str) -> list[int]:
         out = []
     if not out or out[0] < 1:
         raise DpradError(f"--queries '{spec}' must be comma-separated positive report counts, e.g. 100,1000")
+    if out[-1] > MAX_QUERIES:
+        raise DpradError(
+            f"--queries {out[-1]} is more than {MAX_QUERIES:,} attacker reports: each is synthesised and "
+            "answered by the model (hours at that size); measure the curve at up to that many"
+        )
     return out
+
+
+def _check_url(url: str) -> None:
+    """An http(s) URL with a host: the attacker's client speaks HTTP and nothing else."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in {"http", "https"} or not host:
+        raise DpradError(
+            f"--url '{url}' must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080"
+        )
 
 
 def _read_key(path: Path) -> str:
@@ -37,6 +64,15 @@ def _read_key(path: Path) -> str:
     if not key or any(c.isspace() for c in key):
         raise DpradError(f"--key-file {path}: must hold one API key on one line, with no spaces")
     return key
+
+
+def _extraction_key(url: str | None, key_file: Path | None) -> str | None:
+    """The attacker's API key for ``--url`` (None without it), checked before any attack runs."""
+    if url is None:
+        return None
+    if key_file is None:
+        raise DpradError("--attack extraction --url needs --key-file (a file holding the attacker's API key)")
+    return _read_key(key_file)
 
 
 def _key_budgets(keys: Path | None) -> list[dict[str, Any]]:
@@ -58,13 +94,13 @@ def extraction(
     *,
     budgets: list[int],
     url: str | None,
-    key_file: Path | None,
+    key: str | None,
     keys: Path | None,
     seed: int,
     n_boot: int,
 ) -> dict[str, Any]:
-    """The extraction curve of ``run``: through a running server when ``url`` is given (the attacker's
-    key read from ``key_file``), else from the run's own answers (what the server would answer)."""
+    """The extraction curve of ``run``: through a running server when ``url`` is given (with the attacker's
+    ``key``), else from the run's own answers (what the server would answer)."""
     import numpy as np
 
     from dprad.audit.extraction import CloneSpec, extraction_curve, http_query, local_query, synthetic_reports
@@ -77,12 +113,9 @@ def extraction(
             f"--attack extraction: dprad has synthetic attacker reports for {', '.join(MODALITY)}, not "
             f"'{record.schema.name}'"
         )
-    if url is not None and key_file is None:
-        raise DpradError("--attack extraction --url needs --key-file (a file holding the attacker's API key)")
-    key = _read_key(key_file) if url is not None and key_file is not None else None
     victim = local_query(record)  # the auditor's access: the evaluation spends no key's budget
     # without --url the attacker sees the run's own answers, as served
-    query: Any = victim if key is None else http_query(str(url), key, labels=record.schema.labels)
+    query: Any = victim if url is None or key is None else http_query(url, key, labels=record.schema.labels)
     try:
         held_out, _ = record.split_reports("test")
         where = f"the run's {len(held_out)} test reports"
@@ -132,8 +165,9 @@ def audit(
         None, "--control", help="attribute: the same recipe trained with another split seed (a control model)"
     ),
 ) -> None:
-    """Attack a finished run (membership inference, LiRA, RMIA, attribute inference, model extraction)
-    and write RUN/audit.json."""
+    """Attack a finished run (membership inference, LiRA, RMIA, attribute inference, model extraction,
+    noise replay) and write RUN/audit.json. ``noise-replay`` also takes an export (and then writes nothing
+    into it): can the run's DP noise be regenerated from what it ships?"""
     import numpy as np
 
     from dprad.audit.run_audit import parse_attacks
@@ -141,7 +175,12 @@ def audit(
     from dprad.run import RunRecord
 
     chosen = parse_attacks(attack, known=ATTACKS)
+    if bootstrap < 1:  # every attack's intervals are bootstrapped: 0 resamples would write NaN bounds
+        raise DpradError(f"--bootstrap {bootstrap} must be at least 1")
+    if url is not None:
+        _check_url(url)
     budgets = _budgets(queries) if "extraction" in chosen else []
+    key = _extraction_key(url, key_file) if "extraction" in chosen else None
     err = Console(stderr=True)
     result: dict[str, Any] = {}
     mia = [a for a in chosen if a in MIA_ATTACKS]
@@ -174,10 +213,20 @@ def audit(
         result = write_sections(record, attribute=section)
     if "extraction" in chosen:
         err.print(f"[dim]extraction: cloning from {', '.join(map(str, budgets))} attacker queries[/dim]")
-        section = extraction(
-            run, budgets=budgets, url=url, key_file=key_file, keys=keys, seed=seed, n_boot=bootstrap
-        )
+        section = extraction(run, budgets=budgets, url=url, key=key, keys=keys, seed=seed, n_boot=bootstrap)
         result = write_sections(RunRecord.open(run), extraction=section)
+    if "noise-replay" in chosen:
+        from dprad.audit.noise_replay import noise_replay_audit
+
+        err.print(
+            "[dim]noise replay: regenerating the noise from every seed the run ships and common ones[/dim]"
+        )
+        record = RunRecord.open(run)
+        section = noise_replay_audit(record)
+        Console(width=160).print(f"noise replay: {section['verdict']}", highlight=False, markup=False)
+        if record.is_export:  # an export holds only its safe list: the verdict is printed, not written
+            return
+        result = write_sections(record, noise_replay=section)
     render_audit(result, Console(width=160))
 
 

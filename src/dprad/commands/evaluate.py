@@ -71,7 +71,7 @@ def evaluate(
         label_map,
         temperature=temperature,
         min_group_size=min_group_size,
-        groups=tuple(g for g in (groups or "").split(",") if g),
+        groups=tuple(g.strip() for g in (groups or "").split(",") if g.strip()),
     )
     res = evaluate_run(run, data, options=opts, format=fmt, labels_path=labels)
     if out:

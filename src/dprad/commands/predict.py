@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from dprad.commands.console import console
-from dprad.commands.options import DATA, FormatOpt, IdColOpt, LabelsOpt, PatientColOpt, TextColOpt, read_input
+from dprad.commands.options import (
+    DATA,
+    FormatOpt,
+    IdColOpt,
+    LabelsOpt,
+    PatientColOpt,
+    TextColOpt,
+    check_out_file,
+    read_input,
+)
 
 
 def predict(
@@ -25,6 +34,7 @@ def predict(
     from dprad.data.table import write_table
     from dprad.modes import load_run
 
+    check_out_file(out)  # before the model loads and scores: a bad path is known now
     predictor = load_run(run)
     result, _, _ = read_input(
         path=data,

@@ -25,6 +25,36 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Refuse a --host that does not resolve or a --port that cannot be bound, before anything is loaded or
+    "serving" is printed. Binds every address the host resolves to, as uvicorn (asyncio's create_server)
+    will, with SO_REUSEADDR as it sets, and closes them again at once."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise DpradError(f"--host '{host}' does not resolve to an address to listen on ({reason})") from None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as err:
+                where = f"{addr[0]} port {port}"
+                if err.errno == errno.EADDRINUSE:
+                    raise DpradError(
+                        f"--port {port}: {where} is already in use (another server?): pick another --port"
+                    ) from None
+                raise DpradError(
+                    f"--host '{host}' --port {port}: cannot listen on {where} ({err.strerror or err})"
+                ) from None
+
+
 def serve(
     run: Annotated[Path, typer.Argument(help="a finished run directory")],
     keys: Annotated[Path, typer.Option("--keys", help="API keys YAML (ids, hashed keys, roles, budgets)")],
@@ -51,6 +81,14 @@ def serve(
             "(default: STATE_DIR/audit.secret, generated on first start)",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="serve a private run whose DP noise is not secret (--noise-seed, or made before secret "
+            "noise); GET /v1/model then says so",
+        ),
+    ] = False,
 ) -> None:
     """Serve a run over HTTP: POST /v1/classify, GET /v1/model, /healthz, /metrics."""
     import uvicorn
@@ -62,6 +100,7 @@ def serve(
         raise DpradError(f"--port {port} must be between 1 and 65535")
     if min(max_reports, max_chars, max_body_bytes) < 1:
         raise DpradError("--max-reports, --max-chars and --max-body-bytes must be at least 1")
+    _check_listen(host, port)
     if not _is_loopback(host):
         console.print(
             f"[bold yellow]warning:[/] binding {host}: the API is reachable from other machines. "
@@ -78,6 +117,7 @@ def serve(
         limits=limits,
         record_reference=record_reference,
         audit_secret_file=audit_secret_file,
+        force=force,
     )
     secret = audit_secret_file or state / SECRET_FILE
     console.print(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ from dprad.data.schemas import LABEL_VALUES, LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
 
 ATTR_COLUMNS = ("sex", "age", "site")
+# the words a script writes for a missing value: never read as a blank label cell (see parse_label_value)
+MISSING_WORDS = frozenset({"nan", "none", "null", "na", "n/a"})
+# a cell that is only a number (sign, digits, decimal point, exponent): not report text
+NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -76,15 +81,25 @@ def label_matrix(
 
 
 def parse_label_value(raw: Any, *, where: str) -> int | None:
-    """1 / 0 / -1 / blank (None). Floats like ``1.0`` are accepted; anything else is an error."""
+    """1 / 0 / -1 / blank (None). Floats like ``1.0`` are accepted; anything else is an error.
+
+    Blank is an empty cell, or a missing value in a typed file (JSON ``null``, a Parquet null, a key a
+    JSONL line leaves out). The text ``nan`` (or ``none``, ``null``) in a cell is not blank: it is what a
+    table gets when a script writes a missing or failed label as a string, and reading it as "not
+    mentioned" would train on a guess."""
     if raw is None:
         return None
     if isinstance(raw, float) and math.isnan(raw):
         return None
     if isinstance(raw, str):
         s = raw.strip()
-        if s == "" or s.lower() in {"nan", "none", "null"}:
+        if s == "":
             return None
+        if s.lower() in MISSING_WORDS:
+            raise DpradError(
+                f"{where}: label value '{raw}' is not one of 1, 0, -1 or blank "
+                "(leave the cell empty for a label the report does not mention)"
+            )
         try:
             value = float(s)
         except ValueError:
@@ -295,7 +310,9 @@ def _cell_str(v: Any) -> str:
 
 def _text_cell(v: Any, *, where: str) -> str:
     """A report's text: a string (or empty). Numbers, lists or bytes in a typed file (Parquet, JSONL) are
-    refused: read as "0", "1", ... they would be trained on as if they were reports."""
+    refused: read as "0", "1", ... they would be trained on as if they were reports. So is a cell of an
+    untyped file (CSV, or a JSON string) that holds only a number: a CSV has no types, so a wrong
+    --text-col reads "5", "6" as strings; no report is a bare number."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if not isinstance(v, str):
@@ -303,7 +320,12 @@ def _text_cell(v: Any, *, where: str) -> str:
             f"{where}: expected report text, found {type(v).__name__} {v!r:.40} "
             "(is --text-col the right column?)"
         )
-    return v.strip()
+    text = v.strip()
+    if NUMBER.fullmatch(text):
+        raise DpradError(
+            f"{where}: expected report text, found the number '{text:.40}' (is --text-col the right column?)"
+        )
+    return text
 
 
 def _attr_value(col: str, v: Any, *, where: str) -> Any:

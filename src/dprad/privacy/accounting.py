@@ -61,6 +61,42 @@ def _rdp() -> Any:
 DP_ACCOUNTANTS: dict[str, Callable[[], Any]] = {"pld": _pld, "rdp": _rdp}
 ACCOUNTANTS = (*DP_ACCOUNTANTS, "prv")
 
+# What dprad accounts. Outside these bounds an accountant runs out of memory or time, or the number it would
+# print is no guarantee at all; each is refused in one line instead. Measured on a 2-core CPU shared with
+# other jobs (seconds are wall clock there; memory is peak RSS), delta = 1e-5, dp-accounting's PLD at its
+# default discretisation (1e-4) unless said otherwise.
+#
+# The least noise multiplier accounted, and the bottom of calibration's search. At sigma = 0.1 one step at
+# q = 1e-4 already spends epsilon 53 (PLD), so no setting below it carries a guarantee worth stating, and a
+# PLD's size grows as sigma falls: one step at q = 1e-4 took 7 s / 0.6 GB at sigma 0.1, 48 s / 1.0 GB at
+# 0.05; 1,000 steps at q = 0.01 took 62 s / 4.4 GB at sigma 0.0625, and at 0.0156 (where `--epsilon 1e9`
+# used to search) ran 169 s before a 14.1 GiB allocation failed.
+MIN_NOISE_MULTIPLIER = 0.1
+# The top of calibration's search: epsilon 0.01 over 10^7 full-batch steps needs sigma near 1.5e6 / sqrt(10)
+# (Gaussian composition), below this; a PLD at sigma 1e6 is a handful of points.
+MAX_NOISE_MULTIPLIER = 1e6
+# The most DP-SGD steps accounted (dprad's own runs take hundreds to thousands). PLD composes steps by
+# FFT, so its cost follows the epsilon, not the count: 10^7 steps at sigma 1, q = 0.001 took 1 s / 0.45 GB.
+# RDP's cost does not depend on it. Beyond 10^7 nothing was measured and no run needs it.
+MAX_STEPS = 10_000_000
+# opacus's PRV grows with the count: sigma 2, q = 0.01 took 8 s / 0.9 GB at 10^5 steps and 60 s / 5.7 GB
+# at 10^6 (sigma 1, q = 0.01, 10^7 steps: a 16.9 GiB allocation failed). PLD is as tight: use it beyond.
+MAX_PRV_STEPS = 100_000
+# The largest epsilon accounted. A PLD's size follows the epsilon it represents (its support spans the
+# privacy loss): epsilon 300 took 0.75 GB, 1,000-1,500 took 1.0-1.5 GB and 6-30 s, 5,000-8,000 took 1.8-5.9
+# GB, and sigma 1 with q = 1 over 10^6 steps (epsilon ~5e5) asked for 7.5 GiB in one array. An epsilon
+# above 1,000 bounds nothing. It is checked before the PLD runs with a cheap RDP bound (orders up to 64,
+# 20-100 ms), which is never below the PLD's epsilon (within 1.02-1.7x of it where both exceed 10, up to 3x
+# at sigma 0.1).
+MAX_EPSILON = 1000.0
+# The largest --epsilon calibrated: a target is met at a sigma whose epsilon is near it, and the search
+# evaluates sigmas up to 4x below, so the target bounds the cost; beyond 100 a "guarantee" means nothing
+# (e^100 as a likelihood ratio) and `--epsilon 10000` searched for minutes.
+MAX_TARGET_EPSILON = 100.0
+# RDP orders of the cheap bound above: the fractional and small integer orders of RDP_ORDERS (large
+# epsilons are bounded at small orders; the large ones cost 0.7 s per bound).
+BOUND_ORDERS = tuple(o for o in RDP_ORDERS if o <= 64)
+
 
 @dataclass(frozen=True)
 class Accounting:
@@ -86,6 +122,86 @@ def _check(*, noise_multiplier: float, sample_rate: float, steps: int, delta: fl
         raise DpradError(f"steps={steps} must be >= 0")
     if noise_multiplier < 0:
         raise DpradError(f"--noise-multiplier {noise_multiplier} must be >= 0")
+
+
+def check_steps(steps: int, *, accountant: str = "pld") -> None:
+    """At most MAX_STEPS DP-SGD steps (MAX_PRV_STEPS for opacus's PRV)."""
+    most = MAX_PRV_STEPS if accountant == "prv" else MAX_STEPS
+    if steps > most:
+        use = "; use --accountant pld, as tight" if accountant == "prv" else ""
+        raise DpradError(
+            f"--steps {steps} is more than the {most:,} DP-SGD steps the {accountant} accountant accounts in "
+            f"reasonable time and memory{use} (a run's steps are --epochs x reports / --batch-size)"
+        )
+
+
+def check_noise_multiplier(sigma: float) -> None:
+    """A finite noise multiplier in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER] (see their reasons)."""
+    if not math.isfinite(sigma):
+        raise DpradError(f"--noise-multiplier {sigma} must be a finite number")
+    if sigma < MIN_NOISE_MULTIPLIER:
+        none = " (0 is no noise: leave out --noise-multiplier and --epsilon for a non-private run)"
+        raise DpradError(
+            f"--noise-multiplier {sigma:g} is below {MIN_NOISE_MULTIPLIER:g}, the least noise dprad accounts: "
+            "with less, no setting carries a guarantee worth stating (one step at q = 0.0001 spends epsilon "
+            f"53) and the accountant runs out of memory{none if sigma == 0 else ''}"
+        )
+    if sigma > MAX_NOISE_MULTIPLIER:
+        raise DpradError(
+            f"--noise-multiplier {sigma:g} is above {MAX_NOISE_MULTIPLIER:g}, the most noise dprad accounts "
+            "(epsilon 0.01 over 10^7 full-batch steps needs less)"
+        )
+
+
+def _dpsgd_events(event: Any) -> list[tuple[float, int]]:
+    """(noise multiplier, steps) of each Poisson-sampled Gaussian part of ``event`` (DP-SGD's)."""
+    import dp_accounting
+
+    out = []
+    for part, count in _flatten(event):
+        if isinstance(part, dp_accounting.PoissonSampledDpEvent) and isinstance(
+            part.event, dp_accounting.GaussianDpEvent
+        ):
+            out.append((float(part.event.noise_multiplier), count))
+    return out
+
+
+def rdp_bound(event: Any, *, delta: float) -> float | None:
+    """A cheap upper bound on ``event``'s epsilon (RDP at BOUND_ORDERS), or None for an event RDP cannot
+    account. dp-accounting's warnings about orders it skips are silenced: the bound stays valid."""
+    import logging
+
+    import dp_accounting
+    from dp_accounting import rdp
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        acc = rdp.RdpAccountant(orders=list(BOUND_ORDERS))
+        acc.compose(event)
+        return float(acc.get_epsilon(delta))
+    except dp_accounting.UnsupportedEventError:
+        return None
+    finally:
+        absl.setLevel(level)
+
+
+def check_accountable(event: Any, *, delta: float, accountant: str = "pld") -> None:
+    """Refuse, in one line and before any accountant runs, an event dprad does not account: a DP-SGD part
+    with a noise multiplier or a step count out of bounds, or an epsilon above MAX_EPSILON by the RDP
+    bound (an accountant would take minutes and gigabytes to state a number that bounds nothing)."""
+    for sigma, steps in _dpsgd_events(event):
+        check_noise_multiplier(sigma)
+        check_steps(steps, accountant=accountant)
+    bound = rdp_bound(event, delta=delta)
+    if bound is not None and bound > MAX_EPSILON:
+        parts = ", ".join(f"noise multiplier {s:.4g} over {t:,} steps" for s, t in _dpsgd_events(event))
+        raise DpradError(
+            f"epsilon would be above {MAX_EPSILON:g} ({parts or 'this event'}: the RDP accountant bounds it "
+            f"at {bound:.4g}): no guarantee worth accounting; add noise (--noise-multiplier), take fewer "
+            "steps or sample fewer reports per step"
+        )
 
 
 def dpsgd_event(*, noise_multiplier: float, sample_rate: float, steps: int) -> Any:
@@ -136,9 +252,15 @@ def event_from_dict(d: dict[str, Any]) -> Any:
 
 
 def epsilon_of(event: Any, *, delta: float, accountant: str = "pld") -> float:
-    """Epsilon of any dp-accounting event under the named dp-accounting accountant."""
+    """Epsilon of any dp-accounting event under the named dp-accounting accountant; an event out of
+    dprad's bounds (:func:`check_accountable`) is refused first."""
     if accountant not in DP_ACCOUNTANTS:
         raise DpradError(f"accountant '{accountant}' cannot account general events (use pld or rdp)")
+    check_accountable(event, delta=delta, accountant=accountant)
+    return _epsilon_of(event, delta=delta, accountant=accountant)
+
+
+def _epsilon_of(event: Any, *, delta: float, accountant: str = "pld") -> float:
     acc = DP_ACCOUNTANTS[accountant]()
     acc.compose(event)
     return float(acc.get_epsilon(delta))
@@ -147,13 +269,31 @@ def epsilon_of(event: Any, *, delta: float, accountant: str = "pld") -> float:
 def compute_epsilon(
     *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "pld"
 ) -> Accounting:
-    """Epsilon spent by ``steps`` Poisson-sampled Gaussian steps at ``delta``."""
+    """Epsilon spent by ``steps`` Poisson-sampled Gaussian steps at ``delta``; settings out of dprad's
+    bounds (:func:`check_accountable`: a noise multiplier below 0.1, 0 included, more than 10^7 steps, an
+    epsilon above 1,000) are refused in one line."""
     _check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
     check_accountant(accountant)
     if steps == 0:
         return Accounting(0.0, accountant)
-    if noise_multiplier == 0:
-        return Accounting(math.inf, accountant)
+    check_accountable(
+        dpsgd_event(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps),
+        delta=delta,
+        accountant=accountant,
+    )
+    return _dpsgd_epsilon(
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        accountant=accountant,
+    )
+
+
+def _dpsgd_epsilon(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str
+) -> Accounting:
+    """:func:`compute_epsilon` without its checks (calibration's search stays inside the bounds)."""
     if accountant == "prv":
         from opacus.accountants import PRVAccountant
 
@@ -166,12 +306,16 @@ def compute_epsilon(
             note = f"PRV returned {eps}"
         except Exception as err:  # noqa: BLE001 - any numerical failure falls back, and is recorded
             note = f"PRV failed ({type(err).__name__}: {err})"
-        fallback = compute_epsilon(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
+        fallback = _dpsgd_epsilon(
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            accountant="pld",
         )
         return Accounting(fallback.epsilon, "pld", note=f"{note}; fell back to PLD")
     event = dpsgd_event(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
-    return Accounting(epsilon_of(event, delta=delta, accountant=accountant), accountant)
+    return Accounting(_epsilon_of(event, delta=delta, accountant=accountant), accountant)
 
 
 def with_releases(training: Any, releases: tuple[Any, ...]) -> Any:
@@ -197,20 +341,20 @@ def calibrate_noise(
     ``coarse`` (PLD): search at a coarse discretisation, then confirm (and if need be correct) the result
     at full precision; ``coarse=False`` searches at full precision throughout (slower, same guarantee).
 
-    PLD and RDP use dp-accounting's own ``calibrate_dp_mechanism`` over the whole event; PRV (opacus)
-    is bisected on log(sigma) with the same accounting call the ledger makes.
+    The search stays inside dprad's bounds (sigma in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER], at most
+    MAX_STEPS steps, a target of at most MAX_TARGET_EPSILON) and refuses, in one line, a target it cannot
+    meet there. PLD and RDP use dp-accounting's own ``calibrate_dp_mechanism`` over the whole event; PRV
+    (opacus) is bisected on log(sigma) with the same accounting call the ledger makes.
     """
     if releases and accountant not in DP_ACCOUNTANTS:
         raise DpradError(
             f"--accountant {accountant} accounts one DP-SGD run alone; this run composes it with other "
             "releases (DP thresholds, an LP-FT probe): use pld or rdp"
         )
-    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
-        raise DpradError(f"--epsilon {target_epsilon} must be a positive number")
-    _check(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=delta)
-    check_accountant(accountant)
-    if steps == 0:
-        raise DpradError("the run has 0 planned steps: nothing to calibrate")
+    _check_target(target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
+    for sigma, count in (x for release in releases for x in _dpsgd_events(release)):  # an LP-FT probe
+        check_noise_multiplier(sigma)
+        check_steps(count, accountant=accountant)
 
     def event(sigma: float) -> Any:
         return with_releases(
@@ -219,37 +363,31 @@ def calibrate_noise(
 
     coarse = coarse and accountant == "pld"
 
+    def full(sigma: float) -> float:
+        if releases:
+            return _epsilon_of(event(sigma), delta=delta, accountant=accountant)
+        return _dpsgd_epsilon(
+            noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+        ).epsilon
+
     def eps(sigma: float) -> float:
+        bound = rdp_bound(event(sigma), delta=delta)
+        if bound is not None and bound > MAX_EPSILON:  # more than any target: never handed to the PLD
+            return math.inf
         if coarse:
             acc = _coarse_pld(target_epsilon)
             acc.compose(event(sigma))
             return float(acc.get_epsilon(delta))
-        if releases:
-            return epsilon_of(event(sigma), delta=delta, accountant=accountant)
-        return compute_epsilon(
-            noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
-        ).epsilon
+        return full(sigma)
 
-    hi = 1.0
-    while eps(hi) > target_epsilon:
-        hi *= 4
-        if hi > 1e6:
-            raise DpradError(f"--epsilon {target_epsilon} is out of reach: sigma would exceed 1e6")
-    lo = hi / 4
-    while eps(lo) <= target_epsilon:  # bracket from below; tiny sigmas are costly for PLD, so stop early
-        if lo < 0.05:
-            if coarse and epsilon_of(event(lo), delta=delta) > target_epsilon:  # confirm at full precision
-                return calibrate_noise(
-                    target_epsilon=target_epsilon,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    delta=delta,
-                    accountant=accountant,
-                    releases=releases,
-                    coarse=False,
-                )
-            return lo
-        lo, hi = lo / 4, lo
+    bracket = _bracket(eps, target_epsilon)
+    if bracket is None:
+        raise DpradError(
+            f"--epsilon {target_epsilon:g} cannot be calibrated at q={sample_rate:g}, steps={steps}, "
+            f"delta={delta:g}: even the least noise dprad accounts (noise multiplier {MIN_NOISE_MULTIPLIER:g}) "
+            f"spends only epsilon {eps(MIN_NOISE_MULTIPLIER):.4g}; ask for less"
+        )
+    lo, hi = bracket
     if accountant in DP_ACCOUNTANTS:
         import dp_accounting
 
@@ -265,8 +403,45 @@ def calibrate_noise(
         )
         if not coarse:
             return sigma
-        return _confirm(sigma, eps_full=lambda s: epsilon_of(event(s), delta=delta), target=target_epsilon)
+        return _confirm(sigma, eps_full=lambda s: _epsilon_of(event(s), delta=delta), target=target_epsilon)
     return _bisect(lo, hi, eps=eps, target=target_epsilon)
+
+
+def _check_target(target: float, *, sample_rate: float, steps: int, delta: float, accountant: str) -> None:
+    if not target > 0 or not math.isfinite(target):
+        raise DpradError(f"--epsilon {target} must be a positive number")
+    if target > MAX_TARGET_EPSILON:
+        raise DpradError(
+            f"--epsilon {target:g} is above {MAX_TARGET_EPSILON:g}, the largest target dprad calibrates: "
+            f"a guarantee that loose bounds nothing, and the search would take minutes and gigabytes "
+            "(leave --epsilon out for a run without privacy)"
+        )
+    _check(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=delta)
+    check_accountant(accountant)
+    if steps == 0:
+        raise DpradError("the run has 0 planned steps: nothing to calibrate")
+    check_steps(steps, accountant=accountant)
+
+
+def _bracket(eps: Callable[[float], float], target: float) -> tuple[float, float] | None:
+    """(lo, hi) with eps(lo) > target >= eps(hi) (eps decreases in sigma), by factors of 4 from sigma = 1
+    and inside [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]; None when even the least noise spends at
+    most ``target``. Going down, each sigma tried is 4x below one that spends at most the target (at most
+    MAX_TARGET_EPSILON), so the accountant never sees an epsilon far above it; going up, ``eps`` gives
+    inf without running the accountant where the RDP bound exceeds MAX_EPSILON."""
+    hi = 1.0
+    while eps(hi) > target:
+        if hi >= MAX_NOISE_MULTIPLIER:
+            raise DpradError(
+                f"--epsilon {target:g} is out of reach: the noise multiplier would exceed {MAX_NOISE_MULTIPLIER:g}"
+            )
+        hi = min(hi * 4, MAX_NOISE_MULTIPLIER)
+    lo = max(hi / 4, MIN_NOISE_MULTIPLIER)
+    while eps(lo) <= target:
+        if lo <= MIN_NOISE_MULTIPLIER:
+            return None
+        lo, hi = max(lo / 4, MIN_NOISE_MULTIPLIER), lo
+    return lo, hi
 
 
 def _bisect(lo: float, hi: float, *, eps: Callable[[float], float], target: float) -> float:

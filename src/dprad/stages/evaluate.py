@@ -96,6 +96,20 @@ def select_reports(run: RunRecord, reports: list[Report], split: str) -> tuple[l
     return (chosen, "test") if chosen else (labelled, "all")
 
 
+def check_groups(reports: list[Report], groups: tuple[str, ...], *, data: str | Path) -> None:
+    """Refuse a --groups attribute that no report of ``data`` carries (it would give an empty table and
+    no gaps, silently), naming the attributes the data does have."""
+    have = {k for r in reports for k in r.attrs}
+    if "age" in have:
+        have.add("age_band")  # metrics.fairness.group_values: an alias of age's bands
+    for g in groups:
+        if g not in have:
+            raise DpradError(
+                f"--groups '{g}': no report in {data} has that attribute; it has: "
+                f"{', '.join(sorted(have)) or 'none'}"
+            )
+
+
 def _read(data: str | Path, **read_kw: Any) -> tuple[list[Report], Any]:
     result, schema, _ = read_reports(data, **read_kw)
     return result.reports, schema
@@ -105,11 +119,12 @@ def evaluate_run(
     run_dir: str | Path, data: str | Path, *, options: EvalOptions = EvalOptions(), **read_kw: Any
 ) -> dict[str, Any]:
     run = RunRecord.open(run_dir)
-    predictor = load_run(run)
     reports, data_schema = _read(data, **read_kw)
+    check_groups(reports, options.groups, data=data)
     chosen, split = select_reports(run, reports, options.split)
     if not chosen:
         raise DpradError(f"{data}: no labelled report to evaluate on")
+    predictor = load_run(run)
     s = score(predictor, run, chosen, data_schema, options)
     patients = [r.patient_id for r in chosen]
     out: dict[str, Any] = {
