@@ -4,17 +4,21 @@ and no broken image."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 import shutil
 import subprocess
 import sys
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from typer.testing import CliRunner
 
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
@@ -22,7 +26,7 @@ from dprad.commands.report import register
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.io import write_json
-from dprad.report import write_model_card, write_report
+from dprad.report import plots, write_model_card, write_report
 from dprad.report.collect import read_run
 from dprad.stages.evaluate import EvalOptions, evaluate_run
 from dprad.stages.train import train
@@ -37,6 +41,7 @@ EXPECTED_TABLES = (
     "table-transfer",
     "table-audit",
     "table-dp",
+    "table-dp-mechanism",
     "table-selection",
     "table-sweep",
 )
@@ -220,10 +225,12 @@ def test_report_renders_in_chromium_with_every_plot_and_table(
         assert dom.ids.get(tid) == "table", f"table {tid} missing from the rendered page"
     # one headline sentence per run; one DP-parameter row per run (plus the header row)
     assert dom.headlines == 4 and dom.rows["table-dp"] == 5 and dom.rows["table-headline"] == 5
+    assert dom.rows["table-dp-mechanism"] == 5
     assert dom.rows["table-transfer"] == 2 and dom.rows["table-audit"] == 2 and dom.rows["table-sweep"] == 4
     assert dom.rows["table-selection"] == 2
 
-    # the first screen states eps, weighted F1 with its CI, and the non-private reference
+    # the first screen: one plain sentence per run (eps, weighted F1 with its CI, the thresholds it is at),
+    # the non-private reference in its own sentence and named once in the legend, never in every sentence
     ledger = json.loads((study["runs"] / "dp-eps1" / "privacy.json").read_text())
     ev = json.loads((study["runs"] / "dp-eps1" / "evaluation.json").read_text())["headline"]["weighted_f1"]
     ref = json.loads((study["runs"] / "head" / "evaluation.json").read_text())["headline"]["weighted_f1"]
@@ -232,8 +239,20 @@ def test_report_renders_in_chromium_with_every_plot_and_table(
     text = sentence.group(0)
     spent = f"{ledger['epsilon']:.4g}"
     assert ("ε = 1," if spent == "1" else f"ε = 1 (spent {spent}),") in text
-    assert f"weighted F1 {ev['estimate']:.3f} [{ev['ci_low']:.3f}, {ev['ci_high']:.3f}]" in text
-    assert f"vs {ref['estimate']:.3f} [{ref['ci_low']:.3f}, {ref['ci_high']:.3f}] non-private (head" in text
+    assert (
+        f"weighted F1 {ev['estimate']:.3f} [{ev['ci_low']:.3f}, {ev['ci_high']:.3f}] at the shipped" in text
+    )
+    assert "non-private" not in text and f"{ref['estimate']:.3f} [" not in text
+    head = re.search(r"<b>head</b>.*?</li>", html, re.S)
+    assert (
+        head is not None
+        and f"{ref['estimate']:.3f} [{ref['ci_low']:.3f}, {ref['ci_high']:.3f}]" in head.group(0)
+    )
+    legend = re.search(r'<div class="legend" id="glance-legend">.*?</div>', html, re.S)
+    assert legend is not None and "<b>Non-private run:</b> head." in legend.group(0)
+    assert "fitted on the validation split under DP" in legend.group(0)
+    for li in re.findall(r"<li class=\"(?:non)?private\">(.*?)</li>", html, re.S):
+        assert _paren_depth(li) <= 1, li  # no parenthesis inside another
     noeval = re.search(r"<b>dp-sigma2-noeval</b>.*?</li>", html, re.S)
     assert noeval is not None and "(no CI)" in noeval.group(0)
     assert "RuntimeError: boom" in html  # the failed sweep cell is shown
@@ -245,6 +264,14 @@ def test_report_renders_in_chromium_with_every_plot_and_table(
     assert res.returncode == 0 and shot.stat().st_size > 50_000, res.stderr[-2000:]
     with capsys.disabled():
         print(f"\nreport: {out}\nscreenshot of the first screen: {shot}")
+
+
+def _paren_depth(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def test_the_error_probe_catches_script_errors_and_broken_images(
@@ -357,12 +384,12 @@ def test_selection_epsilon_and_defensive_reading(study: dict[str, Path], tmp_pat
     )
     assert math.isinf(read_run(study["runs"] / "head").ledger.spent_epsilon)
     html = write_report([run], tmp_path / "r.html").read_text()
-    assert (
-        "thresholds under DP is accounted as ε = 0.25" in html and "0.25 (thresholds (DP histograms))" in html
-    )
+    # the glance legend names what choosing the thresholds under DP cost, once; the DP table the ledger part
+    assert "whose share follows its name: selected ε = 0.25." in html
+    assert "0.25 (thresholds (DP histograms))" in html
     plain = write_report([study["runs"] / "dp-eps1"], tmp_path / "s.html").read_text()
     # the run as trained: its own DP thresholds, 10% of eps = 1, are shown as what they cost
-    assert "thresholds under DP is accounted as ε = 0.1 " in plain
+    assert "whose share follows its name: dp-eps1 ε = 0.1." in plain
     card = write_model_card(run).read_text()
     assert "| threshold / model selection ε | 0.25 (thresholds (DP histograms)) |" in card
 
@@ -438,3 +465,94 @@ def test_report_and_card_name_the_base_model_and_the_run_never_their_paths(tmp_p
         "- Training data: `reports.csv` (format" in card and "Not covered: the base model encoder and" in card
     )
     assert "_Written by dprad from run `dp-head`;" in card
+
+
+# ---------------------------------------------------------------------------------------------------
+# layout, as a browser lays the page out
+
+MEASURE = """<script>window.addEventListener("load", function () {
+  var main = document.querySelector("main"), right = main.getBoundingClientRect().right
+    - parseFloat(getComputedStyle(main).paddingRight), items = [], order = [];
+  document.querySelectorAll("table, figure, figure img").forEach(function (el) {
+    var r = el.getBoundingClientRect(), item = {tag: el.tagName, id: el.id, right: r.right};
+    for (var p = el.parentElement; p && p !== main; p = p.parentElement) {
+      if (["auto", "scroll"].indexOf(getComputedStyle(p).overflowX) >= 0) {
+        item.wrapper = p.getBoundingClientRect().right; item.scrolls = p.scrollWidth > p.clientWidth + 1; break;
+      }
+    }
+    items.push(item);
+  });
+  var out = {viewport: window.innerWidth, page: document.documentElement.scrollWidth, right: right, items: items};
+  var pre = document.createElement("pre"); pre.id = "measured"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});</script></body>"""
+
+
+def _measure(page: Path, tmp: Path, width: int) -> dict[str, Any]:
+    probe = tmp / f"measure-{width}.html"
+    probe.write_text(page.read_text().replace("</body>", MEASURE))
+    res = _chromium(probe.as_uri(), tmp, "--dump-dom", f"--window-size={width},2000")
+    found = re.search(r'<pre id="measured">(.*?)</pre>', res.stdout, re.S)
+    assert res.returncode == 0 and found is not None, res.stderr[-2000:]
+    return dict(json.loads(unescape(found.group(1))))
+
+
+def test_tables_and_figures_fit_the_page_at_1300_and_800_px(study: dict[str, Path], tmp_path: Path) -> None:
+    """No table or figure crosses the page's right edge: each fits its container or scrolls inside its own
+    wrapper. At 1,300 px every table the report composes fits without scrolling (the sweep table copies a
+    file's columns and may scroll). The heat map's columns have a key to the run names; the headline
+    metrics come before the cost of choosing among the runs."""
+    out = write_report(sorted(study["runs"].iterdir()), tmp_path / "report.html", sweep_table=study["sweep"])
+    html = out.read_text()
+    for width in (1300, 800):
+        m = _measure(out, tmp_path, width)
+        assert m["viewport"] == width and m["page"] <= width, m  # the page itself never scrolls sideways
+        tables = [i for i in m["items"] if i["tag"] == "TABLE"]
+        assert {"table-dp", "table-headline"} <= {t["id"] for t in tables}
+        for item in m["items"]:
+            edge = item["wrapper"] if "wrapper" in item else item["right"]
+            assert edge <= m["right"] + 0.5, (width, item, m["right"])
+            if item["right"] > m["right"] + 0.5:
+                assert item.get("scrolls"), (width, item)  # wider than the page: scrolls in its wrapper
+            if width == 1300 and item["id"] != "table-sweep":
+                assert not item.get("scrolls") and item["right"] <= m["right"] + 0.5, item
+    key = re.search(r'<table class="key" id="plot-labels-0-key">.*?</table>', html, re.S)
+    assert key is not None
+    pairs = re.findall(r"<tr><td>(R\d+)</td><td>([^<]+)</td></tr>", key.group(0))
+    assert sorted(n for _, n in pairs) == sorted(d.name for d in study["runs"].iterdir())
+    assert [k for k, _ in pairs] == [f"R{i}" for i in range(1, len(pairs) + 1)]
+    assert html.index('id="table-headline"') < html.index('id="table-selection"')
+
+
+def test_heat_map_columns_are_short_keys_that_do_not_overlap(study: dict[str, Path], tmp_path: Path) -> None:
+    """With run names as long as a sweep's (the demo's), the column labels under both panels are short
+    keys whose boxes do not touch, and the key maps each to its run."""
+    runs = []
+    for d in sorted(study["runs"].iterdir()):
+        long = tmp_path / f"synth-cxr-minilm-{d.name}-seed0-split0"
+        shutil.copytree(d, long)
+        runs.append(read_run(long))
+    made = plots.label_heatmap_figure(runs, runs[0].dataset)
+    assert made is not None
+    fig, key = made
+    assert [name for _, name in key] == [r.name for r in sorted(runs, key=plots.run_order) if r.evaluation]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax in fig.axes[:2]:
+        ticks = ax.get_xticklabels()
+        assert [t.get_text().split("\n")[0] for t in ticks] == [k for k, _ in key]
+        boxes = [t.get_window_extent(renderer) for t in ticks]
+        assert len(boxes) == len(runs) and all(b.width > 0 for b in boxes)
+        for a, b in itertools.pairwise(boxes):
+            assert a.x1 < b.x0, (a, b)  # left to right, apart
+
+
+def test_privacy_utility_y_axis_spans_the_data(study: dict[str, Path]) -> None:
+    """When every point and interval sits high, the y axis spans them with a small margin, not 0 to 1."""
+    runs = [read_run(study["runs"] / n) for n in ("dp-eps1", "dp-eps10")]
+    ivs = [r.evaluation.metric("weighted_f1") for r in runs if r.evaluation]
+    values = [v for iv in ivs for v in (iv.estimate, iv.low, iv.high) if v is not None]
+    assert len(values) == 6
+    fig, _ = plots.utility_figure(runs)
+    bottom, top = fig.axes[0].get_ylim()
+    assert bottom <= min(values) and top >= max(values)  # every point and interval shows
+    assert top - bottom <= max(values) - min(values) + 0.1, (bottom, top, values)

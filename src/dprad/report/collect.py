@@ -31,20 +31,22 @@ SELECTION_WORDS = ("threshold", "select")  # a ledger part with one of these in 
 
 def thresholds_phrase(ev: Evaluation, shipped: Thresholds) -> tuple[str, bool]:
     """Which thresholds ``ev``'s numbers are at, in words (quoted verbatim next to them), and whether they
-    are the thresholds the run ships. An evaluation at 0.5 of a run that ships other thresholds says so."""
+    are the thresholds the run ships. An evaluation at 0.5 of a run that ships other thresholds says so.
+    The phrase is short and holds no parentheses: how the shipped thresholds were chosen is said once
+    elsewhere (``shipped.source``; the report's thresholds legend, the model card's privacy section)."""
     name = Path(ev.source).name
     if ev.thresholds == "val" or (ev.thresholds == "0.5" and shipped.fitted_on is None):
-        return f"at the shipped thresholds ({shipped.source})", True
+        return "at the shipped thresholds", True
     if ev.thresholds == "0.5":
         if all(v == 0.5 for v in shipped.values):
-            return f"at 0.5 for every label (the shipped thresholds, {shipped.source}, are 0.5 too)", True
+            return "at 0.5 for every label, which are the shipped thresholds", True
         return (
-            f"at 0.5 for every label, NOT at the thresholds this run ships ({shipped.source}): {name} was "
-            "made with --thresholds 0.5",
+            f"at 0.5 for every label, NOT at the thresholds this run ships: {name} was made with "
+            "--thresholds 0.5",
             False,
         )
-    which = f"'{ev.thresholds}'" if ev.thresholds else f"{name} does not record"
-    return f"at thresholds {which}, maybe NOT the ones this run ships ({shipped.source})", False
+    which = f"'{ev.thresholds}'" if ev.thresholds else f"that {name} does not record"
+    return f"at thresholds {which}, maybe NOT the ones this run ships", False
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,23 +18,15 @@ from dprad.io import write_text
 from dprad.report import attacks, plots
 from dprad.report.collect import Run, Selection, SweepTable, find_selection, read_runs, read_sweep_table
 from dprad.report.fmt import fmt_interval, fmt_num
+from dprad.report.glance import fmt_eps as fmt_eps
+from dprad.report.glance import headline, legend
+from dprad.report.glance import weighted_f1 as weighted_f1
 from dprad.report.label_noise import Corpus, LabelNoiseStudy, load_study
 from dprad.report.public import public_ledger, training_units
 from dprad.run.audit import Audit
 from dprad.run.results import Evaluation, Interval, number
 
 DEFAULT_TITLE = "dprad privacy-utility report"
-
-
-def fmt_eps(run: Run) -> str:
-    """The eps a reader should quote: the target when the run spent at most it, with the spent value."""
-    if not run.private:
-        return "∞ (non-private)"
-    target = run.ledger.target_epsilon
-    if target is not None and run.epsilon <= target:
-        quoted, spent = fmt_num(target, "g"), fmt_num(run.epsilon, ".4g")
-        return quoted if spent == quoted else f"{quoted} (spent {spent})"
-    return fmt_num(run.epsilon, ".4g")
 
 
 def eval_source(ev: Evaluation | None) -> str:
@@ -45,63 +37,6 @@ def eval_source(ev: Evaluation | None) -> str:
         boot = f", {ev.bootstrap_resamples} patient resamples" if ev.bootstrap_resamples else ""
         return f"{name}{boot}"
     return f"{name} (point estimates, no CI)"
-
-
-# ---------------------------------------------------------------------------------------------------
-# the first screen: one sentence per run
-
-
-@dataclass(frozen=True)
-class Headline:
-    name: str
-    who: str
-    text: str
-    private: bool
-
-
-def reference_for(run: Run, runs: Sequence[Run]) -> Run | None:
-    """The non-private run to compare a private one with: same data and model, same mode family and seed
-    where there is one."""
-    refs = [
-        r
-        for r in runs
-        if not r.private and r.dataset == run.dataset and r.model == run.model and r.evaluation
-    ]
-    if not refs:
-        return None
-    refs.sort(key=lambda r: (r.family != run.family, r.seed != run.seed, r.name))
-    return refs[0]
-
-
-def weighted_f1(run: Run) -> str:
-    """The run's weighted F1 as every place quotes it, followed by which thresholds it is at."""
-    if run.evaluation is None:
-        return "not evaluated"
-    return f"{fmt_interval(run.evaluation.metric('weighted_f1'))} {run.at}"
-
-
-def headline(run: Run, runs: Sequence[Run]) -> Headline:
-    who = f"{run.mode}, {run.model}, trained on {run.dataset}"
-    f1 = weighted_f1(run)
-    if not run.private:
-        text = (
-            f"Without differential privacy, weighted F1 {f1}. A reference point: this model has no formal "
-            "privacy guarantee and should not leave the institution."
-        )
-        return Headline(run.name, who, text, False)
-    led = run.ledger
-    delta = fmt_num(led.delta, ".0e")
-    text = f"At ε = {fmt_eps(run)}, δ = {delta} per {led.privacy_unit}: weighted F1 {f1}"
-    ref = reference_for(run, runs)
-    if ref is not None and ref.evaluation is not None:
-        ref_f1 = fmt_interval(ref.evaluation.metric("weighted_f1"))
-        text += f" vs {ref_f1} non-private ({ref.name}, {ref.mode}, {ref.at})."
-    else:
-        text += "; no non-private run of this model on this data to compare with."
-    if run.selection is not None:
-        eps, name = run.selection
-        text += f" Choosing its thresholds under DP is accounted as ε = {fmt_num(eps, '.3g')} ({name})."
-    return Headline(run.name, who, text, True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,6 +55,7 @@ def selection_text(run: Run) -> str:
 
 
 def _dp_row(r: Run) -> dict[str, str]:
+    """The guarantee a run's ledger states and what its epsilon is made of."""
     led = r.ledger
     return {
         "run": r.name,
@@ -129,6 +65,18 @@ def _dp_row(r: Run) -> dict[str, str]:
         "target ε": fmt_num(led.target_epsilon, "g"),
         "δ": fmt_num(led.delta, ".1e"),
         "unit": led.privacy_unit,
+        "accountant": (led.accountant or "—") + (f" ({led.accountant_note})" if led.accountant_note else ""),
+        "selection ε": selection_text(r),
+        "ε parts": ledger_parts(r) or "—",
+        "training n": training_units(led),
+    }
+
+
+def _dp_mechanism_row(r: Run) -> dict[str, str]:
+    """The DP-SGD mechanism behind a run's guarantee, as its ledger records it."""
+    led = r.ledger
+    return {
+        "run": r.name,
         "noise σ": fmt_num(led.noise_multiplier, ".4g"),
         "clip C": fmt_num(led.max_grad_norm, "g"),
         "sample rate q": fmt_num(led.sample_rate, ".4g"),
@@ -136,11 +84,7 @@ def _dp_row(r: Run) -> dict[str, str]:
         "steps": fmt_num(led.steps, "d"),
         "epochs": fmt_num(led.epochs, ".3g"),
         "sampler": led.sampler or "—",
-        "accountant": (led.accountant or "—") + (f" ({led.accountant_note})" if led.accountant_note else ""),
-        "training n": training_units(led),
         "trainable params": fmt_num(led.trainable_parameters, ",d"),
-        "selection ε": selection_text(r),
-        "ε parts": ledger_parts(r) or "—",
         "canaries": fmt_num(led.canaries, "d"),
     }
 
@@ -470,7 +414,8 @@ def build_context(
         "n_runs": len(ordered),
         "n_private": sum(r.private for r in ordered),
         "datasets": datasets,
-        "headlines": [headline(r, ordered) for r in ordered],
+        "headlines": [headline(r) for r in ordered],
+        "legend": legend(ordered),
         "figures": figures,
         "tables": {
             "headline": table("table-headline", [_metrics_row(r) for r in ordered]),
@@ -482,6 +427,7 @@ def build_context(
             "attribute": table("table-attribute", attacks.attribute_rows(ordered)),
             "extraction": table("table-extraction", attacks.extraction_rows(ordered)),
             "dp": table("table-dp", [_dp_row(r) for r in ordered]),
+            "dp_mechanism": table("table-dp-mechanism", [_dp_mechanism_row(r) for r in ordered]),
             "selection": table("table-selection", _selection_rows(selection)),
             "sweep": _sweep(sweep),
         },

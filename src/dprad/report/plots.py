@@ -18,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.ticker import FuncFormatter
 
 from dprad.report.collect import Run
@@ -46,6 +47,7 @@ class Plot:
     caption: str
     alt: str
     data_uri: str  # data:image/png;base64,...
+    key: tuple[tuple[str, str], ...] = ()  # (short column label, run name) where the figure uses short labels
 
 
 def to_data_uri(fig: Figure) -> str:
@@ -93,34 +95,12 @@ def privacy_utility(runs: Sequence[Run], *, metric: str = "weighted_f1") -> Plot
     have = [r for r in runs if r.evaluation is not None and r.evaluation.metric(metric).known]
     if not have:
         return None
-    datasets = _datasets(have)
-    fig = Figure(figsize=(9.5, 4.6 * len(datasets)))
-    axes = fig.subplots(len(datasets), 1, squeeze=False)[:, 0]
-    series = list(dict.fromkeys(r.series for r in sorted(have, key=run_order)))
-    no_ci = False
-    for ax, dataset in zip(axes, datasets, strict=True):
-        mine = sorted((r for r in have if r.dataset == dataset), key=run_order)
-        private = [r for r in mine if r.private and math.isfinite(r.epsilon)]
-        _log_eps_axis(ax, [r.epsilon for r in private])
-        for s in series:
-            color = _color(series.index(s))
-            pts = [r for r in private if r.series == s]
-            if pts:
-                no_ci |= _private_series(ax, pts, metric, color=color, label=s)
-            for r in (r for r in mine if not r.private and r.series == s):
-                no_ci |= _reference_line(ax, r, metric, color=color, label=s)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("ε spent (log scale; smaller = stronger privacy)")
-        ax.set_ylabel("weighted F1 on the test split")
-        tested = sorted({Path(r.evaluation.data).name for r in mine if r.evaluation and r.evaluation.data})
-        where = ", ".join(tested) if tested and tested != [dataset] else "its test split"
-        ax.set_title(f"Privacy-utility trade-off: trained on {dataset}, tested on {where}", fontsize=11)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(loc="best", fontsize=8, framealpha=0.9)  # never over a data point
+    fig, no_ci = utility_figure(have, metric)
     caption = (
         "Points: private runs at the ε they spent, with 95% patient-level bootstrap intervals (bars and band). "
         "Dashed lines: non-private runs of the same model and mode (dotted: full fine-tuning), with their "
-        "interval shaded. Each run's F1 is at the thresholds its row of the headline table names."
+        "interval shaded. The y axis spans the plotted values and their intervals, not 0 to 1. Each run's F1 "
+        "is at the thresholds its row of the headline table names."
     )
     if no_ci:
         caption += (
@@ -138,6 +118,47 @@ def privacy_utility(runs: Sequence[Run], *, metric: str = "weighted_f1") -> Plot
         "weighted F1 against epsilon for every run",
         to_data_uri(fig),
     )
+
+
+def utility_figure(have: Sequence[Run], metric: str = "weighted_f1") -> tuple[Figure, bool]:
+    """The privacy-utility figure of runs that all have ``metric``, and whether any of them had no CI. Each
+    panel's y axis spans its runs' values and intervals, with a margin."""
+    datasets = _datasets(have)
+    fig = Figure(figsize=(9.5, 4.6 * len(datasets)))
+    axes = fig.subplots(len(datasets), 1, squeeze=False)[:, 0]
+    series = list(dict.fromkeys(r.series for r in sorted(have, key=run_order)))
+    no_ci = False
+    for ax, dataset in zip(axes, datasets, strict=True):
+        mine = sorted((r for r in have if r.dataset == dataset), key=run_order)
+        private = [r for r in mine if r.private and math.isfinite(r.epsilon)]
+        _log_eps_axis(ax, [r.epsilon for r in private])
+        for s in series:
+            color = _color(series.index(s))
+            pts = [r for r in private if r.series == s]
+            if pts:
+                no_ci |= _private_series(ax, pts, metric, color=color, label=s)
+            for r in (r for r in mine if not r.private and r.series == s):
+                no_ci |= _reference_line(ax, r, metric, color=color, label=s)
+        ax.set_ylim(*y_range([r.evaluation.metric(metric) for r in mine if r.evaluation]))
+        ax.set_xlabel("ε spent (log scale; smaller = stronger privacy)")
+        ax.set_ylabel("weighted F1 on the test split")
+        tested = sorted({Path(r.evaluation.data).name for r in mine if r.evaluation and r.evaluation.data})
+        where = ", ".join(tested) if tested and tested != [dataset] else "its test split"
+        ax.set_title(f"Privacy-utility trade-off: trained on {dataset}, tested on {where}", fontsize=11)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)  # never over a data point
+    return fig, no_ci
+
+
+def y_range(values: Sequence[Interval]) -> tuple[float, float]:
+    """A 0-to-1 metric's axis fitted to the estimates and their intervals: a margin of 8% of their spread
+    (at least 0.02) either side, kept within 0 and 1 but for a sliver above 1 so that a point at 1 shows."""
+    ys = [v for iv in values for v in (iv.estimate, iv.low, iv.high) if v is not None and math.isfinite(v)]
+    if not ys:
+        return 0.0, 1.0
+    lo, hi = min(ys), max(ys)
+    margin = max(0.08 * (hi - lo), 0.02)
+    return max(lo - margin, 0.0), min(hi + margin, 1.0 + margin / 2)
 
 
 def _private_series(ax: Axes, pts: Sequence[Run], metric: str, *, color: str, label: str) -> bool:
@@ -209,13 +230,40 @@ def _reference_line(ax: Axes, r: Run, metric: str, *, color: str, label: str) ->
 # per-label heat maps
 
 
-def _column_label(r: Run) -> str:
-    eps = "ε = ∞" if not r.private else f"ε = {r.epsilon:.3g}"
-    return f"{r.mode}\n{eps}\n{r.name}"
+def run_keys(runs: Sequence[Run]) -> dict[str, str]:
+    """Short column labels for figures, one per run in report order: R1, R2, ... (run name -> key); the
+    page prints the key beside the figure."""
+    return {r.name: f"R{i}" for i, r in enumerate(sorted(runs, key=run_order), start=1)}
+
+
+def _column_label(r: Run, key: str) -> str:
+    return f"{key}\n{'ε = ∞' if not r.private else f'ε = {r.epsilon:.3g}'}"
 
 
 def label_heatmap(runs: Sequence[Run], dataset: str, index: int) -> Plot | None:
-    """Per-label F1 and recall for every run on one dataset (columns by eps), rare labels marked."""
+    """Per-label F1 and recall for every run on one dataset (columns by eps, labelled R1, R2, ... with a
+    key to the run names), rare labels marked."""
+    made = label_heatmap_figure(runs, dataset)
+    if made is None:
+        return None
+    fig, key = made
+    return Plot(
+        f"plot-labels-{index}",
+        f"Per-label F1 and recall: {dataset}",
+        "Columns: the runs named in the key below the figure. n = positive test reports (the smallest across "
+        "these runs). Labels marked ★rare (red) have fewer than 20 positives: their F1 and recall rest on "
+        "very few reports and their intervals are wide. Grey: no value (no positive report, or not evaluated).",
+        f"heat map of per-label F1 and recall on {dataset}",
+        to_data_uri(fig),
+        key,
+    )
+
+
+def label_heatmap_figure(
+    runs: Sequence[Run], dataset: str
+) -> tuple[Figure, tuple[tuple[str, str], ...]] | None:
+    """The heat map of :func:`label_heatmap` and its key, (column label, run name) per column."""
+    keys = run_keys(runs)
     mine = sorted((r for r in runs if r.dataset == dataset and r.evaluation is not None), key=run_order)
     mine = [r for r in mine if r.evaluation and r.evaluation.per_label]
     if not mine:
@@ -227,34 +275,48 @@ def label_heatmap(runs: Sequence[Run], dataset: str, index: int) -> Plot | None:
         for lr in r.evaluation.per_label:
             if lr.support is not None:
                 support[lr.label] = min(support.get(lr.label, lr.support), lr.support)
-    critical = {c for r in mine for c in r.critical}
     ncol = len(mine)
     fig = Figure(figsize=(min(3.2 + 2 * 0.62 * ncol, 13.5) + 2.2, 1.6 + 0.34 * len(labels)))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, metric in zip(axes, ("f1", "recall"), strict=True):
-        grid = np.full((len(labels), ncol), np.nan)
-        for j, r in enumerate(mine):
-            assert r.evaluation is not None
-            for lr in r.evaluation.per_label:
-                value = getattr(lr, metric).estimate
-                if value is not None:
-                    grid[labels.index(lr.label), j] = value
-        im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap=CMAP, aspect="auto")
-        for i in range(len(labels)):
-            for j in range(ncol):
-                if not math.isnan(grid[i, j]) and ncol <= 16:
-                    ax.text(
-                        j,
-                        i,
-                        f"{grid[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if grid[i, j] < 0.6 else "black",
-                    )
+        im = _heat_panel(ax, mine, labels, metric)
         ax.set_xticks(range(ncol))
-        ax.set_xticklabels([_column_label(r) for r in mine], fontsize=7)
+        ax.set_xticklabels([_column_label(r, keys[r.name]) for r in mine], fontsize=7)
         ax.set_title("F1" if metric == "f1" else "recall (sensitivity)", fontsize=11)
+    _label_ticks(axes[0], labels, support, {c for r in mine for c in r.critical})
+    fig.colorbar(im, ax=list(axes), shrink=0.6, pad=0.02)
+    fig.suptitle(f"Per-label results on {dataset} (columns: increasing ε, non-private last)", fontsize=11)
+    return fig, tuple((keys[r.name], r.name) for r in mine)
+
+
+def _heat_panel(ax: Axes, mine: Sequence[Run], labels: list[str], metric: str) -> AxesImage:
+    """One panel: a label x run grid of ``metric`` with its values written in (up to 16 columns)."""
+    ncol = len(mine)
+    grid = np.full((len(labels), ncol), np.nan)
+    for j, r in enumerate(mine):
+        assert r.evaluation is not None
+        for lr in r.evaluation.per_label:
+            value = getattr(lr, metric).estimate
+            if value is not None:
+                grid[labels.index(lr.label), j] = value
+    im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap=CMAP, aspect="auto")
+    for i in range(len(labels)):
+        for j in range(ncol):
+            if not math.isnan(grid[i, j]) and ncol <= 16:
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if grid[i, j] < 0.6 else "black",
+                )
+    return im
+
+
+def _label_ticks(ax: Axes, labels: list[str], support: dict[str, int], critical: set[str]) -> None:
+    """The labels down the left: critical and n marked, rare ones in bold red."""
     ticks = []
     for lab in labels:
         n = support.get(lab)
@@ -262,24 +324,13 @@ def label_heatmap(runs: Sequence[Run], dataset: str, index: int) -> Plot | None:
         ticks.append(
             f"{lab}{' (critical)' if lab in critical else ''}  n={n if n is not None else '?'}{mark}"
         )
-    axes[0].set_yticks(range(len(labels)))
-    axes[0].set_yticklabels(ticks, fontsize=8)
-    for tick, lab in zip(axes[0].get_yticklabels(), labels, strict=True):
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(ticks, fontsize=8)
+    for tick, lab in zip(ax.get_yticklabels(), labels, strict=True):
         n = support.get(lab)
         if n is not None and n < 20:
             tick.set_color("#b00020")
             tick.set_fontweight("bold")
-    fig.colorbar(im, ax=list(axes), shrink=0.6, pad=0.02)
-    fig.suptitle(f"Per-label results on {dataset} (columns: increasing ε, non-private last)", fontsize=11)
-    return Plot(
-        f"plot-labels-{index}",
-        f"Per-label F1 and recall: {dataset}",
-        "n = positive test reports (the smallest across these runs). Labels marked ★rare (red) have fewer "
-        "than 20 positives: their F1 and recall rest on very few reports and their intervals are wide. "
-        "Grey: no value (no positive report, or not evaluated).",
-        f"heat map of per-label F1 and recall on {dataset}",
-        to_data_uri(fig),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
