@@ -4,7 +4,6 @@ recovers the noiseless clipped-gradient sum; under the default secret noise it c
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from dprad.privacy.noise import NoiseSource
 from dprad.run import RunRecord
 from dprad.stages.plan import plan_run
 from dprad.stages.train import train
-from tiny import make_tiny_encoder
 
 
 @pytest.fixture(scope="module")
@@ -94,31 +92,21 @@ def test_replay_recovers_the_gradient_sum_under_a_stated_seed_and_fails_on_secre
     assert missed["candidates_tried"] >= 30 and missed["noise_source"] == "os-entropy"
 
 
-def test_a_run_written_before_secret_noise_is_regenerated_from_its_own_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_run_written_before_secret_noise_is_regenerated_from_its_own_config(old_run: Path) -> None:
     """The committed fixture's private head, trained by dprad before secret noise (fixture README): its
     noise comes back from config.json's train.seed, under the old torch-generator convention."""
-    here = tmp_path / "fx"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19", here)
-    make_tiny_encoder(here / "encoder", "bert")
-    monkeypatch.chdir(here)  # the run names its encoder relative to where it was trained
-    out = noise_replay_audit(RunRecord.open(here / "runs" / "dp-head"))
+    out = noise_replay_audit(RunRecord.open(old_run))
     assert out["noise_source"] == "written-seed" and out["regenerated"] is True, out
     assert out["best_candidate"] == {"seed": 0, "from": "config.json train.seed", "convention": BEFORE}
     assert out["rho"] < 0.1
 
 
 def test_the_audit_command_and_serve_say_it_of_a_run_and_its_export(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    old_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``dprad audit RUN --attack noise-replay`` writes its section and prints the verdict; on an export it
     prints and writes nothing into it; ``dprad serve`` refuses such a run without --force, before serving."""
-    here = tmp_path / "fx"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19", here)
-    make_tiny_encoder(here / "encoder", "bert")
-    monkeypatch.chdir(here)
-    run = here / "runs" / "dp-head"
+    run = old_run
     main(["audit", str(run), "--attack", "noise-replay"])
     assert "noise replay: REGENERATED" in capsys.readouterr().out
     section = json.loads((run / "audit.json").read_text())["noise_replay"]

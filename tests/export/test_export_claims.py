@@ -22,10 +22,8 @@ from dprad.export import export_run
 from dprad.privacy.ledger import NOISE_SECRET, NOISE_STATED, noise_source, noise_warning
 from dprad.run import RunRecord
 from dprad.stages.train import train
-from tiny import make_tiny_encoder
 
 SYNTH = SynthConfig(n_patients=160, seed=7, prevalence={"Pneumothorax": 0.08})
-OLD_RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19"
 NOISE_SEED = 987_654_321  # a stated --noise-seed: a number no other field of a run holds
 
 
@@ -56,21 +54,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory, corpus: Path, tiny_bert: Path
         "plain": config(),
     }
     return {name: train(cfg, root / name).run_dir for name, cfg in plans.items()}
-
-
-@pytest.fixture
-def old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A run written by dprad before these checks (tests/fixtures/run-before-19, its README): its ledger names
-    the base model by the absolute path it had (/tmp/fixgen/encoder) and quotes the validation split's size;
-    its noise was seeded from config.json. Its encoder and corpus rebuilt beside it, as it names them."""
-    here = tmp_path / "run-before-19"
-    shutil.copytree(OLD_RUNS, here)
-    make_tiny_encoder(here / "encoder", "bert")
-    write_table(
-        reports_frame(generate_reports(SynthConfig(n_patients=120, seed=3)), CHEXPERT14), here / "reports.csv"
-    )
-    monkeypatch.chdir(here)  # it names its data and encoder relative to where it was trained
-    return here / "runs" / "dp-head"
 
 
 def texts(root: Path) -> dict[str, str]:

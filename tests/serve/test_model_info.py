@@ -5,36 +5,16 @@ admin key the run as written; a run whose DP noise is not secret is served only 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 from test_serve import ADMIN, CLIENT, auth, write_keys
 
-from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
-from dprad.data.table import reports_frame, write_table
+from dprad import DpradError
 from dprad.privacy.ledger import NOISE_WRITTEN, noise_source, noise_warning
 from dprad.run import RunRecord
 from dprad.serve.app import create_app, running
-from tiny import make_tiny_encoder
-
-OLD_RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19"
-
-
-@pytest.fixture
-def old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private run written by dprad before secret noise (tests/fixtures/run-before-19, its README): its
-    ledger names the base model by an absolute path (/tmp/fixgen/encoder) and quotes the validation split's
-    size, and its noise was seeded from config.json. Its encoder and corpus rebuilt beside it."""
-    here = tmp_path / "run-before-19"
-    shutil.copytree(OLD_RUNS, here)
-    make_tiny_encoder(here / "encoder", "bert")
-    write_table(
-        reports_frame(generate_reports(SynthConfig(n_patients=120, seed=3)), CHEXPERT14), here / "reports.csv"
-    )
-    monkeypatch.chdir(here)  # it names its data and encoder relative to where it was trained
-    return here / "runs" / "dp-head"
 
 
 def test_non_admin_keys_see_no_local_path_and_no_split_size(old_run: Path, tmp_path: Path) -> None:
