@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dprad import CHEXPERT14, SynthConfig, generate_reports
-from dprad.data.table import reports_frame, write_table
 from dprad.errors import DpradError
 from dprad.io import write_json
 from dprad.modes import load_run
@@ -20,24 +18,16 @@ from dprad.privacy.ledger import NOISE_WRITTEN
 from dprad.report import write_model_card, write_report
 from dprad.run import RunRecord
 from dprad.stages.evaluate import EvalOptions, evaluate_run
-from tiny import make_tiny_encoder
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-before-19"
 
 
 @pytest.fixture(scope="module")
-def old_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixture's run files and weights (as the old code wrote them) copied to a fresh folder, with what
-    the repository does not hold rebuilt beside them: the tiny encoder (seed 0) and the synthetic corpus.
-    The weights were retrained by the code before secret noise (fixture README), whose training was a
-    function of config.json; its config.json names the encoder by an absolute path of the machine that
-    wrote it."""
+def old_runs(old_runs_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pre-fix runs, their weights rebuilt (conftest ``old_runs_built``), copied for this module's
+    writes; their config.json names the encoder by an absolute path of the machine that wrote it."""
     here = tmp_path_factory.mktemp("old") / "run-before-19"
-    shutil.copytree(FIXTURE, here)
-    make_tiny_encoder(here / "encoder", "bert")
-    write_table(
-        reports_frame(generate_reports(SynthConfig(n_patients=120, seed=3)), CHEXPERT14), here / "reports.csv"
-    )
+    shutil.copytree(old_runs_built, here)
     return here
 
 

@@ -283,14 +283,14 @@ def dp_thresholds(
     std = sigma * math.sqrt(n_labels)  # L2 sensitivity of the whole release: sqrt(L)
     noisy_pos = pos + noise.gaussian(pos.shape, std=std)  # (L, G+1)
     noisy_neg = neg + noise.gaussian(neg.shape, std=std)
-    values = select_thresholds(  # post-processing of the released histograms: public randomness suffices
+    values = select_thresholds(  # post-processing of the released histograms, on the same stream
         noisy_pos,
         noisy_neg,
         grid,
         default=default,
         critical=critical,
         noise_std=std,
-        rng=np.random.default_rng(0),
+        rng=noise.generator,
     )
     event = dp_accounting.GaussianDpEvent(sigma)
     return DpThresholds(

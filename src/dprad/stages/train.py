@@ -38,10 +38,13 @@ def train(
     on_step: Callable[[StepInfo], None] | None = None,
     overwrite: bool = False,
     canaries: CanaryHook | None = None,
+    noise: NoiseSource | None = None,
 ) -> TrainResult:
-    """Train one run into ``out``; resumes from ``out/checkpoint.pt`` when it holds the same config."""
+    """Train one run into ``out``; resumes from ``out/checkpoint.pt`` when it holds the same config.
+    ``noise``: the run's DP randomness (default: ``RunDir.noise``, a secret key or the stated seed);
+    whatever is passed, the ledger records its ``describe()``."""
     plan = plan_run(cfg, reports, canaries=canaries)
-    return train_plan(plan, out, on_step=on_step, overwrite=overwrite)
+    return train_plan(plan, out, on_step=on_step, overwrite=overwrite, noise=noise)
 
 
 def train_plan(
@@ -50,6 +53,7 @@ def train_plan(
     *,
     on_step: Callable[[StepInfo], None] | None = None,
     overwrite: bool = False,
+    noise: NoiseSource | None = None,
 ) -> TrainResult:
     """Train a planned run. Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this with the same
     plan; rank 0 alone writes ``out`` and returns the metrics, the others return the ledger only."""
@@ -57,7 +61,7 @@ def train_plan(
     if size > 1:
         check_distributable(plan, size)
     with joined(plan.cfg.train.device) as world:
-        return _train(plan, out, world, on_step=on_step, overwrite=overwrite)
+        return _train(plan, out, world, on_step=on_step, overwrite=overwrite, noise=noise)
 
 
 def fit_probe(probe: RunPlan, notes: list[str], *, noise: NoiseSource) -> torch.nn.Module:
@@ -105,6 +109,7 @@ def _train(
     *,
     on_step: Callable[[StepInfo], None] | None,
     overwrite: bool,
+    noise: NoiseSource | None,
 ) -> TrainResult:
     world.check_same("run plan", plan.to_dict())
     run_dir = RunDir(out)
@@ -116,7 +121,8 @@ def _train(
             error = str(err)
     world.raise_if_any(error)  # a refused run directory stops every rank, not rank 0 alone
     # the run's DP randomness: rank 0's (secret) key, shared so that every rank draws the same batches
-    noise = world.share(run_dir.noise(plan.cfg.privacy.noise_seed) if world.main else None)
+    if noise is None:
+        noise = world.share(run_dir.noise(plan.cfg.privacy.noise_seed) if world.main else None)
     threads = torch.get_num_threads()
     try:
         if plan.cfg.train.threads:
