@@ -218,10 +218,10 @@ def audit(
     if "noise-replay" in chosen:
         from dprad.audit.noise_replay import noise_replay_audit
 
+        record = RunRecord.open(run)  # a missing or broken run is refused before any word of progress
         err.print(
             "[dim]noise replay: regenerating the noise from every seed the run ships and common ones[/dim]"
         )
-        record = RunRecord.open(run)
         section = noise_replay_audit(record)
         Console(width=160).print(f"noise replay: {section['verdict']}", highlight=False, markup=False)
         if record.is_export:  # an export holds only its safe list: the verdict is printed, not written
