@@ -8,7 +8,7 @@ directory that `--model DIR` and `bench/encoders.py --variant pub:name=DIR` read
 The fine-tuning is `dprad train` on those reports with `--mode full --no-rule-prior --no-select-epoch`:
 without the rule prior, because the rules read the synthetic templates almost perfectly and the encoder
 would then learn nothing. It costs no privacy (no private report is read). It prints the adapted model's
-weighted F1 on its own synthetic test split, and the comparison command. The README runbook (item 1)
+weighted F1 on its own synthetic test split, and the comparison command. The runbook (docs/how-to/choosing.md, item 1)
 has what it measured: nothing on IU X-ray, less than the spread on CT-RATE at eps 1, so it is not a
 default.
 """

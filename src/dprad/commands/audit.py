@@ -18,7 +18,7 @@ MODALITY = {"chexpert14": "cxr", "ctrate18": "ct"}  # the synthetic generator's 
 
 # The largest --queries budget. Extraction synthesises that many attacker reports and has the victim
 # answer each of them: 100,000 took 50 s to synthesise (0.5 GB) on a 2-core CPU, and a MiniLM victim
-# served at the measured ~56 reports/s (README, bench/serve_load.py) answers them in about 30 minutes.
+# served at the measured ~56 reports/s (docs/benchmarks, bench/serve_load.py) answers them in about 30 minutes.
 # Ten times more would be hours of scoring for a point on a curve that has long flattened out.
 MAX_QUERIES = 100_000
 

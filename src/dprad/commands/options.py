@@ -169,7 +169,7 @@ TRAIN_OPTIONS: tuple[Flag | str, ...] = (
     Flag(
         "train",
         "mode",
-        "auto | head | lora | full (auto: head, the measured winner at every size measured; README runbook). "
+        "auto | head | lora | full (auto: head, the measured winner at every size measured; docs/how-to/choosing.md). "
         "--epsilon or --noise-multiplier makes any mode private; dp-head / dp-lora / dp-full are accepted aliases",
     ),
     Flag("privacy", "epsilon", "target epsilon; the noise multiplier is calibrated to spend at most this"),

@@ -6,7 +6,7 @@ the privacy object wraps whatever module the mode builds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModeDefaults:
-    """Hyper-parameters a mode uses when the user leaves them to dprad (see the README's runbook)."""
+    """Hyper-parameters a mode uses when the user leaves them to dprad (see the runbook, docs/how-to/choosing.md)."""
 
     epochs: float
     lr: float
@@ -101,6 +101,10 @@ class Mode(ABC):
         self.plan = plan
         self.notes = notes  # the run's notes: a mode appends what a reader of the run should know
         self.device = resolve_device(plan.cfg.train.device)
+        # where a mode on frozen features keeps them while the run lasts (the run directory sets it), and
+        # the feature pass's progress hook (reports done, reports to do)
+        self.feature_dir: Path | None = None
+        self.on_features: Callable[[int, int], None] | None = None
 
     def start_from(self, probe_head: Any) -> None:
         """LP-FT: start from a trained probe (a head on this run's features); modes that fine-tune an

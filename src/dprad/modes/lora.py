@@ -37,7 +37,7 @@ class LoraMode(EncoderMode):
     # eps 10 0.875 / 0.871, eps 1 0.862 / 0.867). At eps 1 the probe needs nearly all of the budget, and a few gentle steps from it
     # adapt its features without drowning them in noise. Over split seeds 0-2 (validation, IU / CT-RATE), share
     # 0.9: eps 10 0.881 / 0.864, eps 1 0.874 / 0.828; share 0.95: 0.881 / 0.864, 0.877 / 0.833. +0.002 on the
-    # mean, all at eps 1 and a tenth of the spread over seeds, so 0.9 stays (README runbook, item 1).
+    # mean, all at eps 1 and a tenth of the spread over seeds, so 0.9 stays (docs/how-to/choosing.md, item 1).
     private_defaults = ModeDefaults(epochs=2.0, lr=1e-4, batch_size=512)
     # Non-private: from the converged probe every epoch measured raised the validation loss (lr 1e-3 and
     # 1e-4 alike; stages/select.py), so these run with epoch selection, which ships the probe and stops

@@ -8,7 +8,7 @@ it took part in; no amplification by sampling is claimed (sites are not Poisson-
 an upper bound on what the server's mechanism spends on that hospital.
 
 Patient-level DP-SGD inside each hospital is the guarantee that serves patients; this one protects a
-hospital's participation, and with 3-10 hospitals its noise is large against the signal (README runbook).
+hospital's participation, and with 3-10 hospitals its noise is large against the signal (docs/how-to/choosing.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dprad.privacy import calibrate_noise, default_delta, dpsgd_event, epsilon_o
 from dprad.privacy.accounting import check_accountant, gaussian_noise_multiplier, with_releases
 from dprad.run.plan import RunPlan, threshold_releases
 
-# `auto` is the private head at every size: bench/lpft.py's curve (README runbook, "Mode") found DP-LP-FT
+# `auto` is the private head at every size: bench/lpft.py's curve (docs/how-to/choosing.md, "Mode") found DP-LP-FT
 # (`--mode lora`) never ahead of the head by more than the spread over split seeds, at any measured
 # training-set size (IU X-ray subsampled to 500, 1,000 and 2,000 reports and all 2,614; CT-RATE manual,
 # 551) and eps (1, 10, non-private), while it costs minutes where the head costs seconds. Above the
@@ -211,7 +211,7 @@ def plan_run(
     if cfg.train.mode == "auto" and n > AUTO_MEASURED_UP_TO:
         notes.append(
             f"mode auto chose the linear head on {n:,} training units; LP-FT (--mode lora) was measured "
-            f"against it only up to {AUTO_MEASURED_UP_TO:,} (README runbook, Mode): at this size try both"
+            f"against it only up to {AUTO_MEASURED_UP_TO:,} (docs/how-to/choosing.md, Mode): at this size try both"
         )
     cfg = resolve_thresholds(resolve(cfg, n_train=n, schema=schema), has_val=bool(splits.val))
     cfg = cfg.with_(model=replace(cfg.model, pooling=resolve_pooling(cfg.model.pooling, model_dir)))
@@ -236,7 +236,7 @@ def plan_run(
             notes.append(
                 f"LP-FT on {n:,} training units: phase 2 takes {steps} DP-SGD steps after the probe. At sizes up "
                 f"to {AUTO_MEASURED_UP_TO:,} it was never ahead of the private head by more than the spread over "
-                "split seeds, and behind at eps 1 (README runbook, Mode): --mode head gives the probe the whole "
+                "split seeds, and behind at eps 1 (docs/how-to/choosing.md, Mode): --mode head gives the probe the whole "
                 "training budget"
             )
     plan = RunPlan(
