@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,10 +44,65 @@ class Inspection:
         return asdict(self)
 
 
-def token_lengths(texts: Sequence[str], tokenizer_name: str = DEFAULT_ENCODER) -> np.ndarray:
+def token_lengths(
+    texts: Sequence[str], tokenizer_name: str = DEFAULT_ENCODER, *, batch: int = 4096
+) -> np.ndarray:
+    """Tokens per text, special tokens included, never truncated; the same counts as ``tokenizer(texts)``.
+
+    A fast tokenizer runs through its Rust backend (a copy with truncation and padding off: the loaded
+    tokenizer is shared), in batches: bounded memory (one ``tokenizer(texts)`` call held every encoding at
+    once, 1.6 GB at 50,000 reports). A BERT WordPiece tokenizer (dprad's encoders) is additive over ASCII
+    whitespace, so each distinct word is tokenized once (:func:`_wordpiece_lengths`): 50,000 MIMIC-sized
+    reports take a few seconds instead of half a minute."""
     tok = load_tokenizer(tokenizer_name)
-    enc = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    return np.array([len(x) for x in enc], dtype=np.int64)
+    if not getattr(tok, "is_fast", False):
+        out = np.empty(len(texts), dtype=np.int64)
+        for lo in range(0, len(texts), batch):
+            enc = tok(list(texts[lo : lo + batch]), add_special_tokens=True, truncation=False, verbose=False)
+            out[lo : lo + batch] = [len(x) for x in enc["input_ids"]]
+        return out
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets (>= 0.21)
+
+    def count(items: Sequence[str], special: bool) -> list[int]:
+        out: list[int] = []
+        for lo in range(0, len(items), batch):
+            out += [len(e) for e in encode(list(items[lo : lo + batch]), add_special_tokens=special)]
+        return out
+
+    if _additive_over_whitespace(backend):
+        return _wordpiece_lengths(texts, count)
+    return np.array(count(texts, True), dtype=np.int64)
+
+
+_ASCII_SPACE = re.compile(r"[ \t\n\r]+")
+
+
+def _additive_over_whitespace(backend: Any) -> bool:
+    """True for BERT's normalizer + pre-tokenizer + WordPiece with no added token holding a space: ASCII
+    whitespace always ends a pre-token there, and the normalizer works per character, so a text's count is
+    its special tokens plus the sum of its words' counts."""
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    added = backend.get_added_tokens_decoder().values()
+    return (
+        isinstance(backend.model, models.WordPiece)
+        and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+        and (backend.normalizer is None or isinstance(backend.normalizer, normalizers.BertNormalizer))
+        and not any(_ASCII_SPACE.search(t.content) for t in added)
+    )
+
+
+def _wordpiece_lengths(texts: Sequence[str], count: Callable[[Sequence[str], bool], list[int]]) -> np.ndarray:
+    split = [_ASCII_SPACE.split(t) for t in texts]
+    words = sorted({w for ws in split for w in ws if w})
+    per_word = dict(zip(words, count(words, False), strict=True))
+    specials = count([""], True)[0]
+    return np.array([specials + sum(per_word[w] for w in ws if w) for ws in split], dtype=np.int64)
 
 
 def inspect_reports(

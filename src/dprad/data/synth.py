@@ -6,6 +6,7 @@ effusion"), uncertain ("cannot exclude pneumonia") and in history sentences ("hi
 which is not a current finding). Sites write in different styles and see different prevalences, patients
 have several reports with chronic findings that persist, and age / sex shift some prevalences.
 Labels follow the CheXpert convention: 1 positive, 0 negated, -1 uncertain, absent = not mentioned.
+The same model, written as a MIMIC-CXR tree at MIMIC-CXR's size, is :mod:`dprad.data.synth_mimic`.
 """
 
 from __future__ import annotations
