@@ -16,7 +16,7 @@ from dprad.audit.canaries import canary_section, make_canaries
 from dprad.audit.lira import lira_scores, true_label_logit
 from dprad.audit.mia import attack_metrics, bootstrap_attack, confidence_scores, roc, slices
 from dprad.audit.rmia import fit_offline_a, rmia_scores
-from dprad.audit.run_audit import audit_run
+from dprad.audit.run_audit import MAX_SCORED, audit_run
 from dprad.commands.audit import register
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
@@ -266,6 +266,29 @@ def test_audit_command_prints_one_table(corpus: Path, tiny_bert: Path, tmp_path:
     assert "lira" not in json.loads((run / "audit.json").read_text())["mia"]["attacks"]
     bad = CliRunner().invoke(app, ["audit", str(run), "--attack", "loss,magic"])
     assert bad.exit_code != 0 and isinstance(bad.exception, DpradError)
+
+    # a side larger than --max-scored is attacked on a uniform subset of that size, and audit.json says so
+    splits = json.loads((run / "splits.json").read_text())
+    k = len(splits["test"]) - 1
+    capped = CliRunner().invoke(
+        app, ["audit", str(run), "--attack", "loss", "--bootstrap", "10", "--max-scored", str(k)]
+    )
+    assert capped.exit_code == 0, capped.output
+    mia = json.loads((run / "audit.json").read_text())["mia"]
+    assert (mia["members"], mia["nonmembers"]) == (k, k)
+    assert mia["sampled"]["available"] == {"members": len(splits["train"]), "nonmembers": len(splits["test"])}
+    assert mia["attacks"]["loss"]["members"] == k
+    assert audit_param_default("max_scored") == MAX_SCORED  # the flag's default is the library's
+    zero = CliRunner().invoke(app, ["audit", str(run), "--attack", "loss", "--max-scored", "0"])
+    assert zero.exit_code != 0 and "--max-scored 0" in str(zero.exception)
+
+
+def audit_param_default(name: str) -> object:
+    import inspect
+
+    from dprad.commands.audit import audit
+
+    return inspect.signature(audit).parameters[name].default.default
 
 
 def test_audit_refuses_data_that_is_not_the_runs(corpus: Path, tiny_bert: Path, tmp_path: Path) -> None:

@@ -149,6 +149,12 @@ def audit(
     reference_models: int = typer.Option(16, "--reference-models", help="k models trained on random halves"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for the CIs"),
     seed: int = typer.Option(0, "--seed", help="seed of the reference models' halves and the bootstrap"),
+    max_scored: int = typer.Option(
+        20_000,
+        "--max-scored",
+        help="membership: reports attacked on each side (members, non-members) at most; a larger side is "
+        "attacked on a uniform random subset of this size (recorded in audit.json)",
+    ),
     queries: str = typer.Option(
         "100,1000", "--queries", help="extraction: attacker query budgets, in reports (e.g. 100,1000,10000)"
     ),
@@ -196,6 +202,7 @@ def audit(
             n_boot=bootstrap,
             on_progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
             train_fn=train,
+            max_scored=max_scored,
         )
     if "attribute" in chosen:
         from dprad.audit.attribute import attribute_inference
