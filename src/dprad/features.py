@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,30 +103,33 @@ def public_corpus(
     max_tokens: int,
     n_patients: int = 400,
     model_dir: str = "",
-    cache_dir: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> PublicCorpus:
     """Sentence embeddings share a large common direction; removing the public mean before L2
     normalisation makes the linear head's job (and its clipped, noised gradients) far easier. Measured
-    during development on IU X-ray at eps = 10 (40 epochs): weighted F1 0.627 without centring, 0.692 with."""
-    from dprad.data.dataset import encode
+    during development on IU X-ray at eps = 10 (40 epochs): weighted F1 0.627 without centring, 0.692 with.
+
+    ``cache_dir`` (with ``model_dir``): the root of a :class:`FeatureStore` the features are kept in."""
+    from dprad.data.reports import label_matrix
     from dprad.data.schemas import CHEXPERT14, CTRATE18
 
+    store = None
+    if cache_dir and model_dir:
+        store = FeatureStore(cache_dir, model_dir=model_dir, pooling=pooling, max_length=max_length)
     labelled, texts = {}, {}
     for modality, schema in (("cxr", CHEXPERT14), ("ct", CTRATE18)):
         reports = public_reports(modality, n_patients=n_patients)
         texts[schema.name] = [r.text for r in reports]
-        enc = encode(reports, tokenizer, schema, max_length=max_length)
         x = cached_features(
             encoder,
-            enc,
+            tokenizer,
             texts[schema.name],
             pooling=pooling,
             max_length=max_length,
             max_tokens=max_tokens,
-            model_dir=model_dir,
-            cache_dir=cache_dir if model_dir else None,
-        )
-        labelled[schema.name] = (x, enc.targets, enc.mask)
+            store=store,
+        )  # (N, H)
+        labelled[schema.name] = (x, *label_matrix(reports, schema))
     center = np.concatenate([x for x, _, _ in labelled.values()]).mean(0)
     return PublicCorpus(center=center, labelled=labelled, texts=texts)
 
@@ -168,53 +172,127 @@ def text_keys(texts: Sequence[str]) -> np.ndarray:
     return np.array([hashlib.sha256(t.encode("utf-8")).hexdigest()[:32] for t in texts], dtype="U32")
 
 
-def cached_features(
+# Reports per chunk of a feature pass: each chunk is tokenised, encoded and (with a store) written on its
+# own, so a killed pass loses at most one chunk and no more than one chunk's token ids are held at once.
+FEATURE_CHUNK = 2048
+
+# (reports encoded so far, reports this pass encodes): the command layer draws it as a progress bar
+FeatureProgress = Callable[[int, int], None]
+
+
+class FeatureStore:
+    """Frozen-encoder features of texts under one encoder, pooling and truncation: a folder of chunk
+    files (``chunk-<hash of its keys>.npz``: keys (n,), features (n, H)), each written atomically when its
+    chunk is done. Features are derived from the reports and as sensitive as they are: the store lives in
+    ``--feature-cache`` (kept and shared across runs) or in the run directory (deleted when it finishes).
+    """
+
+    def __init__(self, root: str | Path, *, model_dir: str, pooling: str, max_length: int) -> None:
+        bucket = hashlib.sha256(f"{model_dir}\0{pooling}\0{max_length}".encode()).hexdigest()[:16]
+        self.legacy = Path(root) / f"features-{bucket}.npz"  # one file, as dprad wrote it before chunks
+        self.folder = Path(root) / f"features-{bucket}"
+
+    def chunks(self) -> list[Path]:
+        found = sorted(self.folder.glob("chunk-*.npz")) if self.folder.is_dir() else []
+        return ([self.legacy] if self.legacy.is_file() else []) + found
+
+    def fill(self, first: dict[str, int], out: np.ndarray) -> set[str]:
+        """Copy the stored row of every key in ``first`` (key -> row of ``out``); the keys found."""
+        found: set[str] = set()
+        for path in self.chunks():
+            with np.load(path) as z:
+                keys, feats = z["keys"].tolist(), z["features"]  # (n,), (n, H)
+            for i, k in enumerate(keys):
+                row = first.get(k)
+                if row is not None and k not in found:
+                    out[row] = feats[i]
+                    found.add(k)
+        return found
+
+    def add(self, keys: np.ndarray, features: np.ndarray) -> Path:
+        """Write one finished chunk: keys (n,), features (n, H)."""
+        name = hashlib.sha256("\0".join(keys.tolist()).encode()).hexdigest()[:24]
+        path = self.folder / f"chunk-{name}.npz"
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy would append a suffix to a bare temp name
+                np.savez(f, keys=keys, features=features)
+
+        io.write_with(path, write)
+        return path
+
+
+def text_features(
     encoder: nn.Module,
-    enc: Encoded,
+    tokenizer: Any,
     texts: Sequence[str],
     *,
     pooling: str,
     max_length: int,
     max_tokens: int,
-    model_dir: str,
-    cache_dir: str | None,
 ) -> np.ndarray:
-    """:func:`encoder_features`, with rows reused from a per-text store in ``cache_dir``: only texts the
-    store has not seen with this encoder, pooling and truncation go through the encoder. Other splits of
-    the same data, sweeps, audit canaries and reference models then cost no second feature pass.
+    """:func:`encoder_features` of texts, tokenised here: (n, H)."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
+    arrays = [np.asarray(x, dtype=np.int64) for x in ids]
+    none = np.zeros((len(arrays), 0), dtype=np.float32)  # no labels: features only
+    enc = Encoded(
+        arrays,
+        np.array([len(x) for x in arrays], dtype=np.int64),
+        none,
+        none,
+        int(tokenizer.pad_token_id or 0),
+    )
+    return encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)
 
-    The store holds features derived from the reports: it is as sensitive as the reports themselves and
-    lives only where the user puts it (``--feature-cache``); nothing is cached by default.
+
+def cached_features(
+    encoder: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    pooling: str,
+    max_length: int,
+    max_tokens: int,
+    store: FeatureStore | None,
+    progress: FeatureProgress | None = None,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """Frozen-encoder features of ``texts``, (N, H): rows the ``store`` holds are read back, the rest go
+    through the encoder chunk by chunk, each chunk written to the store as soon as it is done. Other
+    splits of the same data, sweeps, canaries and a run resumed after a kill then skip finished work.
+
+    A row's last bits depend on the batch it was encoded in (padding changes the shapes of the products),
+    so the chunks are fixed by the texts alone: the texts the store lacks, each once, in order of first
+    appearance, cut every ``chunk`` (default :data:`FEATURE_CHUNK`); batches are cut inside a chunk from
+    its lengths. A pass resumed from the chunks a killed pass wrote encodes exactly the chunks it had
+    left, the same way, and so returns the same features, bit for bit.
     """
-    if not cache_dir:
-        return encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)
-    bucket = hashlib.sha256(f"{model_dir}\0{pooling}\0{max_length}".encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"features-{bucket}.npz"
-    keys = text_keys(texts)
-    known_keys, known = np.zeros(0, dtype="U32"), np.zeros((0, hidden_size(encoder)), dtype=np.float32)
-    if path.is_file():
-        with np.load(path) as z:
-            known_keys, known = z["keys"], z["features"]
-    row = {k: i for i, k in enumerate(known_keys.tolist())}
-    missing = np.array([i for i, k in enumerate(keys.tolist()) if k not in row], dtype=np.int64)
-    if len(missing):
-        sub = Encoded(
-            [enc.ids[i] for i in missing],
-            enc.lengths[missing],
-            enc.targets[missing],
-            enc.mask[missing],
-            enc.pad_id,
-        )
-        fresh = encoder_features(encoder, sub, pooling=pooling, max_tokens=max_tokens)  # (M, H)
-        new_keys, first = np.unique(keys[missing], return_index=True)
-        known_keys = np.concatenate([known_keys, new_keys])
-        known = np.concatenate([known, fresh[first]])
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:  # a file object: numpy would append a suffix to a bare temp name
-                np.savez(f, keys=known_keys, features=known)
-
-        io.write_with(path, write)
-        row = {k: i for i, k in enumerate(known_keys.tolist())}
-    return known[[row[k] for k in keys.tolist()]]  # (N, H)
+    chunk = chunk or FEATURE_CHUNK  # reports per chunk
+    keys = text_keys(texts).tolist()
+    out = np.zeros((len(texts), hidden_size(encoder)), dtype=np.float32)  # (N, H)
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    found = store.fill(first, out) if store is not None else set()
+    todo = np.array([i for k, i in first.items() if k not in found], dtype=np.int64)  # first appearances
+    if progress is not None and len(todo):
+        progress(0, len(todo))
+    for lo in range(0, len(todo), chunk):
+        idx = todo[lo : lo + chunk]  # (n,)
+        feats = text_features(
+            encoder,
+            tokenizer,
+            [texts[i] for i in idx],
+            pooling=pooling,
+            max_length=max_length,
+            max_tokens=max_tokens,
+        )  # (n, H)
+        out[idx] = feats
+        if store is not None:
+            store.add(np.array([keys[i] for i in idx], dtype="U32"), feats)
+        if progress is not None:
+            progress(lo + len(idx), len(todo))
+    repeats = np.array([i for i, k in enumerate(keys) if first[k] != i], dtype=np.int64)
+    if len(repeats):  # a text seen twice: the row of its first appearance
+        out[repeats] = out[[first[keys[i]] for i in repeats]]
+    return out

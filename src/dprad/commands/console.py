@@ -115,32 +115,45 @@ def print_agreement(report: Mapping[str, Any], teacher: str) -> None:
 # ------------------------------------------------------------------------------------------ train
 
 
+class TrainingBars:
+    """The hooks of a training run's bars: ``features(done, total)`` for the frozen encoder's feature
+    pass (reports, with an ETA), ``step(info)`` for the steps (loss, epsilon so far, speed)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.train = progress.add_task("train", total=None, unit="steps", info="preparing")
+        self.feature_task: Any = None
+
+    def features(self, done: int, total: int) -> None:
+        if self.feature_task is None:
+            self.feature_task = self.progress.add_task("features", total=total, unit="reports", info="")
+        self.progress.update(self.feature_task, total=total, completed=done)
+
+    def step(self, s: StepInfo) -> None:
+        eps = f" eps {s.epsilon:.3g}" if s.epsilon is not None else ""
+        self.progress.update(
+            self.train,
+            total=s.steps,
+            completed=s.step,
+            info=f"loss {s.loss:.4f}{eps} {s.examples_per_s:.0f} ex/s",
+        )
+
+
 @contextmanager
-def training_progress() -> Iterator[Callable[[StepInfo], None]]:
-    """The training bar (steps, loss, epsilon so far, speed) on a terminal; yields the ``on_step`` hook."""
+def training_progress() -> Iterator[TrainingBars]:
+    """The training bars on a terminal (nothing otherwise); yields their hooks."""
     from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("[bold]train"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
         console=console,
         disable=not console.is_terminal,
     ) as progress:
-        task = progress.add_task("train", total=None, info="preparing")
-
-        def show(s: StepInfo) -> None:
-            eps = f" eps {s.epsilon:.3g}" if s.epsilon is not None else ""
-            progress.update(
-                task,
-                total=s.steps,
-                completed=s.step,
-                info=f"loss {s.loss:.4f}{eps} {s.examples_per_s:.0f} ex/s",
-            )
-
-        yield show
+        yield TrainingBars(progress)
 
 
 def _g(x: float | None) -> str:

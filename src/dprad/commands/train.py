@@ -99,8 +99,8 @@ def train(
         raise DpradError("dprad train: give the training data (DATA) or a --config that names data.path")
     if cfg.data.uncertain_policy not in {"ones", "zeros", "ignore"}:
         raise DpradError(f"--uncertain '{cfg.data.uncertain_policy}' must be ones, zeros or ignore")
-    with training_progress() as show:
-        result = run_train(cfg, out, on_step=show, overwrite=overwrite)
+    with training_progress() as bars:
+        result = run_train(cfg, out, on_step=bars.step, on_features=bars.features, overwrite=overwrite)
     audit = RunRecord.open(out).audit if (out / AUDIT).exists() else None
     print_trained(out, result, audit.canary if audit is not None else None)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dprad.metrics.bootstrap import headline, interval, patient_weights, weighted_label_metrics
+from dprad.metrics.bootstrap import headline, interval, patient_resamples, weighted_label_metrics
 from dprad.metrics.scores import binarize
 
 PER_LABEL_METRICS = ("precision", "recall", "specificity", "f1", "auroc", "auprc")
@@ -46,9 +46,10 @@ def evaluate_arrays(
     ones = np.ones((1, len(y)), dtype=np.float32)
     point = weighted_label_metrics(y, probs, pred, ones, mask)
     point_head = headline(point)
+    # the resamples are drawn block by block: memory bounded by a cell budget, not by n_boot x N
     boot = weighted_label_metrics(
-        y, probs, pred, patient_weights(patient_ids, n_boot, random_state=random_state), mask
-    )
+        y, probs, pred, patient_resamples(patient_ids, n_boot, random_state=random_state), mask
+    )  # each (B, L)
     boot_head = headline(boot)
     heads = {k: interval(float(point_head[k][0]), boot_head[k]).to_dict() for k in HEADLINE_METRICS}
     per = []

@@ -21,6 +21,7 @@ from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
 from dprad.features import (
+    FeatureStore,
     PublicCorpus,
     cached_features,
     encoder_features,
@@ -70,6 +71,9 @@ class HeadMode(Mode):
             name: encode(reps, self.tokenizer, plan.schema, max_length=cfg.model.max_length, policy=policy)
             for name, reps in plan.splits.as_dict().items()
         }
+        # features go to a store as they are computed, chunk by chunk: --feature-cache (kept, shared by
+        # runs), else the run directory's own (deleted when the run finishes); a killed run resumes it
+        root = cfg.train.feature_cache or self.feature_dir
         public = public_corpus(
             self.encoder,
             self.tokenizer,
@@ -77,22 +81,27 @@ class HeadMode(Mode):
             max_length=cfg.model.max_length,
             max_tokens=cfg.train.max_tokens,
             model_dir=plan.model_dir,
-            cache_dir=cfg.train.feature_cache,
+            cache_dir=root,
         )
         prior = bool(cfg.train.rule_prior)
         self.center = public.center
-        # one feature pass over every report of every split; with --feature-cache, texts seen before
-        # (other split seeds, sweeps, canaries, reference models) are read back instead of re-encoded
+        # one feature pass over every report of every split, tokenised chunk by chunk; texts the store
+        # holds (other split seeds, sweeps, canaries, reference models, a killed pass) are read back
         everyone = [r for reps in plan.splits.as_dict().values() for r in reps]
+        store = None
+        if root:
+            store = FeatureStore(
+                root, model_dir=plan.model_dir, pooling=cfg.model.pooling, max_length=cfg.model.max_length
+            )
         raw = cached_features(
             self.encoder,
-            encode(everyone, self.tokenizer, plan.schema, max_length=cfg.model.max_length),
+            self.tokenizer,
             [r.text for r in everyone],
             pooling=cfg.model.pooling,
             max_length=cfg.model.max_length,
             max_tokens=cfg.train.max_tokens,
-            model_dir=plan.model_dir,
-            cache_dir=cfg.train.feature_cache,
+            store=store,
+            progress=self.on_features,
         )  # (N_all, H)
         row = {r.id: i for i, r in enumerate(everyone)}
         self.x = {}  # split -> (N, D) head inputs

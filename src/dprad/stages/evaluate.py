@@ -16,7 +16,7 @@ from dprad.errors import DpradError
 from dprad.metrics.bootstrap import (
     headline,
     paired_difference,
-    patient_weights,
+    patient_resamples,
     weighted_label_metrics,
 )
 from dprad.metrics.calibration import apply_temperature, calibration_report, fit_temperature
@@ -217,7 +217,7 @@ def compare_runs(
     chosen, split = select_reports(ra, reports, options.split)
     sa = score(pa, ra, chosen, data_schema, options)
     sb = score(pb, rb, chosen, data_schema, options)
-    w = patient_weights([r.patient_id for r in chosen], options.n_boot, random_state=options.random_state)
+    w = patient_resamples([r.patient_id for r in chosen], options.n_boot, random_state=options.random_state)
     ones = np.ones((1, len(chosen)), dtype=np.float32)
     res: dict[str, Any] = {
         "run_a": str(run_a),

@@ -23,9 +23,13 @@ class RunDir:
         # the run's secret DP key, owner-only, beside the checkpoint and deleted with it: a killed run
         # resumes with the same draws; a finished run (and so every export) holds no trace of it
         self.noise_key = self.path / "noise.key"
+        # frozen-encoder features of the run's reports (without --feature-cache), written chunk by chunk
+        # as the pass goes: as sensitive as the reports, kept for a resume and deleted with the checkpoint
+        self.features = self.path / "features"
 
     def open(self, config: dict[str, Any], *, overwrite: bool) -> bool:
         """Prepare the directory for ``config``; True when an interrupted run of it will resume."""
+        previous = None
         if (self.path / CONFIG).exists():
             previous = read_object(self.path / CONFIG)
             finished = (self.path / PRIVACY).exists() and not self.checkpoint.exists()
@@ -46,6 +50,8 @@ class RunDir:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "model", ignore_errors=True)
+            if previous != as_written(config):  # a killed feature pass of this same config resumes
+                shutil.rmtree(self.features, ignore_errors=True)
         io.write_json(self.path / CONFIG, config)
         return resume
 
@@ -79,3 +85,4 @@ class RunDir:
     def close(self) -> None:
         self.checkpoint.unlink(missing_ok=True)
         self.noise_key.unlink(missing_ok=True)
+        shutil.rmtree(self.features, ignore_errors=True)

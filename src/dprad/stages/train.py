@@ -39,12 +39,14 @@ def train(
     overwrite: bool = False,
     canaries: CanaryHook | None = None,
     noise: NoiseSource | None = None,
+    on_features: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train one run into ``out``; resumes from ``out/checkpoint.pt`` when it holds the same config.
     ``noise``: the run's DP randomness (default: ``RunDir.noise``, a secret key or the stated seed);
-    whatever is passed, the ledger records its ``describe()``."""
+    whatever is passed, the ledger records its ``describe()``. ``on_features(done, total)``: the frozen
+    encoder's feature pass, chunk by chunk (a head, or an LP-FT probe)."""
     plan = plan_run(cfg, reports, canaries=canaries)
-    return train_plan(plan, out, on_step=on_step, overwrite=overwrite, noise=noise)
+    return train_plan(plan, out, on_step=on_step, overwrite=overwrite, noise=noise, on_features=on_features)
 
 
 def train_plan(
@@ -54,6 +56,7 @@ def train_plan(
     on_step: Callable[[StepInfo], None] | None = None,
     overwrite: bool = False,
     noise: NoiseSource | None = None,
+    on_features: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train a planned run. Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this with the same
     plan; rank 0 alone writes ``out`` and returns the metrics, the others return the ledger only."""
@@ -61,16 +64,26 @@ def train_plan(
     if size > 1:
         check_distributable(plan, size)
     with joined(plan.cfg.train.device) as world:
-        return _train(plan, out, world, on_step=on_step, overwrite=overwrite, noise=noise)
+        return _train(
+            plan, out, world, on_step=on_step, overwrite=overwrite, noise=noise, on_features=on_features
+        )
 
 
-def fit_probe(probe: RunPlan, notes: list[str], *, noise: NoiseSource) -> torch.nn.Module:
+def fit_probe(
+    probe: RunPlan,
+    notes: list[str],
+    *,
+    noise: NoiseSource,
+    feature_dir: Path | None = None,
+    on_features: Callable[[int, int], None] | None = None,
+) -> torch.nn.Module:
     """Phase 1 of LP-FT: train the head mode on ``probe`` (its own steps, noise and seeds) and return the
     trained head. It is not checkpointed: it takes seconds after one feature pass, and a resumed run
     retrains it to the same weights (the same seeds, and the same secret ``noise``, kept beside the
     checkpoint) before phase 2 loads its checkpoint. Under torchrun every rank trains it alike (same draws,
     same noise): one release, computed on every rank."""
     head = get_mode(probe.mode)(probe, notes=notes)  # the probe's plan is the head mode's
+    head.feature_dir, head.on_features = feature_dir, on_features
     head.build()
     privacy = probe.privacy()
     fit(
@@ -110,6 +123,7 @@ def _train(
     on_step: Callable[[StepInfo], None] | None,
     overwrite: bool,
     noise: NoiseSource | None,
+    on_features: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     world.check_same("run plan", plan.to_dict())
     run_dir = RunDir(out)
@@ -131,8 +145,18 @@ def _train(
             torch.manual_seed(plan.cfg.train.seed)
             notes = list(plan.notes)
             mode = get_mode(plan.mode)(plan, notes=notes)
+            # rank 0 alone writes the run directory, its feature store included
+            mode.feature_dir = run_dir.features if world.main else None
+            mode.on_features = on_features
             if plan.probe is not None:  # LP-FT phase 1: the head mode's probe, then fine-tuning from it
-                mode.start_from(fit_probe(plan.probe, notes, noise=noise.child("probe")))
+                probe = fit_probe(
+                    plan.probe,
+                    notes,
+                    noise=noise.child("probe"),
+                    feature_dir=mode.feature_dir,
+                    on_features=on_features,
+                )
+                mode.start_from(probe)
             mode.build()
             privacy = plan.privacy()
             if world.distributed:
