@@ -116,11 +116,20 @@ class ModelConfig:
     name: str = "minilm"  # "minilm" (packaged MiniLM-L6) or a local Hugging Face model directory
     pooling: str = "auto"  # auto (what the checkpoint was trained for), mean or cls
     max_length: int = 256
+    # the frozen encoder's runtime in head modes (features, predict, serve): torch (fp32), int8 (torch
+    # dynamic quantisation), onnx or onnx-int8 (ONNX Runtime, the `onnx` extra); see dprad.encoder_runtime
+    # and bench/encoder_paths.py. A public, fixed map either way: the privacy accounting does not change
+    encoder_runtime: str = "torch"
 
     RANGES: ClassVar[dict[str, Range]] = {"max_length": ("int", 2, True, math.inf, False)}
+    RUNTIMES: ClassVar[tuple[str, ...]] = ("torch", "int8", "onnx", "onnx-int8")
 
     def __post_init__(self) -> None:
         check_numbers(self, "model")
+        if self.encoder_runtime not in self.RUNTIMES:
+            raise DpradError(
+                f"--encoder-runtime '{self.encoder_runtime}' must be one of {', '.join(self.RUNTIMES)}"
+            )
 
 
 @dataclass(frozen=True)

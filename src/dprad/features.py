@@ -115,7 +115,12 @@ def public_corpus(
 
     store = None
     if cache_dir and model_dir:
-        store = FeatureStore(cache_dir, model_dir=model_dir, pooling=pooling, max_length=max_length)
+        runtime = str(
+            getattr(encoder, "runtime", "torch")
+        )  # a RuntimeEncoder says which; torch's own does not
+        store = FeatureStore(
+            cache_dir, model_dir=model_dir, pooling=pooling, max_length=max_length, runtime=runtime
+        )
     labelled, texts = {}, {}
     for modality, schema in (("cxr", CHEXPERT14), ("ct", CTRATE18)):
         reports = public_reports(modality, n_patients=n_patients)
@@ -187,8 +192,13 @@ class FeatureStore:
     ``--feature-cache`` (kept and shared across runs) or in the run directory (deleted when it finishes).
     """
 
-    def __init__(self, root: str | Path, *, model_dir: str, pooling: str, max_length: int) -> None:
-        bucket = hashlib.sha256(f"{model_dir}\0{pooling}\0{max_length}".encode()).hexdigest()[:16]
+    def __init__(
+        self, root: str | Path, *, model_dir: str, pooling: str, max_length: int, runtime: str = "torch"
+    ) -> None:
+        # the encoder's runtime (dprad.encoder_runtime) is part of the key: int8 and fp32 rows never mix;
+        # torch's key is the one stores had before runtimes existed
+        what = f"{model_dir}\0{pooling}\0{max_length}" + ("" if runtime == "torch" else f"\0{runtime}")
+        bucket = hashlib.sha256(what.encode()).hexdigest()[:16]
         self.legacy = Path(root) / f"features-{bucket}.npz"  # one file, as dprad wrote it before chunks
         self.folder = Path(root) / f"features-{bucket}"
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -151,14 +150,14 @@ def replay(
 def start_and_final(record: RunRecord) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """A head run's public start (``modes.head.start_head`` from its config and public data, as the run
     seeded it) and its shipped head, parameter by parameter in the optimizer's order (weight, bias)."""
+    from dprad.encoder_runtime import frozen_encoder, user_cache_dir
     from dprad.features import public_corpus
     from dprad.local_models import load_tokenizer
-    from dprad.model import load_encoder
     from dprad.modes.head import start_head
     from dprad.run.files import HEAD_WEIGHTS, read_weights
 
     cfg = record.config
-    encoder = load_encoder(Path(record.model_dir)).eval()
+    encoder = frozen_encoder(record.model_dir, runtime=cfg.model.encoder_runtime, cache_dir=user_cache_dir())
     public = public_corpus(
         encoder,
         load_tokenizer(record.model_dir),

@@ -107,14 +107,12 @@ def audit_run(
     """Attack the run's model and write RUN/audit.json (keeping any "canary" section); returns the dict.
 
     ``train_fn`` (``dprad.stages.train.train``) makes the reference runs of LoRA / full modes; a head's
-    reference models need none. Each side holding more than ``max_scored`` reports is attacked on a
-    uniform random subset of that size, drawn from ``rng``; audit.json records how many each side had."""
+    reference models need none. A side of more than ``max_scored`` reports: a subset (``_at_most``)."""
     run_dir = Path(run_dir)
     attacks = parse_attacks(attacks)
     if n_boot < 1:
         raise DpradError(f"--bootstrap {n_boot} must be at least 1")
-    if max_scored < 1:
-        raise DpradError(f"--max-scored {max_scored} must be at least 1")
+    _at_most([], max_scored, rng)  # refuses a max_scored below 1 before any work
     needs_refs = "lira" in attacks or "rmia" in attacks
     if needs_refs and reference_models < 4:
         raise DpradError(
@@ -126,7 +124,9 @@ def audit_run(
     private = led.private
 
     members, nonmembers, population = _split_pool(run, reports, rmia="rmia" in attacks)
-    available = {"members": len(members), "nonmembers": len(nonmembers), "population": len(population)}
+    extra: dict[str, Any] = _sampled(
+        {"members": len(members), "nonmembers": len(nonmembers), "population": len(population)}, max_scored
+    )
     members, nonmembers, population = (
         _at_most(side, max_scored, rng) for side in (members, nonmembers, population)
     )
@@ -156,7 +156,6 @@ def audit_run(
         return evaluate_attack(s[is_in], s[~is_in], rng=rng, n_boot=n_boot, slice_masks=masks)
 
     results: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
     if "loss" in attacks:
         say("loss and confidence attacks")
         results["loss"] = evaluate(loss_scores(loss))
@@ -181,14 +180,6 @@ def audit_run(
             scores, extra["rmia"] = _rmia(targets, refs, gamma=gamma)
             results |= {k: evaluate(v) for k, v in scores.items()}
 
-    sampled = {k: v for k, v in available.items() if v > max_scored}
-    if sampled:
-        extra["sampled"] = {
-            "max_scored": max_scored,
-            "available": sampled,
-            "note": f"sides with more than {max_scored:,} reports were attacked on a uniform random subset of "
-            f"{max_scored:,} ({', '.join(f'{k}: {v:,} available' for k, v in sampled.items())})",
-        }
     section = {
         "members": n_in,
         "nonmembers": n_out,
@@ -201,8 +192,26 @@ def audit_run(
     return dict(audit)
 
 
+def _sampled(available: dict[str, int], max_scored: int) -> dict[str, Any]:
+    """audit.json's record of the sides attacked on a subset (none: an empty dict)."""
+    sampled = {k: v for k, v in available.items() if v > max_scored}
+    if not sampled:
+        return {}
+    listed = ", ".join(f"{k}: {v:,} available" for k, v in sampled.items())
+    return {
+        "sampled": {
+            "max_scored": max_scored,
+            "available": sampled,
+            "note": f"sides with more than {max_scored:,} reports were attacked on a uniform random subset of "
+            f"{max_scored:,} ({listed})",
+        }
+    }
+
+
 def _at_most(reports: list[Report], k: int, rng: np.random.Generator) -> list[Report]:
     """``reports`` itself when it has at most ``k``; else ``k`` of them, uniformly, in their order."""
+    if k < 1:
+        raise DpradError(f"--max-scored {k} must be at least 1")
     if len(reports) <= k:
         return reports
     keep = np.sort(rng.choice(len(reports), size=k, replace=False))

@@ -207,6 +207,12 @@ TRAIN_OPTIONS: tuple[Flag | str, ...] = (
     Flag("model", "name", "minilm (packaged default) or a local HF model directory"),
     Flag("model", "pooling", "auto | mean | cls"),
     Flag("model", "max_length", "tokens per report (truncation)"),
+    Flag(
+        "model",
+        "encoder_runtime",
+        "head modes: the frozen encoder's runtime, torch | int8 | onnx | onnx-int8 (CPU; onnx needs the "
+        "'onnx' extra); predict and serve use the run's own",
+    ),
     Flag("train", "epochs", "epochs (expected passes over the data)"),
     Flag("train", "lr", "learning rate"),
     Flag("train", "batch_size", "expected logical batch size (q = batch / n)"),

@@ -46,6 +46,11 @@ class EncoderMode(Mode):
         from dprad.modes.base import resolve_public_warm_start
 
         probe = cfg.train.probe is not False
+        if cfg.model.encoder_runtime != "torch":
+            raise DpradError(
+                f"--encoder-runtime {cfg.model.encoder_runtime} is for the head mode's frozen encoder; "
+                f"--mode {cls.name} trains the encoder in torch (leave --encoder-runtime torch)"
+            )
         if cfg.train.select_epoch and cfg.private:
             raise DpradError(
                 "--select-epoch chooses the epoch on the validation reports, a release DP-SGD's ledger does not "

@@ -59,12 +59,18 @@ class HeadMode(Mode):
         return resolve_rule_prior(resolve_public_warm_start(cfg, schema), schema)
 
     def build(self) -> nn.Module:
+        from dprad.encoder_runtime import frozen_encoder, user_cache_dir
         from dprad.local_models import load_tokenizer
-        from dprad.model import load_encoder
 
         plan, cfg = self.plan, self.plan.cfg
         self.tokenizer = load_tokenizer(plan.model_dir)
-        self.encoder = load_encoder(Path(plan.model_dir)).to(self.device).eval()  # features on the device;
+        self.encoder = frozen_encoder(
+            plan.model_dir,
+            runtime=cfg.model.encoder_runtime,
+            device=self.device,
+            threads=cfg.train.threads,
+            cache_dir=user_cache_dir(),
+        )  # features on the device (--encoder-runtime);
         # the head itself is a (D, L) matrix and trains on the CPU
         policy = UncertainPolicy(cfg.data.uncertain_policy)
         self.enc = {
@@ -91,7 +97,11 @@ class HeadMode(Mode):
         store = None
         if root:
             store = FeatureStore(
-                root, model_dir=plan.model_dir, pooling=cfg.model.pooling, max_length=cfg.model.max_length
+                root,
+                model_dir=plan.model_dir,
+                pooling=cfg.model.pooling,
+                max_length=cfg.model.max_length,
+                runtime=cfg.model.encoder_runtime,
             )
         raw = cached_features(
             self.encoder,
@@ -174,11 +184,15 @@ class HeadMode(Mode):
     @classmethod
     def _restore(cls, record: RunRecord) -> tuple[nn.Module, nn.Module, Any]:
         """The run's head (with its public feature centre), its frozen encoder and tokenizer."""
+        from dprad.encoder_runtime import frozen_encoder, user_cache_dir
         from dprad.local_models import load_tokenizer
-        from dprad.model import FeatureHead, load_encoder
+        from dprad.model import FeatureHead
         from dprad.run.files import HEAD_WEIGHTS, read_weights
 
-        encoder = load_encoder(Path(record.model_dir)).eval()
+        # the runtime the run was trained and evaluated with, so a served score is the evaluated one
+        encoder = frozen_encoder(
+            record.model_dir, runtime=record.config.model.encoder_runtime, cache_dir=user_cache_dir()
+        )
         state = read_weights(record.model_path, HEAD_WEIGHTS)  # head.safetensors (an export) or head.pt
         if state is None:
             raise DpradError(f"{record.path}: no model/head.safetensors or model/head.pt")
