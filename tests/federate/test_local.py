@@ -166,3 +166,50 @@ def test_a_sites_histograms_carry_the_noise_its_ledger_accounts(
     part = next(p for p in ledger["parts"] if "thresholds" in p["part"])
     assert sigma == pytest.approx(part["noise_multiplier"])
     assert np.std(noise) == pytest.approx(sigma * np.sqrt(len(site.info.labels)), rel=0.2)
+
+
+def test_incompatible_sites_are_refused_at_hello_before_anyone_trains(
+    prepared: dict[str, Path], tmp_path: Path, tiny_bert: Path
+) -> None:
+    """A site without DP thresholds, one with another encoder setting (--max-length), and, against the
+    server's --max-delta, any site: each refused at hello; with too few left, nobody trains or releases."""
+    (good,) = fresh(prepared, tmp_path, "site_a")
+    csv = prepared["data"] / "site_b-cxr.csv"
+    no_dp_thresholds = prepare(
+        csv, tmp_path / "nothr", name="nothr", model=tiny_bert, extra=("--thresholds", "0.5")
+    )
+    other_length = prepare(
+        csv, tmp_path / "len32", name="len32", model=tiny_bert, extra=("--max-length", "32")
+    )
+    for odd, why in ((no_dp_thresholds, "planned without DP thresholds"), (other_length, "another model")):
+        with pytest.raises(DpradError, match=r"passed the hello checks.*nothing was trained"):
+            run_federation(
+                FederationConfig(rounds=1, min_clients=2), LocalTransport([good, odd]), tmp_path / "fed"
+            )
+        assert why in json.loads((odd / "refused.json").read_text())["reason"]
+        for s in (good, odd):  # no ledger moved, nothing released
+            assert not (s / "privacy.json").exists() and not (s / "updates").exists()
+        kinds = [(x["kind"], x["direction"]) for x in map(json.loads, (odd / "messages.jsonl").open())]
+        assert kinds[-4:] == [
+            ("hello", "received"),
+            ("hello", "sent"),
+            ("refused", "received"),
+            ("refused", "sent"),
+        ]
+    with pytest.raises(DpradError, match="above the federation's --max-delta"):
+        run_federation(
+            FederationConfig(rounds=1, min_clients=1, max_delta=1e-6), LocalTransport([good]), tmp_path / "f3"
+        )
+    assert not (good / "privacy.json").exists()
+
+
+def test_the_in_process_transport_records_every_message(prepared: dict[str, Path], tmp_path: Path) -> None:
+    sites = fresh(prepared, tmp_path, "site_a", "site_b")
+    run_federation(FederationConfig(rounds=1, min_clients=2), LocalTransport(sites), tmp_path / "fed")
+    for s in sites:
+        lines = [json.loads(x) for x in (s / "messages.jsonl").read_text().splitlines()]
+        kinds = [x["kind"] for x in lines if x["direction"] == "sent"]
+        assert kinds == ["hello", "train", "thresholds", "evaluate"]
+        train = next(x for x in lines if x["kind"] == "train" and x["direction"] == "sent")
+        assert set(train["content"]) == {"arrays", "metrics", "reply", "info"}
+        assert "units" in train["content"]["metrics"]["items"]

@@ -10,6 +10,8 @@ and dtypes, and every config and metric value, so that what crossed the network 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from dprad.federate.protocol import Payload, Reply, handle
 from dprad.federate.server import FederationConfig, run_federation
-from dprad.federate.site import Site
+from dprad.federate.site import Site, client_running
 
 MESSAGE_TYPES = {
     "hello": "query.hello",
     "train": "train",
     "thresholds": "query.thresholds",
     "evaluate": "evaluate",
+    "refused": "query.refused",
 }
 MESSAGES = "messages.jsonl"
 
@@ -52,6 +55,7 @@ def _reply_content(r: Reply) -> RecordDict:
             "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in r.arrays.items()}),
             "metrics": MetricRecord({k: float(v) for k, v in r.metrics.items()}),
             "reply": ConfigRecord({"name": r.name, "error": r.error, "declined": r.declined}),
+            "info": ConfigRecord(dict(r.info)),
         }
     )
 
@@ -59,7 +63,11 @@ def _reply_content(r: Reply) -> RecordDict:
 def _from_reply(m: Message) -> Reply:
     if m.has_error():
         return Reply(error=f"the site's ClientApp failed: {m.error.reason}")
-    c = m.content
+    return reply_of(m.content)
+
+
+def reply_of(c: RecordDict) -> Reply:
+    """A reply's content back as a :class:`Reply` (inverse of :func:`_reply_content`)."""
     meta = c.config_records["reply"]
     return Reply(
         arrays={k: a.numpy() for k, a in c.array_records["arrays"].items()},
@@ -67,6 +75,7 @@ def _from_reply(m: Message) -> Reply:
         name=str(meta["name"]),
         error=str(meta["error"]),
         declined=bool(meta["declined"]),
+        info={k: str(v) for k, v in c.config_records["info"].items()} if "info" in c.config_records else {},
     )
 
 
@@ -130,22 +139,70 @@ def _server(grid: Grid, context: Context) -> None:
     from dprad.run.files import read_object
 
     request = read_object(Path(str(context.run_config["request"])))
-    run_federation(FederationConfig.from_dict(request["config"]), FlowerTransport(grid), Path(request["out"]))
+    run_federation(
+        FederationConfig.from_dict(request["config"]),
+        FlowerTransport(grid),
+        Path(request["out"]),
+        admitted={str(k): str(v) for k, v in request.get("admitted", {}).items()},
+    )
 
 
 client_app = ClientApp()
 
 
-def _answer(kind: str, message: Message, context: Context) -> Message:
-    site = Site(str(context.node_config["site"]))
-    reply = handle(site, kind, _from_message(message.content))
-    content = _reply_content(reply)
-    with (site.path / MESSAGES).open("a", encoding="utf-8") as f:  # the site's own append-only log
-        for direction, c in (("received", message.content), ("sent", content)):
+def record(site: Path, kind: str, received: RecordDict, sent: RecordDict) -> None:
+    """Append one exchange to the site's own ``messages.jsonl`` (both transports)."""
+    with (site / MESSAGES).open("a", encoding="utf-8") as f:
+        for direction, c in (("received", received), ("sent", sent)):
             f.write(
                 json.dumps({"kind": kind, "direction": direction, "content": describe(c)}, default=str) + "\n"
             )
-    return Message(content, reply_to=message)
+
+
+def exchange(site: Site, kind: str, content: RecordDict) -> RecordDict:
+    """One message's answer at a site, recorded: what either transport runs."""
+    sent = _reply_content(handle(site, kind, _from_message(content)))
+    record(site.path, kind, content, sent)
+    return sent
+
+
+def _owner_gone(path: Path) -> None:
+    """A node whose hospital stopped its client answers nothing more (the client may have been killed
+    with SIGKILL, leaving no chance to stop its node first)."""
+    if not client_running(path):
+        print(f"site {path}: its dprad federate client has stopped; not answering", file=sys.stderr)
+        os._exit(3)  # not an exception Flower could turn into an error reply: no reply at all
+
+
+_WATCHED: set[Path] = set()
+
+
+def _watch_owner(path: Path) -> None:
+    """In the ClientApp's process: end it within a fraction of a second of its hospital's client
+    stopping, even mid-training (Flower's own parent monitor asks politely and may wait for the round)."""
+    import threading
+
+    if path in _WATCHED:  # a process that answers several messages watches once
+        return
+    _WATCHED.add(path)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            _owner_gone(path)
+
+    threading.Thread(target=watch, daemon=True, name="dprad-owner-watch").start()
+
+
+def _answer(kind: str, message: Message, context: Context) -> Message:
+    path = Path(str(context.node_config["site"]))
+    _owner_gone(path)
+    _watch_owner(path)
+    site = Site(path)
+    sent = _reply_content(handle(site, kind, _from_message(message.content)))
+    _owner_gone(path)  # stopped while this message was being computed: nothing is sent or recorded
+    record(site.path, kind, message.content, sent)
+    return Message(sent, reply_to=message)
 
 
 @client_app.query("hello")
@@ -168,4 +225,9 @@ def _evaluate(message: Message, context: Context) -> Message:
     return _answer("evaluate", message, context)
 
 
-__all__ = ["FlowerTransport", "client_app", "describe", "server_app"]
+@client_app.query("refused")
+def _refused(message: Message, context: Context) -> Message:
+    return _answer("refused", message, context)
+
+
+__all__ = ["FlowerTransport", "client_app", "describe", "exchange", "record", "reply_of", "server_app"]

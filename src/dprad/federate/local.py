@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dprad.federate.protocol import Payload, Reply, handle
+from dprad.federate.protocol import Payload, Reply
 from dprad.federate.site import Site
 
 
@@ -19,8 +19,12 @@ class LocalTransport:
         return list(self.paths)
 
     def ask(self, kind: str, payloads: dict[str, Payload], timeout: float) -> dict[str, Reply]:
+        """Each site's answer through the same messages and the same record (``messages.jsonl``) as a
+        Flower ClientApp's."""
+        from dprad.federate.flower_app import _to_message, exchange, reply_of
+
         del timeout
-        return {n: handle(Site(self.paths[n]), kind, p) for n, p in payloads.items()}
+        return {n: reply_of(exchange(Site(self.paths[n]), kind, _to_message(p))) for n, p in payloads.items()}
 
 
 __all__ = ["LocalTransport"]

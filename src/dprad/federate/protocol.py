@@ -16,7 +16,7 @@ import numpy as np
 
 from dprad.federate.site import Declined, Site
 
-KINDS = ("hello", "train", "thresholds", "evaluate")
+KINDS = ("hello", "train", "thresholds", "evaluate", "refused")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Reply:
     name: str = ""
     error: str = ""
     declined: bool = False
+    info: dict[str, str] = field(default_factory=dict)  # short public strings (the hello's fingerprint)
 
 
 MODEL = "model/"  # the prefix of the model's parameters among a message's arrays (beside grid, thresholds)
@@ -56,21 +57,36 @@ def _params(p: Payload) -> dict[str, np.ndarray]:
 
 
 def _hello(site: Site, p: Payload) -> Reply:
+    """Every check that can be made before anything is trained or released: the schema, the site's own
+    readiness (thresholds planned, a test split, delta < 1/n), and, at the server, its delta, its
+    fingerprint (encoder, mode, prior) and its start head against the others'."""
     labels = tuple(str(p.config.get("labels", "")).split("\n"))
     site.check_schema(labels)
+    site.check_ready()
     return Reply(
         arrays=as_model(site.start()),
         metrics={
             "rounds": site.info.rounds,
             "rounds_taken": site.rounds_taken,
             "private": float(site.info.private),
+            **_spent(site, planned=True),
         },
         name=site.info.name,
+        info={"fingerprint": site.fingerprint()},
     )
 
 
-def _spent(site: Site) -> dict[str, float]:
-    """The site's own epsilon so far and its delta (numbers about its DP parameters, not its data)."""
+def _refused(site: Site, p: Payload) -> Reply:
+    site.note_refused(str(p.config.get("reason", "refused by the federation's server")))
+    return Reply(name=site.info.name)
+
+
+def _spent(site: Site, *, planned: bool = False) -> dict[str, float]:
+    """The site's own epsilon so far and its delta (numbers about its DP parameters, not its data); with
+    ``planned``, only its delta (at hello nothing is spent)."""
+    if planned:
+        delta = site.plan.cfg.privacy.delta
+        return {"delta": float(delta)} if site.info.private and delta is not None else {}
     ledger = site.current_ledger()
     if not ledger.private or ledger.epsilon is None or ledger.delta is None:
         return {}
@@ -107,6 +123,7 @@ HANDLERS: dict[str, Callable[[Site, Payload], Reply]] = {
     "train": _train,
     "thresholds": _thresholds,
     "evaluate": _evaluate,
+    "refused": _refused,
 }
 
 

@@ -38,6 +38,9 @@ class FederationConfig:
     client_clip: float = 1.0  # L2 clip of each site's update under client-level DP
     client_delta: float = 1e-5
     client_dp_min: int = 5  # client-level DP below this many sites per round is refused unless forced
+    # a site whose delta is above this is refused at hello: delta < 1/n holds even for a 1-patient site at
+    # delta 0.1, which no one should call private; the default admits sites of 10 or more patients
+    max_delta: float = 1e-3
     force: bool = False
     seed: int = 0  # public: the tie-breaking draws of threshold selection (post-processing) only
     # client selection and client-level noise come from a secret key (privacy/noise.py); a number here
@@ -75,6 +78,8 @@ class FederationConfig:
                 raise DpradError(f"{flag} {number} must be a positive number")
         if not self.client_delta < 1:
             raise DpradError(f"client_delta {self.client_delta} must be below 1")
+        if not 0 < self.max_delta < 1:
+            raise DpradError(f"--max-delta {self.max_delta} must be in (0, 1)")
         if self.clients_per_round is not None and self.clients_per_round < self.min_clients:
             raise DpradError(
                 f"--clients-per-round {self.clients_per_round} is below --min-clients {self.min_clients}"
@@ -132,80 +137,158 @@ def _client_dp_step(
     return unflatten(base + mean, model), norms
 
 
+@dataclass
+class _Roster:
+    """The server's view of who is who: accepted nodes and their site names, every node greeted, and
+    what every site must share (the fingerprint of its encoder, mode and prior, and the start head)."""
+
+    names: dict[str, str] = field(default_factory=dict)  # accepted node id -> site name
+    seen: set[str] = field(default_factory=set)  # every node greeted, accepted or refused
+    fingerprint: str = ""
+    start: dict[str, np.ndarray] = field(default_factory=dict)
+    # node id -> the site name its admitted key is bound to (Flower's SuperNode authentication); empty:
+    # no admission list, names are whatever the sites say
+    admitted: dict[str, str] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)  # nodes that declined a round for good (budget spent)
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return set(a) == set(b) and all(np.shape(a[k]) == np.shape(b[k]) and np.allclose(a[k], b[k]) for k in b)
+
+
+def _reference(ok: dict[str, Reply]) -> tuple[str, dict[str, np.ndarray]]:
+    """The fingerprint and start most accepted sites share (ties: the first node's)."""
+    groups: list[tuple[str, dict[str, np.ndarray], int]] = []
+    for r in ok.values():
+        fp, start = r.info.get("fingerprint", ""), model_of(r.arrays)
+        i = next((i for i, g in enumerate(groups) if g[0] == fp and _same(start, g[1])), None)
+        if i is None:
+            groups.append((fp, start, 1))
+        else:
+            groups[i] = (fp, groups[i][1], groups[i][2] + 1)
+    fp, start, _ = max(groups, key=lambda g: g[2])  # max keeps the first of equal counts
+    return fp, start
+
+
+def _checked(
+    cfg: FederationConfig, replies: dict[str, Reply], admitted: dict[str, str]
+) -> tuple[dict[str, Reply], dict[str, str]]:
+    """The hello replies split into accepted and refused (node -> reason): the site's own refusal, a name
+    other than the one its admitted key is bound to, or a delta above the federation's --max-delta."""
+    ok, refused = {}, {}
+    for n, r in replies.items():
+        delta = r.metrics.get("delta")
+        bound = admitted.get(n) if admitted else r.name
+        if r.error:
+            refused[n] = r.error
+        elif bound != r.name:
+            refused[n] = (
+                f"a node admitted as {bound!r} presents the name {r.name!r}: one hospital cannot answer as "
+                "another; refused at hello"
+            )
+        elif delta is not None and delta > cfg.max_delta:
+            refused[n] = (
+                f"site {r.name}: its delta {delta:g} is above the federation's --max-delta {cfg.max_delta:g} "
+                "(a delta that large does not protect its patients); refused at hello"
+            )
+        else:
+            ok[n] = r
+    return ok, refused
+
+
 def _greet(
-    cfg: FederationConfig, transport: Transport, nodes: Sequence[str], log: dict[str, Any]
-) -> dict[str, dict[str, np.ndarray]]:
-    """Hello to ``nodes``: the schema check (a site with another schema refuses before any training);
-    returns each accepting node's start head, and records the sites in ``log``."""
+    cfg: FederationConfig,
+    transport: Transport,
+    nodes: Sequence[str],
+    log: dict[str, Any],
+    roster: _Roster,
+    *,
+    first: bool,
+) -> list[str]:
+    """Hello to ``nodes``: every check that needs no training (schema, the site's own readiness and
+    delta, the shared fingerprint and start), before any site trains or releases anything. Refused nodes
+    are told why (their clients stop); returns the accepted nodes, recorded in ``log`` and ``roster``."""
     from dprad.data.schemas import load_schema
 
     labels = load_schema(cfg.schema).labels
     replies = transport.ask(
         "hello", {n: Payload(config={"labels": "\n".join(labels)}) for n in nodes}, cfg.timeout
     )
-    for n, r in replies.items():
-        if r.error:
-            log["refused"][r.name or n] = r.error
-        else:
-            log["sites"][n] = {
-                "name": r.name,
-                "rounds_agreed": int(r.metrics["rounds"]),
-                "private": bool(r.metrics.get("private", 0.0)),
-            }
-    return {n: model_of(r.arrays) for n, r in replies.items() if not r.error}
-
-
-def _same_start(
-    starts: dict[str, dict[str, np.ndarray]], first: dict[str, np.ndarray], names: dict[str, str]
-) -> None:
-    for n, s in starts.items():
-        if set(s) != set(first) or any(
-            np.shape(s[k]) != np.shape(first[k]) or not np.allclose(s[k], first[k]) for k in first
-        ):
+    roster.seen.update(nodes)
+    ok, refused = _checked(cfg, replies, roster.admitted)
+    if first and ok:
+        named = [r.name for r in ok.values()]
+        if len(set(named)) < len(named):
             raise DpradError(
-                f"site {names[n]} starts from another head than the federation's: every site must use the "
-                "same encoder, --rule-prior and --public-warm-start (the shared start is public)"
+                f"two sites share a --name ({', '.join(sorted(named))}): every hospital needs its own"
             )
+        roster.fingerprint, roster.start = _reference(ok)
+    for n in list(ok):
+        r = ok[n]
+        if r.info.get("fingerprint", "") != roster.fingerprint or not _same(model_of(r.arrays), roster.start):
+            refused[n] = (
+                f"site {r.name} starts from another model than the federation's: every site must use the "
+                "same encoder, --mode, --max-length, --rule-prior and --public-warm-start (the shared start "
+                "is public); refused at hello"
+            )
+            del ok[n]
+    for n, reason in refused.items():
+        log["refused"][replies[n].name or n] = reason
+    if refused:  # tell them: their clients stop with the reason instead of waiting
+        transport.ask(
+            "refused", {n: Payload(config={"reason": refused[n]}) for n in refused}, min(cfg.timeout, 30.0)
+        )
+    for n, r in ok.items():
+        entry = log["sites"].setdefault(r.name, {"nodes": []})
+        entry.update(
+            rounds_agreed=int(r.metrics["rounds"]),
+            rounds_taken_at_hello=int(r.metrics.get("rounds_taken", 0)),
+            private=bool(r.metrics.get("private", 0.0)),
+        )
+        entry["nodes"].append(n)
+        roster.names[n] = r.name
+    return list(ok)
 
 
 def _hello(
-    cfg: FederationConfig, transport: Transport, log: dict[str, Any]
+    cfg: FederationConfig, transport: Transport, log: dict[str, Any], roster: _Roster
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     log["refused"], log["sites"] = {}, {}
-    starts = _greet(cfg, transport, transport.sites(cfg.wait_for or cfg.min_clients, cfg.wait_timeout), log)
-    if len(starts) < cfg.min_clients:
+    nodes = transport.sites(cfg.wait_for or cfg.min_clients, cfg.wait_timeout)
+    accepted = _greet(cfg, transport, nodes, log, roster, first=True)
+    if len(accepted) < cfg.min_clients:
         raise DpradError(
-            f"{len(starts)} site(s) accepted the schema '{cfg.schema}', fewer than --min-clients "
-            f"{cfg.min_clients}: " + "; ".join(log["refused"].values())
+            f"{len(accepted)} site(s) passed the hello checks (schema '{cfg.schema}', thresholds, delta, "
+            f"encoder), fewer than --min-clients {cfg.min_clients}; nothing was trained: "
+            + "; ".join(log["refused"].values())
         )
-    named = [log["sites"][n]["name"] for n in starts]
-    if len(set(named)) < len(named):
-        raise DpradError(
-            f"two sites share a --name ({', '.join(sorted(named))}): every hospital needs its own"
-        )
-    first = next(iter(starts.values()))
-    _same_start(starts, first, {n: log["sites"][n]["name"] for n in starts})
-    return list(starts), {k: np.asarray(v, dtype=np.float64) for k, v in first.items()}
+    return accepted, {k: np.asarray(v, dtype=np.float64) for k, v in roster.start.items()}
+
+
+def _connected(transport: Transport, nodes: list[str]) -> list[str]:
+    """``nodes`` less those the transport no longer lists (a SuperNode gone past its heartbeats, e.g. a
+    hospital that stopped its client): nobody waits --timeout for a node known to be gone."""
+    listed = set(transport.sites(0, 0))
+    return [n for n in nodes if n in listed]
 
 
 def _rejoin(
-    cfg: FederationConfig,
-    transport: Transport,
-    active: list[str],
-    model0: dict[str, np.ndarray],
-    log: dict[str, Any],
+    cfg: FederationConfig, transport: Transport, active: list[str], log: dict[str, Any], roster: _Roster
 ) -> list[str]:
-    """Sites that connected since the last round (a restarted client is a new node of the same site
-    name): greeted, checked, and put in place of their old node; returns the new active list."""
-    known = set(log["sites"]) | set(log["refused"])
-    new = [n for n in transport.sites(0, 0) if n not in known]
+    """Sites that connected since the last round (a restarted client is a new node of the same site):
+    greeted, checked, and put in place of their old node (one site, its nodes listed under its name).
+    An accepted node that was gone and is back (an admitted hospital's node keeps its id across restarts)
+    takes part again unless it declined for good."""
+    listed = transport.sites(0, 0)
+    new = [n for n in listed if n not in roster.seen]
+    present = {roster.names[a] for a in active}
+    back = [n for n in listed if n in roster.names and n not in active and n not in roster.done]
+    active = active + [n for n in back if roster.names[n] not in present]
     if not new:
         return active
-    starts = _greet(cfg, transport, new, log)
-    _same_start(starts, model0, {n: log["sites"][n]["name"] for n in starts})
-    for n in starts:
-        name = log["sites"][n]["name"]
-        active = [a for a in active if log["sites"][a]["name"] != name] + [n]
+    for n in _greet(cfg, transport, new, log, roster, first=False):
+        name = roster.names[n]
+        active = [a for a in active if roster.names[a] != name] + [n]
     return active
 
 
@@ -337,19 +420,24 @@ def _guarantees(log: dict[str, Any], nodes: Sequence[str], names: dict[str, str]
     out = {}
     for n in nodes:
         name = names[n]
+        site = log["sites"][name]
         last = [r["epsilon"][name] for r in log["rounds"] if name in r.get("epsilon", {})]
         out[name] = {
-            "private": log["sites"][n]["private"],
+            "private": site["private"],
             "epsilon": log["thresholds"].get("epsilon", {}).get(name, last[-1] if last else None),
             "delta": log["thresholds"].get("delta", {}).get(name),
             "rounds": sum(name in r.get("answered", {}) for r in log["rounds"]),
-            "rounds_agreed": log["sites"][n]["rounds_agreed"],
+            "rounds_agreed": site["rounds_agreed"],
         }
     return out
 
 
-def run_federation(cfg: FederationConfig, transport: Transport, out: Path) -> dict[str, Any]:
-    """Run the whole federation and write ``out`` (``federation.json`` last); returns what it wrote."""
+def run_federation(
+    cfg: FederationConfig, transport: Transport, out: Path, *, admitted: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run the whole federation and write ``out`` (``federation.json`` last); returns what it wrote.
+    ``admitted``: node id -> the site name its admitted key is bound to (a node presenting another name
+    is refused at hello)."""
     import torch
 
     from dprad.data.schemas import load_schema
@@ -360,12 +448,12 @@ def run_federation(cfg: FederationConfig, transport: Transport, out: Path) -> di
     log: dict[str, Any] = {"config": cfg.record()}
     if cfg.client_dp is not None:
         log["noise"] = noise.describe()
-    active, model = _hello(cfg, transport, log)
-    model0 = dict(model)
+    roster = _Roster(admitted=dict(admitted or {}))
+    active, model = _hello(cfg, transport, log, roster)
+    names = roster.names
     rounds: list[dict[str, Any]] = []
     for r in range(1, cfg.rounds + 1):
-        active = _rejoin(cfg, transport, active, model0, log)
-        names = {n: v["name"] for n, v in log["sites"].items()}
+        active = _connected(transport, _rejoin(cfg, transport, active, log, roster))
         if len(active) < cfg.min_clients:
             rounds.append(
                 {"round": r, "stopped": f"{len(active)} site(s) left with budget, fewer than --min-clients"}
@@ -374,10 +462,10 @@ def run_federation(cfg: FederationConfig, transport: Transport, out: Path) -> di
         model, record, done = _round(cfg, transport, r, active, model, noise, names)
         rounds.append(record)
         active = [n for n in active if n not in done]
+        roster.done.update(done)
     log["rounds"] = rounds
-    names = {n: v["name"] for n, v in log["sites"].items()}
     latest = {name: n for n, name in names.items()}  # a restarted site: its newest node
-    everyone = [n for n in names if latest[names[n]] == n]
+    everyone = _connected(transport, list(latest.values()))
     log["thresholds"] = _thresholds(cfg, transport, everyone, model, names)
     labels = load_schema(cfg.schema).labels
     log["evaluation"] = _evaluate(cfg, transport, everyone, model, log["thresholds"], labels, names)

@@ -20,6 +20,7 @@ Everything in the site directory stays at the hospital (``plan.pkl`` holds its r
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import shutil
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ LEDGER_STATE = "rounds.json"  # the rounds this site took part in (its ledger is
 # histograms are drawn from it. It never leaves the hospital: no message, update or file the server sees
 # holds anything from which the site's draws can be regenerated
 NOISE_KEY = "noise.key"
+LOCK = "client.lock"  # held (flock) by the hospital's running client: its node answers only while held
+REFUSED = "refused.json"  # the federation's reason for refusing this site at hello (read by its client)
 
 
 class Declined(DpradError):
@@ -158,7 +161,7 @@ def prepare_site(
         mode.build()
     start = get_params(mode)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (SITE, "metrics.json", "privacy.json", "messages.jsonl", NOISE_KEY):  # a fresh site
+    for stale in (SITE, "metrics.json", "privacy.json", "messages.jsonl", NOISE_KEY, REFUSED):  # a fresh site
         (out / stale).unlink(missing_ok=True)
     if cfg.privacy.noise_seed is None:
         NoiseSource.secret().save(out / NOISE_KEY)
@@ -189,6 +192,38 @@ def prepare_site(
     io.write_json(out / LEDGER_STATE, {"rounds": [], "thresholds_released": False})
     io.write_json(out / SITE, info.to_dict())  # last: its presence marks a prepared site
     return Site(out)
+
+
+def client_running(path: Path) -> bool:
+    """Whether the hospital's ``dprad federate client`` for the site at ``path`` is running: it holds an
+    exclusive lock on ``client.lock`` for as long as it lives (the kernel drops it when the process dies,
+    however it dies). A node answers only while it does."""
+    import fcntl
+
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if this process took it
+    return False
+
+
+def hold_lock(path: Path) -> int:
+    """Take the site's client lock (see :func:`client_running`); returns its descriptor, held until closed."""
+    import fcntl
+
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DpradError(f"{path}: another dprad federate client is running this site") from None
+    return fd
 
 
 def get_params(mode: Any) -> dict[str, np.ndarray]:
@@ -263,6 +298,62 @@ class Site:
                 f"site {self.info.name}: its label schema ({self.info.schema}: {', '.join(self.info.labels)}) "
                 f"differs from the federation's ({', '.join(labels)}); refused before any training"
             )
+
+    def check_ready(self) -> None:
+        """What the site can tell at hello about itself, before anything is trained or released: it can
+        pay for the federated thresholds, evaluate, and its delta is below 1/n of its privacy units."""
+        plan, name = self.plan, self.info.name
+        if plan.private and not plan.threshold_sigma:
+            raise Declined(
+                f"site {name}: planned without DP thresholds (--thresholds dp; its validation split may be "
+                "empty): it could not release its share of the federated thresholds; refused at hello"
+            )
+        if not plan.splits.test:
+            raise Declined(f"site {name}: has no test split to evaluate on (see --split); refused at hello")
+        delta = plan.cfg.privacy.delta
+        if plan.private and delta is not None and not delta < 1 / max(plan.n, 1):
+            raise Declined(
+                f"site {name}: delta {delta:g} is not below 1/n = 1/{plan.n} of its privacy units "
+                "(such a delta allows leaking whole records); refused at hello"
+            )
+
+    def fingerprint(self) -> str:
+        """A digest of what must be equal across the federation's sites: the mode, the encoder (its files'
+        names, sizes and leading bytes: no local path leaves), pooling, length, LoRA shape, prior and warm
+        start. Equal fingerprints and equal start heads: the sites train the same model."""
+        import hashlib
+
+        from dprad.local_models import resolve_model_dir
+
+        c = self.plan.cfg
+        h = hashlib.sha256()
+        for part in (
+            self.info.mode,
+            c.model.pooling,
+            c.model.max_length,
+            c.train.rule_prior,
+            c.train.public_warm_start,
+            (c.lora.r, c.lora.alpha, c.lora.target_modules, c.lora.layers)
+            if self.info.mode == "lora"
+            else None,
+        ):
+            h.update(repr(part).encode())
+        try:
+            model_dir: Path | None = resolve_model_dir(c.model.name)
+        except DpradError:  # an encoder not found locally: its name stands for it
+            model_dir = None
+        if model_dir is None or not model_dir.is_dir():
+            h.update(str(c.model.name).encode())
+        else:
+            for f in sorted(x for x in model_dir.rglob("*") if x.is_file()):
+                h.update(f"{f.relative_to(model_dir)}:{f.stat().st_size}".encode())
+                with f.open("rb") as fh:
+                    h.update(fh.read(1 << 20))
+        return h.hexdigest()[:32]
+
+    def note_refused(self, reason: str) -> None:
+        """The federation refused this site: its client reads the reason and stops."""
+        io.write_json(self.path / REFUSED, {"reason": reason})
 
     def _mode(self, params: dict[str, np.ndarray]) -> Any:
         """The site's mode, built, holding ``params`` (a head on the stored features, or LoRA)."""
