@@ -178,9 +178,13 @@ def onnx_session(
 ) -> Any:
     """An ONNX Runtime session on the (cached) export of ``model``, int8 when ``quantized``."""
     try:
+        import onnx  # noqa: F401 - torch's exporter and onnxruntime's quantiser write the files through it
         import onnxruntime as ort
-    except ImportError:
-        raise DpradError("--encoder-runtime onnx needs the package onnxruntime (pip install it)") from None
+    except ImportError as err:
+        raise DpradError(
+            f"--encoder-runtime onnx / onnx-int8 need the packages onnx and onnxruntime (pip install -e "
+            f"'.[onnx]'): {err.name} is not installed"
+        ) from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1

@@ -18,12 +18,13 @@ from dprad.local_models import load_tokenizer
 from dprad.model import hidden_size
 
 try:
+    import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
 
     HAS_ORT = True
 except ImportError:  # an optional dependency (pip install dprad[onnx])
     HAS_ORT = False
-NEEDS_ORT = pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+NEEDS_ORT = pytest.mark.skipif(not HAS_ORT, reason="onnx / onnxruntime are not installed")
 AVAILABLE = [pytest.param(r, marks=NEEDS_ORT) if r.startswith("onnx") else r for r in RUNTIMES]
 
 # (minimum, mean) cosine of each report's pooled features to torch fp32's; int8 weights and activations
