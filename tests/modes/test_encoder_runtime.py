@@ -17,16 +17,6 @@ from dprad.features import encoder_features, public_reports
 from dprad.local_models import load_tokenizer
 from dprad.model import hidden_size
 
-try:
-    import onnx  # noqa: F401
-    import onnxruntime  # noqa: F401
-
-    HAS_ORT = True
-except ImportError:  # an optional dependency (pip install dprad[onnx])
-    HAS_ORT = False
-NEEDS_ORT = pytest.mark.skipif(not HAS_ORT, reason="onnx / onnxruntime are not installed")
-AVAILABLE = [pytest.param(r, marks=NEEDS_ORT) if r.startswith("onnx") else r for r in RUNTIMES]
-
 # (minimum, mean) cosine of each report's pooled features to torch fp32's; int8 weights and activations
 # on a random-init encoder move them most
 CLOSE = {
@@ -61,7 +51,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-@pytest.mark.parametrize("runtime", AVAILABLE)
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_runtime_is_close_to_fp32_and_deterministic(
     runtime: str, tiny_bert: Path, reports_enc: Encoded, onnx_cache: Path, fp32: np.ndarray
 ) -> None:
@@ -78,7 +68,7 @@ def test_runtime_is_close_to_fp32_and_deterministic(
     assert np.array_equal(x, features(fresh, reports_enc))
 
 
-@pytest.mark.parametrize("runtime", ["int8", pytest.param("onnx-int8", marks=NEEDS_ORT)])
+@pytest.mark.parametrize("runtime", ["int8", "onnx-int8"])
 def test_quantised_features_do_not_depend_on_the_batch(
     runtime: str, tiny_bert: Path, reports_enc: Encoded, onnx_cache: Path
 ) -> None:
@@ -95,7 +85,16 @@ def test_quantised_features_do_not_depend_on_the_batch(
         assert np.array_equal(features(encoder, one)[0], together[i])
 
 
-@NEEDS_ORT
+def test_onnx_int8_runs_reports_side_by_side_with_the_same_features(
+    tiny_bert: Path, reports_enc: Encoded, onnx_cache: Path
+) -> None:
+    """Reports spread over worker threads, one core each: the features do not depend on how many."""
+    one = frozen_encoder(tiny_bert, runtime="onnx-int8", threads=1, cache_dir=onnx_cache)
+    three = frozen_encoder(tiny_bert, runtime="onnx-int8", threads=3, cache_dir=onnx_cache)
+    assert three.workers == 3 and one.workers == 1  # type: ignore[attr-defined]
+    assert np.array_equal(features(one, reports_enc), features(three, reports_enc))
+
+
 def test_onnx_artefacts_are_cached_once_by_content(tiny_bert: Path, tmp_path: Path) -> None:
     frozen_encoder(tiny_bert, runtime="onnx-int8", cache_dir=tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())

@@ -85,8 +85,13 @@ def test_a_fine_tuning_that_hurts_ships_the_probe(corpus: Path, tiny_bert: Path,
         >= last.metrics["val"]["threshold_val"]["weighted_f1"]
     )
     # the probe it ships is the `--mode head` run at the same seed (a non-private probe takes the run's
-    # seed): the same head weights bit for bit, and the same test metrics
-    head = train(config(corpus, tiny_bert, lr=1.0).with_(train=TrainConfig(mode="head")), tmp_path / "head")
+    # seed) on the same torch features (LP-FT's encoder is torch): the same head weights bit for bit, and
+    # the same test metrics
+    plain = config(corpus, tiny_bert, lr=1.0)
+    head = train(
+        plain.with_(train=TrainConfig(mode="head"), model=replace(plain.model, encoder_runtime="torch")),
+        tmp_path / "head",
+    )
     wk, wh = (
         torch.load(tmp_path / "kept" / "model" / "head.pt"),
         torch.load(tmp_path / "head" / "model" / "head.pt"),

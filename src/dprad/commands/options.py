@@ -210,8 +210,8 @@ TRAIN_OPTIONS: tuple[Flag | str, ...] = (
     Flag(
         "model",
         "encoder_runtime",
-        "head modes: the frozen encoder's runtime, torch | int8 | onnx | onnx-int8 (CPU; onnx needs the "
-        "'onnx' extra); predict and serve use the run's own",
+        "head modes: the frozen encoder's runtime, auto | torch | int8 | onnx | onnx-int8 (auto: onnx-int8 "
+        "for a head on the CPU, else torch); predict and serve use the run's own",
     ),
     Flag("train", "epochs", "epochs (expected passes over the data)"),
     Flag("train", "lr", "learning rate"),

@@ -33,10 +33,9 @@ import torch
 
 from dprad import io
 from dprad.config import RunConfig
-from dprad.data.dataset import Encoded
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.modes.head import HeadMode
+from dprad.modes.head import HeadMode, Targets
 from dprad.privacy.ledger import PrivacyLedger
 from dprad.privacy.noise import NoiseSource
 from dprad.run.plan import RunPlan
@@ -102,10 +101,7 @@ class SiteHead(HeadMode):
 
         a = self.arrays
         self.x = {s: a[f"x_{s}"] for s in ("train", "val", "test")}  # (N, D) each
-        self.enc = {
-            s: Encoded(ids=[], lengths=np.zeros(0), targets=a[f"y_{s}"], mask=a[f"m_{s}"], pad_id=0)
-            for s in ("train", "val", "test")
-        }
+        self.enc = {s: Targets(targets=a[f"y_{s}"], mask=a[f"m_{s}"]) for s in ("train", "val", "test")}
         self.center = a["center"]
         self.head = FeatureHead(self.x["train"].shape[1], len(self.plan.schema), center=self.center)
         return self.head

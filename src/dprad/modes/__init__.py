@@ -24,13 +24,13 @@ def get_mode(name: str) -> type[Mode]:
     return REGISTRY[name]
 
 
-def load_run(run: str | Path | RunRecord) -> Predictor:
+def load_run(run: str | Path | RunRecord, *, feature_cache: bool = False) -> Predictor:
     """Rebuild the classifier of a finished run directory (or of its export) in one call (the mode registry
-    knows how)."""
+    knows how). ``feature_cache``: see :meth:`Mode.load` (evaluation only, never serving)."""
     record = run if isinstance(run, RunRecord) else RunRecord.open(run)
     if weights_file(record.model_path, HEAD_WEIGHTS) is None:  # head.safetensors (an export) or head.pt
         raise DpradError(f"{record.path}: not a finished dprad run directory (no model/head.pt)")
-    return get_mode(record.mode).load(record)
+    return get_mode(record.mode).load(record, feature_cache=feature_cache)
 
 
 __all__ = ["REGISTRY", "Mode", "ModeDefaults", "Predictor", "get_mode", "load_run"]

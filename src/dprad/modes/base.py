@@ -139,8 +139,10 @@ class Mode(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, record: RunRecord) -> Predictor:
-        """Rebuild the trained classifier of a finished run of this mode."""
+    def load(cls, record: RunRecord, *, feature_cache: bool = False) -> Predictor:
+        """Rebuild the trained classifier of a finished run of this mode. ``feature_cache``: a frozen
+        encoder's features may come from the run's ``--feature-cache`` when it has one (evaluate and audit
+        read back what training encoded); serving and predict leave it False and never touch it."""
 
     @classmethod
     def audit_view(

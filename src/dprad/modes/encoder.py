@@ -193,8 +193,10 @@ class EncoderMode(Mode):
         raise NotImplementedError
 
     @classmethod
-    def load(cls, record: RunRecord) -> Predictor:
+    def load(cls, record: RunRecord, *, feature_cache: bool = False) -> Predictor:
         from dprad.local_models import load_tokenizer
+
+        del feature_cache  # the encoder is the trained model: no frozen features to reuse
         from dprad.model import ReportClassifier
         from dprad.run.files import CENTER_WEIGHTS, HEAD_WEIGHTS, read_weights
 

@@ -8,6 +8,7 @@ protects the reports exactly as DP-SGD on the whole model would.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from dprad.config import RunConfig
 from dprad.data.dataset import encode
-from dprad.data.reports import Report
+from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
 from dprad.features import (
@@ -37,6 +38,14 @@ if TYPE_CHECKING:
     from dprad.modes.predictor import Predictor
     from dprad.modes.reference import AuditView, TrainFn
     from dprad.run import RunRecord
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A split's labels as the head trains on them (what a federation site reads as ``mode.enc[split]``)."""
+
+    targets: np.ndarray  # (N, L)
+    mask: np.ndarray  # (N, L)
 
 
 class HeadMode(Mode):
@@ -73,8 +82,9 @@ class HeadMode(Mode):
         )  # features on the device (--encoder-runtime);
         # the head itself is a (D, L) matrix and trains on the CPU
         policy = UncertainPolicy(cfg.data.uncertain_policy)
+        # split -> targets and mask; no token ids are kept: the feature pass tokenises chunk by chunk
         self.enc = {
-            name: encode(reps, self.tokenizer, plan.schema, max_length=cfg.model.max_length, policy=policy)
+            name: Targets(*label_matrix(reps, plan.schema, policy=policy))
             for name, reps in plan.splits.as_dict().items()
         }
         # features go to a store as they are computed, chunk by chunk: --feature-cache (kept, shared by
@@ -90,6 +100,10 @@ class HeadMode(Mode):
             cache_dir=root,
         )
         prior = bool(cfg.train.rule_prior)
+        self.notes.append(
+            f"frozen encoder run on {cfg.model.encoder_runtime} (--encoder-runtime): a fixed public map of each "
+            "report that never saw the training reports, so the privacy accounting is the same on every runtime"
+        )
         self.center = public.center
         # one feature pass over every report of every split, tokenised chunk by chunk; texts the store
         # holds (other split seeds, sweeps, canaries, reference models, a killed pass) are read back
@@ -202,7 +216,23 @@ class HeadMode(Mode):
         return head.eval(), encoder, load_tokenizer(record.model_dir)
 
     @classmethod
-    def load(cls, record: RunRecord) -> Predictor:
+    def kept_store(cls, record: RunRecord) -> FeatureStore | None:
+        """The run's ``--feature-cache`` store when it named one and it is still there, else None (a run's
+        own store is deleted when it finishes; an export names none)."""
+        cfg = record.config
+        root = cfg.train.feature_cache
+        if not root or not Path(root).is_dir():
+            return None
+        return FeatureStore(
+            root,
+            model_dir=record.model_dir,
+            pooling=str(cfg.model.pooling),
+            max_length=int(cfg.model.max_length),
+            runtime=cfg.model.encoder_runtime,
+        )
+
+    @classmethod
+    def load(cls, record: RunRecord, *, feature_cache: bool = False) -> Predictor:
         head, encoder, tokenizer = cls._restore(record)
         cfg = record.config
         return head_predictor(
@@ -215,6 +245,7 @@ class HeadMode(Mode):
             max_tokens=int(cfg.train.max_tokens),
             policy=UncertainPolicy(cfg.data.uncertain_policy),
             prior=bool(cfg.train.rule_prior),
+            store=cls.kept_store(record) if feature_cache else None,
         )
 
     @classmethod
@@ -239,8 +270,16 @@ class HeadMode(Mode):
             int(cfg.train.max_tokens),
         )
         prior, center = bool(cfg.train.rule_prior), head.center.numpy()  # type: ignore[operator]
-        enc = encode(pool, tokenizer, schema, max_length=max_length)
-        raw = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)  # (N, H)
+        # the pool's features: read back from the run's --feature-cache where training wrote them
+        raw = cached_features(
+            encoder,
+            tokenizer,
+            [r.text for r in pool],
+            pooling=pooling,
+            max_length=max_length,
+            max_tokens=max_tokens,
+            store=cls.kept_store(record),
+        )  # (N, H)
         x = head_x(raw, center, [r.text for r in pool], schema, prior=prior)  # (N, D)
         with torch.inference_mode():
             logits = head(torch.from_numpy(x)).numpy()  # (N, L)
@@ -304,15 +343,29 @@ def head_predictor(
     max_tokens: int,
     policy: UncertainPolicy,
     prior: bool,
+    store: FeatureStore | None = None,
 ) -> Predictor:
-    """Reports -> frozen features (+ rule readings) -> the head's inputs -> logits."""
+    """Reports -> frozen features (+ rule readings) -> the head's inputs -> logits. With ``store``, the
+    features of reports it holds are read back (and those it lacks are added to it)."""
     from dprad.modes.predictor import Predictor
 
     center = head.center.numpy()  # type: ignore[operator]
 
     def logits(reports: Sequence[Report]) -> tuple[np.ndarray, Any]:
         enc = encode(reports, tokenizer, schema, max_length=max_length, policy=policy)
-        feats = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)  # (N, H)
+        if store is None:
+            feats = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)  # (N, H)
+        else:
+            texts = [r.text for r in reports]
+            feats = cached_features(
+                encoder,
+                tokenizer,
+                texts,
+                pooling=pooling,
+                max_length=max_length,
+                max_tokens=max_tokens,
+                store=store,
+            )  # (N, H)
         head.eval()
         with torch.inference_mode():
             x = head_x(feats, center, [r.text for r in reports], schema, prior=prior)

@@ -63,6 +63,7 @@ def read_object(path: Path) -> dict[str, Any]:
 WRITTEN_BEFORE: dict[tuple[str, str], Any] = {
     ("privacy", "threshold_default"): 0.5,  # the DP thresholds' default until it became a setting
     ("train", "select_epoch"): False,  # non-private fine-tuning shipped its last step
+    ("model", "encoder_runtime"): "torch",  # the frozen encoder ran in torch fp32 before runtimes existed
 }
 
 

@@ -124,7 +124,7 @@ def evaluate_run(
     chosen, split = select_reports(run, reports, options.split)
     if not chosen:
         raise DpradError(f"{data}: no labelled report to evaluate on")
-    predictor = load_run(run)
+    predictor = load_run(run, feature_cache=True)  # features training wrote to --feature-cache, if kept
     s = score(predictor, run, chosen, data_schema, options)
     patients = [r.patient_id for r in chosen]
     out: dict[str, Any] = {
@@ -208,7 +208,7 @@ def compare_runs(
 ) -> dict[str, Any]:
     """B vs A on the same reports, with the same patient resamples: differences with CIs and p-values."""
     ra, rb = RunRecord.open(run_a), RunRecord.open(run_b)
-    pa, pb = load_run(ra), load_run(rb)
+    pa, pb = load_run(ra, feature_cache=True), load_run(rb, feature_cache=True)
     if pa.schema.labels != pb.schema.labels:
         raise DpradError(
             f"{run_a} and {run_b} use different label schemas: nothing to compare label by label"

@@ -124,8 +124,21 @@ def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) 
     assert t.epochs is not None and t.lr is not None and t.batch_size is not None
     if t.epochs <= 0 or t.lr <= 0 or t.batch_size < 1:
         raise DpradError("--epochs, --lr and --batch-size must be positive")
-    cfg = cfg.with_(train=t, privacy=p)
+    cfg = cfg.with_(train=t, privacy=p, model=replace(cfg.model, encoder_runtime=encoder_runtime(cfg, mode)))
     return mode_cls.resolve(cfg, schema=schema)
+
+
+def encoder_runtime(cfg: RunConfig, mode: str) -> str:
+    """``--encoder-runtime auto``: ONNX Runtime int8 for a head's frozen encoder on the CPU (the fastest
+    path within 0.003 test weighted F1 of torch fp32 on every cell measured, bench/encoder_paths.py), torch
+    on a GPU and for the modes that train the encoder; a runtime the user named is kept (the modes check it)."""
+    from dprad.features import resolve_device
+
+    if cfg.model.encoder_runtime != "auto":
+        return cfg.model.encoder_runtime
+    if mode != "head" or resolve_device(cfg.train.device).type != "cpu":
+        return "torch"
+    return cfg.model.AUTO_CPU_RUNTIME
 
 
 THRESHOLD_RULES = ("auto", "dp", "val", "0.5")
