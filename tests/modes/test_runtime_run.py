@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -96,3 +97,23 @@ def test_a_fine_tuning_mode_refuses_another_runtime(corpus: Path, tiny_bert: Pat
         train(_cfg(corpus, tiny_bert, "int8", mode="lora"), tmp_path / "run")
     with pytest.raises(DpradError, match="--encoder-runtime 'fp8' must be one of"):
         ModelConfig(encoder_runtime="fp8")
+
+
+def test_predict_scores_block_by_block_with_progress(
+    corpus: Path, tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring in blocks (bounded memory, a progress bar) gives the scores of one call (onnx-int8 features
+    are a function of their report alone); the losses of labelled and unlabelled reports are kept apart."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run = train(_cfg(corpus, tiny_bert, "onnx-int8"), tmp_path / "run").run_dir
+    predictor = load_run(run)
+    reports = generate_reports(SynthConfig(n_patients=20, seed=5))[:20]
+    reports[3] = replace(reports[3], labels=None)
+    whole = predictor.predict(reports, block=len(reports))
+    seen: list[int] = []
+    blocks = predictor.predict(reports, block=7, progress=seen.append)
+    assert len(reports) == 20 and seen == [7, 14, 20]
+    # the features are identical; the head's (n, D) x (D, L) product may round its last bit by n
+    assert blocks.ids == whole.ids and np.allclose(blocks.probs, whole.probs, rtol=0, atol=1e-6)
+    assert np.isnan(blocks.loss[3]) and np.isfinite(np.delete(blocks.loss, 3)).all()  # type: ignore[index,arg-type]
+    assert np.allclose(blocks.loss, whole.loss, rtol=1e-6, atol=0, equal_nan=True)  # type: ignore[arg-type]

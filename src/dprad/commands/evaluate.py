@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dprad.commands.console import print_comparison, print_evaluation
+from dprad.commands.console import console, print_comparison, print_evaluation
 from dprad.commands.options import DATA, FormatOpt, LabelsOpt
 from dprad.errors import DpradError
 from dprad.metrics.evaluation import EvalOptions
@@ -73,7 +73,18 @@ def evaluate(
         min_group_size=min_group_size,
         groups=tuple(g.strip() for g in (groups or "").split(",") if g.strip()),
     )
-    res = evaluate_run(run, data, options=opts, format=fmt, labels_path=labels)
+    from rich.progress import Progress
+
+    with Progress(console=console, disable=not console.is_terminal) as bars:
+        task = bars.add_task("scoring", total=None)
+        res = evaluate_run(
+            run,
+            data,
+            options=opts,
+            format=fmt,
+            labels_path=labels,
+            progress=lambda done, total: bars.update(task, completed=done, total=total),
+        )
     if out:
         write_json(out, res)
     print_evaluation(res)

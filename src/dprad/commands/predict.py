@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dprad.commands.console import console
+from dprad.commands.console import console, counting
 from dprad.commands.options import (
     DATA,
     FormatOpt,
@@ -45,7 +45,8 @@ def predict(
         patient_col=patient_col,
         labels=labels,
     )
-    preds = predictor.predict(result.reports)
+    with counting("scoring", len(result.reports)) as done:
+        preds = predictor.predict(result.reports, progress=done)
     write_table(preds.frame(predictor.schema), out)
     console.print(f"wrote {len(preds.ids)} rows to {out}")
 

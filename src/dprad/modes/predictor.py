@@ -30,6 +30,9 @@ class Predictions:
         return df
 
 
+# Reports scored per call of a mode's logits: the feature pass's chunk (dprad.features.FEATURE_CHUNK)
+PREDICT_BLOCK = 2048
+
 # reports -> (logits (N, L), their encoding, whose targets / mask give the per-example loss)
 LogitsFn = Callable[[Sequence[Report]], tuple[np.ndarray, Encoded]]
 
@@ -41,10 +44,25 @@ class Predictor:
     def __init__(self, logits: LogitsFn, *, schema: LabelSchema, mode: str, tokenizer: Any = None) -> None:
         self._logits, self.schema, self.mode, self.tokenizer = logits, schema, mode, tokenizer
 
-    def predict(self, reports: Sequence[Report]) -> Predictions:
+    def predict(
+        self,
+        reports: Sequence[Report],
+        *,
+        progress: Callable[[int], None] | None = None,
+        block: int = 0,
+    ) -> Predictions:
+        """Scores of ``reports``, ``block`` reports at a time (default :data:`PREDICT_BLOCK`: no more than
+        one block's token ids held at once, whatever N); ``progress(done)`` after each block."""
+        block = block or PREDICT_BLOCK
         if not reports:
             return Predictions([], np.zeros((0, len(self.schema)), dtype=np.float32), np.zeros(0))
-        logits, enc = self._logits(reports)
-        loss = loss_per_example(torch.from_numpy(logits), enc.targets, enc.mask).numpy()
-        has_labels = np.array([r.labels is not None for r in reports])
-        return Predictions([r.id for r in reports], expit(logits), np.where(has_labels, loss, np.nan))
+        probs, losses = [], []
+        for lo in range(0, len(reports), block):
+            part = reports[lo : lo + block]
+            logits, enc = self._logits(part)  # (n, L)
+            loss = loss_per_example(torch.from_numpy(logits), enc.targets, enc.mask).numpy()  # (n,)
+            probs.append(expit(logits))
+            losses.append(np.where([r.labels is not None for r in part], loss, np.nan))
+            if progress is not None:
+                progress(lo + len(part))
+        return Predictions([r.id for r in reports], np.concatenate(probs), np.concatenate(losses))

@@ -3,6 +3,7 @@ domain transfer; and paired comparison of two runs on the same reports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,15 @@ class Scored:
 
 
 def score(
-    predictor: Predictor, run: RunRecord, reports: list[Report], data_schema: Any, options: EvalOptions
+    predictor: Predictor,
+    run: RunRecord,
+    reports: list[Report],
+    data_schema: Any,
+    options: EvalOptions,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Scored:
+    """The reports scored by the run (``progress(done, total)`` as blocks of reports are scored)."""
     notes: list[str] = []
     mapping = label_map(predictor.schema, data_schema, options.label_map)
     run_idx = [predictor.schema.labels.index(a) for a in mapping]
@@ -54,7 +62,8 @@ def score(
         notes.append(
             f"domain transfer: {len(mapping)} labels mapped from '{predictor.schema.name}' to '{data_schema.name}'"
         )
-    probs = predictor.predict(reports).probs[:, run_idx]
+    done = None if progress is None else (lambda n: progress(n, len(reports)))
+    probs = predictor.predict(reports, progress=done).probs[:, run_idx]
     policy = UncertainPolicy(run.config.data.uncertain_policy)
     y_all, m_all = label_matrix(reports, data_schema, policy=policy)
     y, mask = y_all[:, data_idx], m_all[:, data_idx]
@@ -116,7 +125,12 @@ def _read(data: str | Path, **read_kw: Any) -> tuple[list[Report], Any]:
 
 
 def evaluate_run(
-    run_dir: str | Path, data: str | Path, *, options: EvalOptions = EvalOptions(), **read_kw: Any
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    options: EvalOptions = EvalOptions(),
+    progress: Callable[[int, int], None] | None = None,
+    **read_kw: Any,
 ) -> dict[str, Any]:
     run = RunRecord.open(run_dir)
     reports, data_schema = _read(data, **read_kw)
@@ -125,7 +139,7 @@ def evaluate_run(
     if not chosen:
         raise DpradError(f"{data}: no labelled report to evaluate on")
     predictor = load_run(run, feature_cache=True)  # features training wrote to --feature-cache, if kept
-    s = score(predictor, run, chosen, data_schema, options)
+    s = score(predictor, run, chosen, data_schema, options, progress=progress)
     patients = [r.patient_id for r in chosen]
     out: dict[str, Any] = {
         "run": str(run.path),
