@@ -13,7 +13,7 @@ then solves the ridge system (X^T X + Z + lambda I) theta = X^T T + z with lambd
 smallest eigenvalue so that the noisy system stays well conditioned with probability 1 - failure_prob.
 The releases compose as Gaussian mechanisms, exactly one Gaussian with 1 / sigma^2 = sum 1 / sigma_i^2:
 ``calibrate_adassp`` finds the noise for a target (epsilon, delta) with dp-accounting's exact Gaussian
-privacy loss, and ``dp_thresholds.compose_epsilon`` recomputes the epsilon of the event. Each
+privacy loss, and ``dprad.privacy.accounting.compose_epsilon`` recomputes the epsilon of the event. Each
 release's noise multiplier is ``sigma / sqrt(share)``, so the shares of the Gaussian budget (1 / sigma^2
 adds up over Gaussian mechanisms) follow ``split``.
 
@@ -21,6 +21,9 @@ Rows are clipped to norm <= 1 (after the optional projection) and an intercept c
 augmented row scaled back to norm <= 1. The projection must be fitted on public data only
 (``pca_projection`` of public features, e.g. dprad's synthetic corpus); it is then part of the released
 weights, which are returned in the input space as logits: ``logits = x @ weights + bias``.
+
+Research code, not part of dprad: ``bench/head_trainers.py`` measures it against the DP-SGD head
+(docs/how-to/choosing.md, "A second head trainer"); ``tests/bench/test_adassp.py`` tests it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dprad.errors import DpradError
+from dprad.errors import DpradError, ParameterError
 from dprad.privacy.accounting import compose_epsilon, gaussian_noise_multiplier
 from dprad.privacy.noise import NoiseStream
 
@@ -190,7 +193,9 @@ def fit_adassp(
         import dp_accounting
 
         if not epsilon > 0:
-            raise DpradError(f"--epsilon {epsilon} must be > 0 (inf for no privacy)")
+            raise ParameterError(
+                parameter="epsilon", value=epsilon, problem="must be > 0 (inf for no privacy)"
+            )
         sigmas, event, lam, eps_spent = (0.0, 0.0, 0.0), dp_accounting.NonPrivateDpEvent(), ridge, math.inf
     theta0 = np.zeros((d, n_labels))  # (D', L) the ridge's centre
     if public is not None:

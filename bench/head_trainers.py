@@ -222,7 +222,7 @@ def train_adassp(
     seed: int,
     public: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Trained:
-    from dprad.privacy.adassp import fit_adassp
+    from adassp import fit_adassp  # bench/adassp.py, beside this script
     from dprad.privacy.noise import NoiseSource
 
     fit = fit_adassp(
@@ -297,11 +297,11 @@ def fmt(vals: list[float]) -> str:
 
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
+    from adassp import block_projection, pca_projection
     from dprad.features import head_inputs
     from dprad.metrics.scores import f1_scores
     from dprad.priors import combine_features, rule_predictions
     from dprad.privacy import default_delta
-    from dprad.privacy.adassp import block_projection, pca_projection
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer tuning candidates")

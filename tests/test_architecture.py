@@ -63,3 +63,80 @@ def test_run_files_are_parsed_only_by_the_run_reader() -> None:
         if rel != "run/files.py":
             for name in ("privacy.json", "metrics.json", "splits.json", "schema.json", "config.json"):
                 assert not re.search(rf'["\']{re.escape(name)}["\']\)\.read', text), (rel, name)
+
+
+# Where a run file's name (a value of dprad.run.files) may still be written as a literal outside dprad/run/,
+# and why: another file of the same name, or a module the constant cannot reach. Every other module names a
+# run's files by their constants (``files.PRIVACY``), so that a name is defined in one place.
+RUN_FILE_LITERALS = {
+    ("local_models.py", "config.json"): "a model directory's config.json (transformers), not a run's",
+    ("export/bundle.py", "config.json"): "the full mode's saved encoder's config.json (transformers)",
+    ("export/safe.py", "config.json"): "also the bundled encoder's config.json (transformers)",
+    ("privacy/ledger.py", "privacy.json"): "below run/ in the layers: cannot import its constants",
+}
+# Modules that still write run-file names as literals, outside the change that added this test (issue 33):
+# each is to name them by the constants, and then leaves this list (the test fails while a listed module
+# has none left).
+NOT_YET_CONSTANTS = {
+    "audit/noise_replay.py",
+    "audit/run_audit.py",
+    "audit/sections.py",
+    "commands/federate.py",
+    "demo.py",
+    "export/safe.py",
+    "modes/reference.py",
+    "report/collect.py",
+    "report/model_card.py",
+}
+
+
+def _run_file_names() -> set[str]:
+    """The values of dprad.run.files' string constants that name a file (a name with a suffix: "model",
+    "head" and the like name directories and weight stems, and are words used for much else)."""
+    tree = ast.parse((SRC / "run" / "files.py").read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            value = node.value.value
+            if isinstance(value, str) and "." in value and all(isinstance(t, ast.Name) for t in node.targets):
+                names.add(value)
+    return names
+
+
+def _string_literals(tree: ast.AST) -> list[ast.Constant]:
+    """Every string constant of a module except docstrings (comments are not in the tree)."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
+
+
+def test_run_file_names_are_written_only_in_run_files() -> None:
+    names = _run_file_names()
+    assert {"config.json", "privacy.json", "metrics.json", "reference.json"} <= names, names
+    found = set()
+    for path in _modules():
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith("run/"):
+            continue
+        for node in _string_literals(ast.parse(path.read_text())):
+            if node.value in names:
+                found.add((rel, node.value, node.lineno))
+    waived = {(rel, name) for rel, name, _ in found if rel in NOT_YET_CONSTANTS}
+    unexpected = sorted(
+        f"{rel}:{line}: {name!r}"
+        for rel, name, line in found
+        if (rel, name) not in RUN_FILE_LITERALS and rel not in NOT_YET_CONSTANTS
+    )
+    assert not unexpected, f"name a run's files by their constants in dprad.run.files: {unexpected}"
+    gone = set(RUN_FILE_LITERALS) - {(rel, name) for rel, name, _ in found}
+    assert not gone, f"no longer written as literals: drop them from RUN_FILE_LITERALS: {sorted(gone)}"
+    done = NOT_YET_CONSTANTS - {rel for rel, _ in waived}
+    assert not done, f"no run-file literal left: drop them from NOT_YET_CONSTANTS: {sorted(done)}"

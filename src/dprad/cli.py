@@ -23,7 +23,8 @@ from dprad.commands import (
     sweep,
     train,
 )
-from dprad.errors import DpradError
+from dprad.config import flag_message
+from dprad.errors import DpradError, ParameterError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Differentially private radiology-report classifiers."
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         # it on, or `monitor` alerts and failed sweep cells would exit 0 and page no scheduler
         rc = app(args=argv, standalone_mode=False)
     except DpradError as err:
-        print(f"dprad: error: {err}", file=sys.stderr)
+        # a mechanism names its parameter ("epsilon"); the user typed a flag ("--epsilon")
+        message = flag_message(err) if isinstance(err, ParameterError) else str(err)
+        print(f"dprad: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except typer.Exit as ex:
         raise SystemExit(ex.exit_code) from None

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
-from dprad.errors import DpradError
+from dprad.errors import DpradError, ParameterError
 
 # Privacy is a switch (--epsilon or --noise-multiplier), not a mode; "dp-<mode>" stays accepted as an
 # alias that also demands one of them.
@@ -50,6 +50,22 @@ FLAG_NAMES = {
 
 def flag_name(section: str, name: str) -> str:
     return FLAG_NAMES.get((section, name), "--" + name.replace("_", "-"))
+
+
+def flag_message(err: ParameterError) -> str:
+    """A mechanism's :class:`ParameterError` in the user's words, its parameter named by the flag that sets
+    it: "epsilon 0 must be a positive number" -> "--epsilon 0 must be a positive number". The layers that
+    face the user (planning, the CLI's one-line exit) say it so; the mechanisms know no flags."""
+    sections = (
+        ("privacy", PrivacyConfig),
+        ("train", TrainConfig),
+        ("data", DataConfig),
+        ("model", ModelConfig),
+        ("lora", LoraConfig),
+    )
+    # a parameter no section holds (``dprad epsilon --steps``) is its own name as a flag
+    section = next((s for s, cls in sections if err.parameter in {f.name for f in fields(cls)}), "privacy")
+    return err.worded(flag_name(section, err.parameter))
 
 
 def _check_value(value: Any, rule: Range, *, where: tuple[str, str]) -> None:

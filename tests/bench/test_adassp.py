@@ -1,8 +1,13 @@
-"""AdaSSP: DP least squares by perturbed sufficient statistics."""
+"""AdaSSP (bench/adassp.py, research code outside the package): DP least squares by perturbed sufficient
+statistics."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -11,16 +16,30 @@ from sklearn.linear_model import Ridge
 
 from dprad.errors import DpradError
 from dprad.privacy.accounting import compose_epsilon
-from dprad.privacy.adassp import (
-    LOGIT_SCALE,
-    adassp_event,
-    block_projection,
-    calibrate_adassp,
-    fit_adassp,
-    pca_projection,
-    sufficient_statistics,
-)
 from dprad.privacy.noise import NoiseSource
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py. bench/ holds scripts, not a package: loaded from its path, as tests/docs loads
+    docs/gen_reference.py (putting bench/ on sys.path would make every script a top-level module)."""
+    spec = importlib.util.spec_from_file_location(f"dprad_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+adassp = bench_module("adassp")
+LOGIT_SCALE = adassp.LOGIT_SCALE
+adassp_event = adassp.adassp_event
+block_projection = adassp.block_projection
+calibrate_adassp = adassp.calibrate_adassp
+fit_adassp = adassp.fit_adassp
+pca_projection = adassp.pca_projection
+sufficient_statistics = adassp.sufficient_statistics
 
 
 def _data(n: int, d: int, n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,7 +17,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from dprad.data.inspect import Inspection
-    from dprad.run.audit import Canary
+    from dprad.run.audit import Attribute, Canary, Extraction
+    from dprad.run.results import Interval
     from dprad.serve.auditlog import WasSent
     from dprad.serve.monitor import MonitorResult
     from dprad.stages.finish import TrainResult
@@ -295,104 +296,105 @@ ATTACK_NAMES = {
 }
 
 
-def _audit_ci(d: Mapping[str, float] | None, *, pct: bool = False) -> str:
-    if not d:
+def _audit_ci(i: Interval | None, *, pct: bool = False) -> str:
+    if i is None or i.estimate is None:
         return "-"
     f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
-    return f"{f(d['estimate'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]"
+    ci = f" [{f(i.low)}, {f(i.high)}]" if i.low is not None and i.high is not None else ""
+    return f"{f(i.estimate)}{ci}"
 
 
-def _render_attribute(section: Mapping[str, Any], out: Console) -> None:
+def _render_attribute(section: Attribute | None, out: Console) -> None:
     """Attribute inference: per label, how much better the finding is recovered for members."""
-    if not section:
+    if section is None:
         return
+    from dprad.run.audit import AttributeRow
+    from dprad.run.results import Interval
+
     t = Table(title="attribute inference: the finding's sentences removed, members vs non-members")
-    controlled = bool(section.get("control"))
     for col in ("label", "members", "non-members", "AUC [95% CI]", "TPR @ 1% FPR"):
         t.add_column(col)
-    if controlled:
+    if section.control:
         t.add_column("control AUC (another split seed)")
     t.add_column("note")
-    pooled = section.get("pooled") or {}
-    rows = [{"label": "all labels (pooled)", **pooled}, *(section.get("labels") or [])]
-    for row in rows:
-        flags = " (rare)" if row.get("rare") else ""
-        flags += " (critical)" if row.get("critical") else ""
+    none = Interval(None)
+    pooled = section.pooled or AttributeRow("all labels (pooled)", False, False, None, None, none, none, "")
+    for row in (pooled, *section.labels):
+        flags = " (rare)" if row.rare else ""
+        flags += " (critical)" if row.critical else ""
         t.add_row(
-            f"{row.get('label')}{flags}",
-            str(row.get("members", "-")),
-            str(row.get("nonmembers", "-")),
-            _audit_ci(row.get("auc")),
-            _audit_ci(row.get("tpr_at_0.01_fpr"), pct=True),
-            *([_audit_ci(row.get("control_auc"))] if controlled else []),
-            str(row.get("note") or ""),
+            f"{row.label}{flags}",
+            "-" if row.members is None else str(row.members),
+            "-" if row.nonmembers is None else str(row.nonmembers),
+            _audit_ci(row.auc),
+            _audit_ci(row.tpr_at_1pct_fpr, pct=True),
+            *([_audit_ci(row.control_auc)] if section.control else []),
+            row.note,
         )
     out.print(t)
 
 
-def _render_extraction(section: Mapping[str, Any], out: Console) -> None:
+def _render_extraction(section: Extraction | None, out: Console) -> None:
     """Model extraction: the clone's agreement with the victim by number of attacker queries."""
-    if not section:
+    if section is None:
         return
     t = Table(
-        title=f"model extraction through {section.get('through', '?')}: clone vs victim on "
-        f"{section.get('evaluated_on', '?')} (constant clone agrees {section.get('constant_agreement', 0):.3f})"
+        title=f"model extraction through {section.through or '?'}: clone vs victim on "
+        f"{section.evaluated_on or '?'} (constant clone agrees {section.constant_agreement or 0:.3f})"
     )
     for col in ("queries (reports)", "agreement [95% CI]", "clone weighted F1 [95% CI]"):
         t.add_column(col)
-    for n, agree, f1 in zip(
-        section.get("queries") or [],
-        section.get("agreement") or [],
-        section.get("clone_weighted_f1") or [],
-        strict=False,
-    ):
-        t.add_row(str(n), _audit_ci(agree), _audit_ci(f1))
+    for point in section.points:
+        t.add_row(str(point.queries), _audit_ci(point.agreement), _audit_ci(point.clone_weighted_f1))
     out.print(t)
-    if section.get("cut_off"):
-        out.print(f"[yellow]the server cut the attacker off: {section['cut_off'].get('message')}[/yellow]")
+    if section.cut_off is not None:
+        out.print(f"[yellow]the server cut the attacker off: {section.cut_off}[/yellow]")
 
 
-def render_audit(audit: Mapping[str, Any], out: Console) -> None:
-    """Theory epsilon, the canary audit's empirical lower bound, and each attack's AUC / TPR at low FPR."""
-    theory = audit.get("theory") or {}
-    eps = theory.get("epsilon")
-    canary = audit.get("canary") or {}
-    head = Table(title=f"privacy audit of {audit.get('run', '')}", show_lines=False)
+def render_audit(content: Mapping[str, Any], out: Console) -> None:
+    """Theory epsilon, the canary audit's empirical lower bound, and each attack's AUC / TPR at low FPR
+    (``content``: audit.json's, read through :func:`dprad.run.audit.audit_of`)."""
+    from dprad.run.audit import audit_of
+    from dprad.run.files import AUDIT
+
+    audit = audit_of(content, source=AUDIT)
+    theory, canary = audit.theory, audit.canary
+    eps = theory.epsilon if theory else None
+    head = Table(title=f"privacy audit of {audit.run or ''}", show_lines=False)
     head.add_column("what")
     head.add_column("value")
-    head.add_row("mode", str(theory.get("mode", "-")))
+    head.add_row("mode", theory.mode if theory and theory.mode is not None else "-")
     head.add_row(
         "theory epsilon (privacy.json)",
-        f"{eps:.3g} at delta {theory.get('delta'):g}" if eps else "none (non-private)",
+        f"{eps:.3g} at delta {theory.delta if theory else None:g}" if eps else "none (non-private)",
     )
-    if canary:
+    if canary is not None and canary.raw:
         head.add_row(
             "empirical epsilon lower bound (canaries)",
-            f"{canary['epsilon_lower_bound']:.3f} ({canary['correct']}/{canary['guesses']} right, "
-            f"ceiling {canary['ceiling']:.2f})",
+            f"{canary.epsilon_lower_bound:.3f} ({canary.correct}/{canary.guesses} right, "
+            f"ceiling {canary.ceiling:.2f})",
         )
     else:
         head.add_row("empirical epsilon lower bound (canaries)", "not run (train with canaries)")
     out.print(head)
-    _render_attribute(audit.get("attribute") or {}, out)
-    _render_extraction(audit.get("extraction") or {}, out)
-    mia = audit.get("mia") or {}
-    attacks = mia.get("attacks") or {}
-    if not attacks:
+    _render_attribute(audit.attribute, out)
+    _render_extraction(audit.extraction, out)
+    mia = audit.mia
+    if mia is None or not mia.attacks:
         return
     t = Table(
-        title=f"membership inference: {mia.get('members')} members vs {mia.get('nonmembers')} non-members"
-        + (f", {mia['reference_models']} reference models" if mia.get("reference_models") else "")
+        title=f"membership inference: {mia.members} members vs {mia.nonmembers} non-members"
+        + (f", {mia.reference_models} reference models" if mia.reference_models else "")
     )
     for col in ("attack", "AUC [95% CI]", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "advantage"):
         t.add_column(col)
-    for key, res in attacks.items():
+    for a in mia.attacks:
         t.add_row(
-            ATTACK_NAMES.get(key, key),
-            _audit_ci(res.get("auc")),
-            _audit_ci(res.get("tpr_at_0.01_fpr"), pct=True),
-            _audit_ci(res.get("tpr_at_0.001_fpr"), pct=True),
-            _audit_ci(res.get("advantage")),
+            ATTACK_NAMES.get(a.name, a.name),
+            _audit_ci(a.auc),
+            _audit_ci(a.tpr_at_1pct_fpr, pct=True),
+            _audit_ci(a.tpr_at_01pct_fpr, pct=True),
+            _audit_ci(a.advantage),
         )
     out.print(t)
 

@@ -203,12 +203,12 @@ def _write_model(record: RunRecord, tmp: Path) -> dict[str, str]:
     head = files.read_weights(src, files.HEAD_WEIGHTS)
     if head is None:
         raise DpradError(f"{record.path}: no model/head.pt: not a finished run")
-    _save_tensors(head, tmp / "model" / "head.safetensors")
+    _save_tensors(head, tmp / files.MODEL / f"{files.HEAD_WEIGHTS}.safetensors")
     center = files.read_weights(src, files.CENTER_WEIGHTS)
     if center is not None:
-        _save_tensors(center, tmp / "model" / "center.safetensors")
+        _save_tensors(center, tmp / files.MODEL / f"{files.CENTER_WEIGHTS}.safetensors")
     if mode == "lora":  # peft's save_pretrained output: adapter_model.safetensors + adapter_config.json
-        adapter, to = src / "adapter", tmp / "model" / "adapter"
+        adapter, to = src / "adapter", tmp / files.MODEL / "adapter"
         _copy_model_config(adapter / "adapter_config.json", _parent(to / "adapter_config.json"), record)
         _as_safetensors(
             adapter / "adapter_model.safetensors",
@@ -216,7 +216,7 @@ def _write_model(record: RunRecord, tmp: Path) -> dict[str, str]:
             to / "adapter_model.safetensors",
         )
     elif mode == "full":  # transformers' save_pretrained output: config.json + model.safetensors
-        encoder, to = src / "encoder", tmp / "model" / "encoder"
+        encoder, to = src / "encoder", tmp / files.MODEL / "encoder"
         _copy_model_config(encoder / "config.json", _parent(to / "config.json"), record)
         _as_safetensors(
             encoder / "model.safetensors", encoder / "pytorch_model.bin", to / "model.safetensors"
@@ -307,16 +307,7 @@ def _write_description(record: RunRecord, tmp: Path, *, data_sha256: str | None)
     shutil.copyfile(record.path / files.SCHEMA, tmp / files.SCHEMA)
     _write_json(tmp / files.CONFIG, _public_config(record, data_sha256=data_sha256))
     shipped = record.thresholds
-    _write_json(
-        tmp / files.THRESHOLDS,
-        {
-            "labels": list(record.schema.labels),
-            "values": list(shipped.values),
-            "fitted_on": shipped.fitted_on,
-            "rule": shipped.rule,
-            "epsilon": shipped.epsilon,
-        },
-    )
+    _write_json(tmp / files.THRESHOLDS, shipped.to_export(record.schema.labels))
     why = safe.safe_files(record.mode, lp_ft=False, private=record.ledger.private)
     out = {name: why[name] for name in (files.PRIVACY, files.SCHEMA, files.CONFIG)}
     out[files.THRESHOLDS] = safe.thresholds_why(

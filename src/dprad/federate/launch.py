@@ -447,6 +447,7 @@ def join(
     import signal
 
     from dprad.federate.site import REFUSED, hold_lock
+    from dprad.run.files import METRICS
 
     address = _address(superlink)
     site = site.resolve()
@@ -458,7 +459,7 @@ def join(
     started = time.time()
 
     def evaluated() -> bool:  # this run evaluated the global model (not a finished site's old file)
-        m = site / "metrics.json"
+        m = site / METRICS
         return m.exists() and m.stat().st_mtime >= started - 1
 
     try:

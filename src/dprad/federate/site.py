@@ -19,6 +19,7 @@ Everything in the site directory stays at the hospital (``plan.pkl`` holds its r
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -38,7 +39,9 @@ from dprad.errors import DpradError
 from dprad.modes.head import HeadMode, Targets
 from dprad.privacy.ledger import PrivacyLedger
 from dprad.privacy.noise import NoiseSource
+from dprad.run import files
 from dprad.run.plan import RunPlan
+from dprad.run.record import FEDERATED, Thresholds
 
 SITE = "site.json"  # what the site agreed to: rounds, steps per round, its noise; written once
 PLAN = "plan.pkl"  # the site's RunPlan (its reports included): never leaves the hospital
@@ -157,7 +160,7 @@ def prepare_site(
         mode.build()
     start = get_params(mode)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (SITE, "metrics.json", "privacy.json", "messages.jsonl", NOISE_KEY, REFUSED):  # a fresh site
+    for stale in (SITE, files.METRICS, files.PRIVACY, "messages.jsonl", NOISE_KEY, REFUSED):  # a fresh site
         (out / stale).unlink(missing_ok=True)
     if cfg.privacy.noise_seed is None:
         NoiseSource.secret().save(out / NOISE_KEY)
@@ -184,7 +187,7 @@ def prepare_site(
         private=plan.private,
         mode=kind,
     )
-    io.write_json(out / "config.json", plan.to_dict())
+    io.write_json(out / files.CONFIG, plan.to_dict())
     io.write_json(out / LEDGER_STATE, {"rounds": [], "thresholds_released": False})
     io.write_json(out / SITE, info.to_dict())  # last: its presence marks a prepared site
     return Site(out)
@@ -258,13 +261,11 @@ class Site:
     """A prepared site directory; each method is one message's work."""
 
     def __init__(self, path: str | Path) -> None:
-        from dprad.run.files import read_object
-
         self.path = Path(path)
         if not (self.path / SITE).exists():
             raise DpradError(f"{self.path}: not a prepared dprad federation site (no {SITE})")
-        self.info = SiteInfo.from_dict(read_object(self.path / SITE), source=str(self.path / SITE))
-        self.state = read_object(self.path / LEDGER_STATE)
+        self.info = SiteInfo.from_dict(files.read_object(self.path / SITE), source=str(self.path / SITE))
+        self.state = files.read_object(self.path / LEDGER_STATE)
         self._plan: RunPlan | None = None
         self._ledger: PrivacyLedger | None = None  # the ledger as last written by this process
 
@@ -403,7 +404,7 @@ class Site:
         self.state = {**self.state, **changes}
         io.write_json(self.path / LEDGER_STATE, self.state)
         self._ledger = None
-        io.write_json(self.path / "privacy.json", self.current_ledger().to_dict())
+        io.write_json(self.path / files.PRIVACY, self.current_ledger().to_dict())
 
     def current_ledger(self) -> PrivacyLedger:
         """The ledger of every release so far (accounted once per process: PLD takes seconds)."""
@@ -474,56 +475,38 @@ class Site:
         return bootstrap_counts(y, p, m, thresholds, [r.patient_id for r in test], n_boot=n_boot)
 
     def finish(self, params: dict[str, np.ndarray], thresholds: np.ndarray, rule: str) -> None:
-        """Write the site's run directory around the global model: ``dprad report``, ``predict`` and
-        ``export`` then read it like any run; ``metrics.json`` (the marker of a finished site) last but one,
+        """Write the site's run directory around the global model with the code a single run writes its
+        own with (:func:`~dprad.run.write.write_finished_run`): ``dprad report``, ``predict`` and ``export``
+        then read it like any run; ``metrics.json`` (the marker of a finished site) last but one,
         ``privacy.json`` (its ledger) last."""
-        from dprad.data.reports import label_matrix
-        from dprad.data.schemas import UncertainPolicy
-        from dprad.metrics.scores import summary
         from dprad.privacy.accounting import gaussian_epsilon
-        from dprad.run import files
+        from dprad.run.write import write_finished_run
 
         mode = self._mode(params)
-        plan, schema = self.plan, self.plan.schema
+        plan = self.plan
         private = bool(self.state["thresholds_released"]) and plan.private
-        metrics: dict[str, Any] = {
-            "thresholds": {
-                "fitted_on": "val (DP)" if private else "val",
-                "rule": f"federated: {rule}",
-                "epsilon": gaussian_epsilon(
-                    float(plan.threshold_sigma or 0), delta=float(plan.cfg.privacy.delta or 0)
-                )
-                if private
-                else None,
-                "critical": [],
-                "values": [float(t) for t in thresholds],
-            }
-        }
-        policy = UncertainPolicy(plan.cfg.data.uncertain_policy)
-        for split in ("val", "test"):
-            reps = plan.splits.as_dict()[split]
-            if reps:
-                y, m = label_matrix(reps, schema, policy=policy)
-                p = mode.probs(split)
-                metrics[split] = {
-                    "threshold_0.5": summary(y, p, mask=m, labels=schema.labels),
-                    "threshold_val": summary(
-                        y, p, mask=m, labels=schema.labels, thresholds=np.asarray(thresholds)
-                    ),
-                }
-        (self.path / files.MODEL).mkdir(exist_ok=True)
-        mode.save(self.path / files.MODEL)
-        io.write_json(self.path / files.SCHEMA, schema.to_dict())
-        io.write_json(
-            self.path / files.SPLITS, {k: [r.id for r in v] for k, v in plan.splits.as_dict().items()}
+        shipped = Thresholds(
+            tuple(float(t) for t in thresholds),
+            "val (DP)" if private else "val",
+            f"{FEDERATED}{rule}",
+            epsilon=gaussian_epsilon(
+                float(plan.threshold_sigma or 0), delta=float(plan.cfg.privacy.delta or 0)
+            )
+            if private
+            else None,
         )
-        io.write_json(
-            self.path / files.NOTES,
-            [
+        probs_for = functools.cache(mode.probs)  # each split scored once
+
+        write_finished_run(
+            self.path,
+            plan,
+            probs_for=probs_for,
+            thresholds=shipped,
+            save_model=mode.save,
+            history=self._history(self.rounds_taken),
+            notes=[
                 *plan.notes,
                 f"federated: the global model of {self.rounds_taken} round(s) this site took part in",
             ],
+            ledger=self.current_ledger(),
         )
-        io.write_json(self.path / files.HISTORY, self._history(self.rounds_taken))
-        io.write_json(self.path / files.METRICS, metrics)
-        io.write_json(self.path / files.PRIVACY, self.current_ledger().to_dict())

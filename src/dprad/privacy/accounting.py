@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dprad.errors import DpradError
+from dprad.errors import DpradError, ParameterError
 
 RDP_ORDERS = tuple(
     float(x)
@@ -69,8 +69,8 @@ ACCOUNTANTS = (*DP_ACCOUNTANTS, "prv")
 # The least noise multiplier accounted, and the bottom of calibration's search. At sigma = 0.1 one step at
 # q = 1e-4 already spends epsilon 53 (PLD), so no setting below it carries a guarantee worth stating, and a
 # PLD's size grows as sigma falls: one step at q = 1e-4 took 7 s / 0.6 GB at sigma 0.1, 48 s / 1.0 GB at
-# 0.05; 1,000 steps at q = 0.01 took 62 s / 4.4 GB at sigma 0.0625, and at 0.0156 (where `--epsilon 1e9`
-# used to search) ran 169 s before a 14.1 GiB allocation failed.
+# 0.05; 1,000 steps at q = 0.01 took 62 s / 4.4 GB at sigma 0.0625, and at 0.0156 (where a target epsilon
+# of 1e9 used to search) ran 169 s before a 14.1 GiB allocation failed.
 MIN_NOISE_MULTIPLIER = 0.1
 # The top of calibration's search: epsilon 0.01 over 10^7 full-batch steps needs sigma near 1.5e6 / sqrt(10)
 # (Gaussian composition), below this; a PLD at sigma 1e6 is a handful of points.
@@ -89,9 +89,9 @@ MAX_PRV_STEPS = 100_000
 # 20-100 ms), which is never below the PLD's epsilon (within 1.02-1.7x of it where both exceed 10, up to 3x
 # at sigma 0.1).
 MAX_EPSILON = 1000.0
-# The largest --epsilon calibrated: a target is met at a sigma whose epsilon is near it, and the search
+# The largest target epsilon calibrated: a target is met at a sigma whose epsilon is near it, and the search
 # evaluates sigmas up to 4x below, so the target bounds the cost; beyond 100 a "guarantee" means nothing
-# (e^100 as a likelihood ratio) and `--epsilon 10000` searched for minutes.
+# (e^100 as a likelihood ratio) and a target of 10,000 searched for minutes.
 MAX_TARGET_EPSILON = 100.0
 # RDP orders of the cheap bound above: the fractional and small integer orders of RDP_ORDERS (large
 # epsilons are bounded at small orders; the large ones cost 0.7 s per bound).
@@ -109,7 +109,9 @@ class Accounting:
 
 def check_accountant(name: str) -> str:
     if name not in ACCOUNTANTS:
-        raise DpradError(f"--accountant '{name}' is not one of {', '.join(ACCOUNTANTS)}")
+        raise ParameterError(
+            parameter="accountant", value=name, problem=f"is not one of {', '.join(ACCOUNTANTS)}"
+        )
     return name
 
 
@@ -117,39 +119,45 @@ def _check(*, noise_multiplier: float, sample_rate: float, steps: int, delta: fl
     if not 0 < sample_rate <= 1:
         raise DpradError(f"sample rate q={sample_rate} must be in (0, 1]")
     if not 0 < delta < 1:
-        raise DpradError(f"--delta {delta} must be in (0, 1)")
+        raise ParameterError(parameter="delta", value=delta, problem="must be in (0, 1)")
     if steps < 0:
         raise DpradError(f"steps={steps} must be >= 0")
     if noise_multiplier < 0:
-        raise DpradError(f"--noise-multiplier {noise_multiplier} must be >= 0")
+        raise ParameterError(parameter="noise_multiplier", value=noise_multiplier, problem="must be >= 0")
 
 
 def check_steps(steps: int, *, accountant: str = "pld") -> None:
     """At most MAX_STEPS DP-SGD steps (MAX_PRV_STEPS for opacus's PRV)."""
     most = MAX_PRV_STEPS if accountant == "prv" else MAX_STEPS
     if steps > most:
-        use = "; use --accountant pld, as tight" if accountant == "prv" else ""
-        raise DpradError(
-            f"--steps {steps} is more than the {most:,} DP-SGD steps the {accountant} accountant accounts in "
-            f"reasonable time and memory{use} (a run's steps are --epochs x reports / --batch-size)"
+        use = "; use the pld accountant, as tight" if accountant == "prv" else ""
+        raise ParameterError(
+            parameter="steps",
+            value=steps,
+            problem=f"is more than the {most:,} DP-SGD steps the {accountant} accountant accounts in "
+            f"reasonable time and memory{use} (a run's steps are epochs x reports / batch size)",
         )
 
 
 def check_noise_multiplier(sigma: float) -> None:
     """A finite noise multiplier in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER] (see their reasons)."""
     if not math.isfinite(sigma):
-        raise DpradError(f"--noise-multiplier {sigma} must be a finite number")
+        raise ParameterError(parameter="noise_multiplier", value=sigma, problem="must be a finite number")
     if sigma < MIN_NOISE_MULTIPLIER:
-        none = " (0 is no noise: leave out --noise-multiplier and --epsilon for a non-private run)"
-        raise DpradError(
-            f"--noise-multiplier {sigma:g} is below {MIN_NOISE_MULTIPLIER:g}, the least noise dprad accounts: "
-            "with less, no setting carries a guarantee worth stating (one step at q = 0.0001 spends epsilon "
-            f"53) and the accountant runs out of memory{none if sigma == 0 else ''}"
+        none = " (0 is no noise: a non-private run sets neither a noise multiplier nor a target epsilon)"
+        raise ParameterError(
+            parameter="noise_multiplier",
+            value=sigma,
+            problem=f"is below {MIN_NOISE_MULTIPLIER:g}, the least noise dprad accounts: with less, no setting "
+            "carries a guarantee worth stating (one step at q = 0.0001 spends epsilon 53) and the accountant "
+            f"runs out of memory{none if sigma == 0 else ''}",
         )
     if sigma > MAX_NOISE_MULTIPLIER:
-        raise DpradError(
-            f"--noise-multiplier {sigma:g} is above {MAX_NOISE_MULTIPLIER:g}, the most noise dprad accounts "
-            "(epsilon 0.01 over 10^7 full-batch steps needs less)"
+        raise ParameterError(
+            parameter="noise_multiplier",
+            value=sigma,
+            problem=f"is above {MAX_NOISE_MULTIPLIER:g}, the most noise dprad accounts (epsilon 0.01 over 10^7 "
+            "full-batch steps needs less)",
         )
 
 
@@ -199,7 +207,7 @@ def check_accountable(event: Any, *, delta: float, accountant: str = "pld") -> N
         parts = ", ".join(f"noise multiplier {s:.4g} over {t:,} steps" for s, t in _dpsgd_events(event))
         raise DpradError(
             f"epsilon would be above {MAX_EPSILON:g} ({parts or 'this event'}: the RDP accountant bounds it "
-            f"at {bound:.4g}): no guarantee worth accounting; add noise (--noise-multiplier), take fewer "
+            f"at {bound:.4g}): no guarantee worth accounting; add noise (a larger noise multiplier), take fewer "
             "steps or sample fewer reports per step"
         )
 
@@ -347,9 +355,11 @@ def calibrate_noise(
     (opacus) is bisected on log(sigma) with the same accounting call the ledger makes.
     """
     if releases and accountant not in DP_ACCOUNTANTS:
-        raise DpradError(
-            f"--accountant {accountant} accounts one DP-SGD run alone; this run composes it with other "
-            "releases (DP thresholds, an LP-FT probe): use pld or rdp"
+        raise ParameterError(
+            parameter="accountant",
+            value=accountant,
+            problem="accounts one DP-SGD run alone; this run composes it with other releases (DP thresholds, "
+            "an LP-FT probe): use pld or rdp",
         )
     _check_target(target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
     for sigma, count in (x for release in releases for x in _dpsgd_events(release)):  # an LP-FT probe
@@ -382,10 +392,12 @@ def calibrate_noise(
 
     bracket = _bracket(eps, target_epsilon)
     if bracket is None:
-        raise DpradError(
-            f"--epsilon {target_epsilon:g} cannot be calibrated at q={sample_rate:g}, steps={steps}, "
-            f"delta={delta:g}: even the least noise dprad accounts (noise multiplier {MIN_NOISE_MULTIPLIER:g}) "
-            f"spends only epsilon {eps(MIN_NOISE_MULTIPLIER):.4g}; ask for less"
+        raise ParameterError(
+            parameter="epsilon",
+            value=target_epsilon,
+            problem=f"cannot be calibrated at q={sample_rate:g}, steps={steps}, delta={delta:g}: even the least "
+            f"noise dprad accounts (noise multiplier {MIN_NOISE_MULTIPLIER:g}) spends only epsilon "
+            f"{eps(MIN_NOISE_MULTIPLIER):.4g}; ask for less",
         )
     lo, hi = bracket
     if accountant in DP_ACCOUNTANTS:
@@ -409,12 +421,14 @@ def calibrate_noise(
 
 def _check_target(target: float, *, sample_rate: float, steps: int, delta: float, accountant: str) -> None:
     if not target > 0 or not math.isfinite(target):
-        raise DpradError(f"--epsilon {target} must be a positive number")
+        raise ParameterError(parameter="epsilon", value=target, problem="must be a positive number")
     if target > MAX_TARGET_EPSILON:
-        raise DpradError(
-            f"--epsilon {target:g} is above {MAX_TARGET_EPSILON:g}, the largest target dprad calibrates: "
-            f"a guarantee that loose bounds nothing, and the search would take minutes and gigabytes "
-            "(leave --epsilon out for a run without privacy)"
+        raise ParameterError(
+            parameter="epsilon",
+            value=target,
+            problem=f"is above {MAX_TARGET_EPSILON:g}, the largest target dprad calibrates: a guarantee that "
+            "loose bounds nothing, and the search would take minutes and gigabytes (a run without privacy "
+            "has no target epsilon)",
         )
     _check(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=delta)
     check_accountant(accountant)
@@ -432,8 +446,10 @@ def _bracket(eps: Callable[[float], float], target: float) -> tuple[float, float
     hi = 1.0
     while eps(hi) > target:
         if hi >= MAX_NOISE_MULTIPLIER:
-            raise DpradError(
-                f"--epsilon {target:g} is out of reach: the noise multiplier would exceed {MAX_NOISE_MULTIPLIER:g}"
+            raise ParameterError(
+                parameter="epsilon",
+                value=target,
+                problem=f"is out of reach: the noise multiplier would exceed {MAX_NOISE_MULTIPLIER:g}",
             )
         hi = min(hi * 4, MAX_NOISE_MULTIPLIER)
     lo = max(hi / 4, MIN_NOISE_MULTIPLIER)
@@ -509,9 +525,9 @@ def gaussian_noise_multiplier(*, epsilon: float, delta: float) -> float:
     from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
 
     if not epsilon > 0 or not math.isfinite(epsilon):
-        raise DpradError(f"--epsilon {epsilon} must be a positive number")
+        raise ParameterError(parameter="epsilon", value=epsilon, problem="must be a positive number")
     if not 0 < delta < 1:
-        raise DpradError(f"--delta {delta} must be in (0, 1)")
+        raise ParameterError(parameter="delta", value=delta, problem="must be in (0, 1)")
     sigma = float(
         GaussianPrivacyLoss.from_privacy_guarantee(
             DifferentialPrivacyParameters(epsilon, delta), sensitivity=1.0
@@ -539,7 +555,7 @@ def compose_epsilon(events: Sequence[Any], delta: float) -> float:
     from dp_accounting import pld
 
     if not 0 < delta < 1:
-        raise DpradError(f"--delta {delta} must be in (0, 1)")
+        raise ParameterError(parameter="delta", value=delta, problem="must be in (0, 1)")
     inv_var, others = 0.0, []
     for event, count in (x for e in events for x in _flatten(e)):
         if isinstance(event, dp_accounting.NoOpDpEvent) or count == 0:

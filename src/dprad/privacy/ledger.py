@@ -83,7 +83,7 @@ class PrivacyLedger:
 
 # ``PrivacyLedger.noise_source`` values
 NOISE_SECRET = "os-entropy"  # keyed with OS entropy never written down: the guarantee's assumption holds
-NOISE_STATED = "stated-seed"  # --noise-seed: reproducible, and only as private as the seed is secret
+NOISE_STATED = "stated-seed"  # privacy.noise_seed: reproducible, and only as private as the seed is secret
 NOISE_WRITTEN = "written-seed"  # ledgers written before secret noise: the seed ships in config.json
 
 
@@ -104,9 +104,9 @@ def noise_warning(ledger: PrivacyLedger) -> str | None:
     source = noise_source(ledger)
     if source == NOISE_STATED:
         return (
-            "Its DP noise was drawn from a stated seed (--noise-seed): anyone who knows that seed can regenerate "
+            "Its DP noise was drawn from a stated seed (privacy.noise_seed): anyone who knows that seed can regenerate "
             "the noise and subtract it, so the guarantee below holds only while the seed stays secret. "
-            "Retrain without --noise-seed before sharing."
+            "Retrain without a stated seed before sharing."
         )
     if source == NOISE_WRITTEN:
         return (

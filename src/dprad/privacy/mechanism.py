@@ -16,6 +16,7 @@ from torch import nn
 
 from dprad.data.dataset import PoissonSampler, ShuffleSampler
 from dprad.data.sampling import PatientPoissonSampler
+from dprad.errors import PrivacyInvariantError
 from dprad.privacy.accounting import (
     Accounting,
     compute_epsilon,
@@ -109,9 +110,16 @@ class DpSgd:
 
     def sampler(self, rng: np.random.Generator) -> PoissonSampler | PatientPoissonSampler:
         if self.unit == "patient":
-            assert self.groups is not None
+            if self.groups is None:
+                raise PrivacyInvariantError(
+                    "DpSgd(unit='patient') has no patient groups: its sampler cannot draw patients"
+                )
             sampler = PatientPoissonSampler(self.groups, self.sample_rate, rng)
-            assert sampler.n == self.n  # the accountant's n is the number of patients sampled over
+            if sampler.n != self.n:  # the accountant's n is the number of patients sampled over
+                raise PrivacyInvariantError(
+                    f"DpSgd(unit='patient'): the accountant counts n={self.n} patients, but the sampler's "
+                    f"groups hold {sampler.n}: the sampler used would not be the one the accountant assumes"
+                )
             return sampler
         return PoissonSampler(self.n, self.sample_rate, rng)
 

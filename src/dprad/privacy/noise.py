@@ -3,13 +3,14 @@ histogram noise, a federated site's per-round draws and the server's client-leve
 
 A DP guarantee is only as good as the secrecy of its randomness. A generator seeded from a written value
 (``train.seed`` in ``config.json``) makes the mechanism deterministic for whoever holds the files: they
-regenerate every batch and every noise vector and subtract it (``dprad audit --attack noise-replay``
-shows it). So every DP draw here comes from one ``NoiseSource`` per run:
+regenerate every batch and every noise vector and subtract it (the noise-replay audit,
+``dprad.audit.noise_replay``, shows it). So every DP draw here comes from one ``NoiseSource`` per run:
 
 * **Key.** 256 bits from ``secrets`` (the OS's CSPRNG) per run, never written to any file dprad ships;
   only the private checkpoint (``checkpoint.pt``, ``noise.key``: owner-only, deleted when the run
-  finishes) holds it, so that a killed run resumes bit for bit. ``--noise-seed N`` derives the key from a
-  stated seed instead (tests, research); the ledger then says the guarantee holds only while N is secret.
+  finishes) holds it, so that a killed run resumes bit for bit. A stated seed (``privacy.noise_seed``, N)
+  derives the key instead (tests, research); the ledger then says the guarantee holds only while N is
+  secret.
 * **Generator.** ChaCha20 (20 rounds) from ``randomgen`` (a numpy ``BitGenerator`` maintained by numpy's
   random maintainer), a stream cipher, so its output cannot be predicted from earlier output, unlike
   numpy's PCG64 or torch's Mersenne Twister, whose CPU seed is 64 bits (its ``manual_seed`` keeps 32 of
@@ -153,7 +154,7 @@ class NoiseSource:
         if self.stated:
             return {
                 "source": STATED,
-                "generator": gen + " from a stated seed (--noise-seed)",
+                "generator": gen + " from a stated seed (privacy.noise_seed)",
                 "gaussian": gaussian,
                 "statement": "noise drawn from a stated seed: the guarantee holds only while this seed stays secret",
             }

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dprad.errors import DpradError
+from dprad.errors import DpradError, ParameterError
 from dprad.privacy.accounting import gaussian_epsilon, gaussian_noise_multiplier
 from dprad.privacy.noise import NoiseStream
 
@@ -66,7 +66,11 @@ class DpThresholds:
 def _check_grid(grid: Sequence[float]) -> np.ndarray:
     g = np.asarray(grid, dtype=np.float64)
     if g.ndim != 1 or len(g) == 0 or not np.all(np.diff(g) > 0) or g[0] <= 0 or g[-1] >= 1:
-        raise DpradError("--threshold-grid must be increasing numbers strictly between 0 and 1")
+        raise ParameterError(
+            parameter="threshold_grid",
+            value=g.tolist(),
+            problem="must be increasing numbers strictly between 0 and 1",
+        )
     return g
 
 

@@ -23,6 +23,7 @@ from dprad.report.glance import headline, legend
 from dprad.report.glance import weighted_f1 as weighted_f1
 from dprad.report.label_noise import Corpus, LabelNoiseStudy, load_study
 from dprad.report.public import public_ledger, training_units
+from dprad.run import files
 from dprad.run.audit import Audit
 from dprad.run.results import Evaluation, Interval, number
 
@@ -489,7 +490,7 @@ def write_report(
     sweep = read_sweep_table(sweep_table) if sweep_table is not None else None
     # a sweep writes selection.json beside its results table: what choosing among its cells costs
     places = [Path(sweep_table).parent] if sweep_table is not None else []
-    places += [Path(p) for p in runs if Path(p).is_dir() and not (Path(p) / "privacy.json").is_file()]
+    places += [Path(p) for p in runs if Path(p).is_dir() and not (Path(p) / files.PRIVACY).is_file()]
     selection = find_selection(places)
     context = build_context(
         found, sweep=sweep, title=title, skipped=skipped, selection=selection, label_noise=study

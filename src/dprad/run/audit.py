@@ -27,6 +27,8 @@ class Attack:
     name: str
     auc: Interval
     tpr_at_1pct_fpr: Interval
+    tpr_at_01pct_fpr: Interval  # TPR at 0.1% FPR
+    advantage: Interval  # max(TPR - FPR)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Mia:
     members: int | None
     nonmembers: int | None
     raw: Mapping[str, Any]
+    reference_models: int | None = None  # LiRA / RMIA: the reference models trained for the attack
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Attribute:
     pooled: AttributeRow | None
     labels: tuple[AttributeRow, ...]
     what_it_checks: str
+    control: bool = False  # measured against a control model too (--control): rows carry its AUC
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,16 @@ class Extraction:
 
 
 @dataclass(frozen=True)
+class Theory:
+    """What the run's ledger promises, written beside what the attacks measured."""
+
+    private: bool | None
+    mode: str | None
+    epsilon: float | None
+    delta: float | None
+
+
+@dataclass(frozen=True)
 class Audit:
     source: str
     canary: Canary | None
@@ -88,6 +102,8 @@ class Audit:
     raw: Mapping[str, Any]
     attribute: Attribute | None = None
     extraction: Extraction | None = None
+    theory: Theory | None = None
+    run: str | None = None  # the run audited, as the audit named it
 
 
 def _attribute_row(row: Mapping[str, Any], name: str | None = None) -> AttributeRow:
@@ -113,6 +129,7 @@ def read_attribute(raw: object) -> Attribute | None:
         pooled=_attribute_row(pooled, "all labels (pooled)") if pooled else None,
         labels=tuple(_attribute_row(mapping(r)) for r in a.get("labels") or ()),
         what_it_checks=str(a.get("what_it_checks") or ""),
+        control=bool(a.get("control")),
     )
 
 
@@ -146,8 +163,26 @@ def read_extraction(raw: object) -> Extraction | None:
     )
 
 
+def read_theory(raw: object) -> Theory | None:
+    t = mapping(raw)
+    if not t:
+        return None
+    private = t.get("private")
+    return Theory(
+        private=private if isinstance(private, bool) else None,
+        mode=None if t.get("mode") is None else str(t["mode"]),
+        epsilon=number(t.get("epsilon")),
+        delta=number(t.get("delta")),
+    )
+
+
 def read_audit(path: Path) -> Audit:
-    raw = mapping(read_json(path))
+    return audit_of(read_json(path), source=str(path))
+
+
+def audit_of(content: object, *, source: str) -> Audit:
+    """``audit.json``'s content, typed (``source``: where it was read from)."""
+    raw = mapping(content)
     canary = None
     c = raw.get("canary")
     if isinstance(c, Mapping):
@@ -168,16 +203,27 @@ def read_audit(path: Path) -> Audit:
         if auc is None and isinstance(m.get("auc"), Mapping):
             auc = interval(m["auc"]).estimate
         attacks = tuple(
-            Attack(str(name), interval(res.get("auc")), interval(res.get("tpr_at_0.01_fpr")))
+            Attack(
+                str(name),
+                interval(res.get("auc")),
+                interval(res.get("tpr_at_0.01_fpr")),
+                interval(res.get("tpr_at_0.001_fpr")),
+                interval(res.get("advantage")),
+            )
             for name, res in mapping(m.get("attacks")).items()
             if isinstance(res, Mapping)
         )
-        mia = Mia(auc, attacks, integer(m.get("members")), integer(m.get("nonmembers")), raw=m)
+        members, nonmembers = integer(m.get("members")), integer(m.get("nonmembers"))
+        mia = Mia(
+            auc, attacks, members, nonmembers, raw=m, reference_models=integer(m.get("reference_models"))
+        )
     return Audit(
-        str(path),
+        source,
         canary,
         mia,
         raw,
         read_attribute(raw.get("attribute")),
         read_extraction(raw.get("extraction")),
+        read_theory(raw.get("theory")),
+        None if raw.get("run") is None else str(raw["run"]),
     )

@@ -13,7 +13,7 @@ has no splits and no metrics, its thresholds are in ``thresholds.json`` and its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,17 +29,31 @@ from dprad.privacy.ledger import PrivacyLedger
 from dprad.run import files
 from dprad.run.audit import Audit, read_audit
 from dprad.run.files import mapping, read_json, read_object
-from dprad.run.results import SHIPPED, Evaluation, evaluation_from_metrics, read_evaluation
+from dprad.run.results import (
+    SHIPPED,
+    Evaluation,
+    evaluation_from_metrics,
+    integer,
+    number,
+    read_evaluation,
+)
+
+FEDERATED = "federated: "  # how the rule of thresholds a federation chose begins
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The per-label decision thresholds a run ships with (``metrics.json``), and how they were chosen."""
+    """The per-label decision thresholds a run ships with (``metrics.json``'s ``thresholds``, an export's
+    ``thresholds.json``), and how they were chosen: written by :meth:`to_dict`, read by :meth:`from_dict`."""
 
     values: tuple[float, ...]  # (L,) in the schema's label order
     fitted_on: str | None  # "val (DP)", "val (NOT private)", "val", or None (0.5 for every label)
     rule: str
     epsilon: float | None = None  # their share of the ledger's epsilon, when chosen under DP
+    # how a run fitted them, as its metrics.json records it (an export ships none of it: the same thresholds)
+    noise_multiplier: float | None = field(default=None, compare=False)  # a single run's DP histograms'
+    reports: int | None = field(default=None, compare=False)  # validation reports (or patients) they counted
+    critical: tuple[str, ...] = field(default=(), compare=False)  # labels held to a validation sensitivity
 
     @property
     def array(self) -> np.ndarray:
@@ -49,6 +63,12 @@ class Thresholds:
     def covered(self) -> bool:
         """Whether the privacy ledger covers them: chosen under DP (inside its epsilon), or the fixed 0.5."""
         return self.fitted_on is None or "(DP)" in self.fitted_on
+
+    @property
+    def federated(self) -> bool:
+        """Chosen by a federation from every site's noisy histograms: ``metrics.json`` states their epsilon
+        even when there is none (a non-private federation)."""
+        return self.rule.startswith(FEDERATED)
 
     @property
     def source(self) -> str:
@@ -61,9 +81,32 @@ class Thresholds:
     def describe(self) -> str:
         return f"validation-fitted: {self.rule}" if self.fitted_on else self.rule
 
+    def to_dict(self) -> dict[str, Any]:
+        """``metrics.json``'s ``thresholds``."""
+        out: dict[str, Any] = {"fitted_on": self.fitted_on, "rule": self.rule}
+        if self.epsilon is not None or self.federated:
+            out["epsilon"] = self.epsilon
+        if self.noise_multiplier is not None:
+            out["noise_multiplier"] = self.noise_multiplier
+        if self.reports is not None:
+            out["reports"] = self.reports
+        return {**out, "critical": list(self.critical), "values": list(self.values)}
+
+    def to_export(self, labels: Sequence[str]) -> dict[str, Any]:
+        """An export's ``thresholds.json``: the values by label and how they were chosen; no count of
+        validation reports (an exact count is a release the ledger does not cover)."""
+        return {
+            "labels": list(labels),
+            "values": list(self.values),
+            "fitted_on": self.fitted_on,
+            "rule": self.rule,
+            "epsilon": self.epsilon,
+        }
+
     @classmethod
-    def from_metrics(cls, metrics: Mapping[str, Any], schema: LabelSchema, *, source: str) -> Thresholds:
-        fitted = mapping(metrics.get("thresholds"))
+    def from_dict(cls, fitted: Mapping[str, Any], schema: LabelSchema, *, source: str) -> Thresholds:
+        """``metrics.json``'s ``thresholds`` or an export's ``thresholds.json`` (empty: a run from before
+        thresholds were recorded, which shipped 0.5)."""
         values = fitted.get("values")
         if values is None:  # a run from before thresholds were recorded: it shipped 0.5
             return cls(
@@ -73,12 +116,16 @@ class Thresholds:
             raise DpradError(f"{source}: thresholds.values must list one number per label ({len(schema)})")
         fitted_on = fitted.get("fitted_on")
         rule = str(fitted.get("rule") or ("fitted on the validation split" if fitted_on else "0.5"))
-        eps = fitted.get("epsilon")
+        eps, sigma, reports = fitted.get("epsilon"), fitted.get("noise_multiplier"), fitted.get("reports")
+        critical = fitted.get("critical")
         return cls(
             tuple(float(v) for v in values),
             None if fitted_on is None else str(fitted_on),
             rule,
             None if eps is None else float(eps),
+            number(sigma),
+            integer(reports),
+            tuple(str(c) for c in critical) if isinstance(critical, list) else (),
         )
 
 
@@ -167,7 +214,9 @@ class RunRecord:
             ledger=ledger,
             schema=schema,
             splits=splits,
-            thresholds=Thresholds.from_metrics(metrics, schema, source=str(path / files.METRICS)),
+            thresholds=Thresholds.from_dict(
+                mapping(metrics.get("thresholds")), schema, source=str(path / files.METRICS)
+            ),
             metrics=metrics,
             notes=tuple(str(n) for n in notes_raw) if isinstance(notes_raw, list) else (),
         )
@@ -188,7 +237,7 @@ class RunRecord:
             ledger=ledger,
             schema=schema,
             splits={},
-            thresholds=Thresholds.from_metrics({"thresholds": shipped}, schema, source=source),
+            thresholds=Thresholds.from_dict(shipped, schema, source=source),
             metrics={},
             is_export=True,
         )

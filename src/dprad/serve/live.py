@@ -10,6 +10,7 @@ import numpy as np
 from dprad.data.schemas import LabelSchema
 from dprad.io import write_json
 from dprad.metrics.drift import reference_from_arrays, text_features
+from dprad.run.files import REFERENCE
 
 
 class LiveReference:
@@ -24,7 +25,7 @@ class LiveReference:
         rule: str,
         vocab: Collection[str],
     ) -> None:
-        self.path = Path(directory) / "reference.json"
+        self.path = Path(directory) / REFERENCE
         self.schema, self.thresholds, self.rule, self.vocab = schema, thresholds, rule, vocab
         self.probs: list[np.ndarray] = []
         self.lengths: list[np.ndarray] = []

@@ -1,7 +1,9 @@
-"""Stage 3, finishing: account, choose thresholds, score the splits, write the ledger, metrics and model."""
+"""Stage 3, finishing: account, choose thresholds, score the splits, write the ledger, metrics and model
+(the run directory through ``run.write.write_finished_run``, which a federated site writes with too)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -10,14 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from dprad.data.schemas import LabelSchema
-from dprad.data.splits import Splits
 from dprad.model import trainable_parameters
 from dprad.modes.base import Mode
 from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, epsilon_of, guarantee_statement, library_versions
 from dprad.privacy.noise import NoiseSource
-from dprad.run import files
 from dprad.run.plan import RunPlan
+from dprad.run.record import Thresholds
+from dprad.run.write import write_finished_run
 from dprad.stages.fit import Fitted
 from dprad.stages.rundir import RunDir
 
@@ -142,96 +143,58 @@ def _phase_numbers(phase: dict[str, Any]) -> dict[str, Any]:
     return {k: phase[k] for k in keys}
 
 
-def split_metrics(
-    probs_for: Callable[[str], np.ndarray],
-    schema: LabelSchema,
-    splits: Splits,
-    plan: RunPlan,
-    *,
-    noise: NoiseSource,
-) -> dict[str, Any]:
-    """Validation-fitted thresholds, and val / test metrics at 0.5 and at those thresholds. The DP
-    thresholds' histogram noise is drawn from ``noise`` (the run's secret source)."""
+def fit_thresholds(
+    probs_for: Callable[[str], np.ndarray], plan: RunPlan, *, noise: NoiseSource
+) -> Thresholds:
+    """The thresholds the run ships, by ``--thresholds``: DP histograms of validation scores inside the
+    ledger's epsilon (``dp``; their noise drawn from ``noise``, the run's secret source), the same grid
+    rule on exact counts (``val``), or 0.5 for every label."""
     from dprad.data.reports import label_matrix
     from dprad.data.schemas import UncertainPolicy
-    from dprad.metrics.scores import summary
+    from dprad.privacy.thresholds import dp_thresholds, one_report_per_patient
 
-    policy = UncertainPolicy(plan.cfg.data.uncertain_policy)
-    out: dict[str, Any] = {}
-    data = {}
-    for name, reps in splits.as_dict().items():
-        if reps and name != "train":
-            y, m = label_matrix(reps, schema, policy=policy)
-            data[name] = (y, m, probs_for(name))
-    rule = plan.cfg.privacy.thresholds
+    schema, val, rule = plan.schema, plan.splits.val, plan.cfg.privacy.thresholds
+    critical_names = tuple(schema.critical)
+    if rule not in ("dp", "val"):
+        why = "" if val else " (no validation split to fit thresholds on)"
+        return Thresholds((0.5,) * len(schema), None, f"0.5 for every label{why}", critical=critical_names)
+    y, m = label_matrix(val, schema, policy=UncertainPolicy(plan.cfg.data.uncertain_policy))
+    p = probs_for("val")
+    if plan.unit == "patient":  # the histograms' sensitivity holds per report: keep one per patient
+        keep = one_report_per_patient([r.patient_id for r in val], [r.id for r in val])
+        y, m, p = y[keep], m[keep], p[keep]
     critical = {schema.labels.index(c): CRITICAL_SENSITIVITY for c in schema.critical}
-    thresholds = None
-    if rule == "dp":
-        from dprad.privacy.thresholds import dp_thresholds, one_report_per_patient
-
-        y, m, p = data["val"]
-        if plan.unit == "patient":  # the histograms' sensitivity holds per report: keep one per patient
-            keep = one_report_per_patient([r.patient_id for r in splits.val], [r.id for r in splits.val])
-            y, m, p = y[keep], m[keep], p[keep]
-        assert plan.threshold_epsilon is not None and plan.cfg.privacy.delta is not None
-        dp = dp_thresholds(
-            y,
-            p,
-            m,
-            epsilon=plan.threshold_epsilon,
-            delta=plan.cfg.privacy.delta,
-            noise=noise.stream("thresholds"),
-            default=plan.cfg.privacy.threshold_default,
-            critical=critical,
+    default = plan.cfg.privacy.threshold_default
+    if rule == "val":  # the same grid rule as the DP thresholds, on exact counts
+        exact = dp_thresholds(y, p, m, epsilon=math.inf, delta=1.0, default=default, critical=critical)
+        return Thresholds(
+            tuple(exact.values.tolist()),
+            "val (NOT private)" if plan.private else "val",
+            f"{exact.rule}; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
+            critical=critical_names,
         )
-        if not np.isclose(dp.noise_multiplier, plan.threshold_sigma or -1.0):  # what the ledger accounts
-            raise RuntimeError("DP thresholds used a noise multiplier other than the planned one")
-        thresholds = dp.values
-        out["thresholds"] = {
-            "fitted_on": "val (DP)",
-            "rule": f"{dp.rule}; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
-            "epsilon": dp.epsilon,
-            "noise_multiplier": dp.noise_multiplier,
-            "reports": len(y),  # one per patient when the unit of privacy is the patient
-            "critical": list(schema.critical),
-            "values": thresholds.tolist(),
-        }
-    elif rule == "val":  # the same grid rule as the DP thresholds, on exact counts
-        from dprad.privacy.thresholds import dp_thresholds, one_report_per_patient
-
-        y, m, p = data["val"]
-        if plan.unit == "patient":  # the histograms' sensitivity holds per report: keep one per patient
-            keep = one_report_per_patient([r.patient_id for r in splits.val], [r.id for r in splits.val])
-            y, m, p = y[keep], m[keep], p[keep]
-        exact = dp_thresholds(
-            y,
-            p,
-            m,
-            epsilon=math.inf,
-            delta=1.0,
-            default=plan.cfg.privacy.threshold_default,
-            critical=critical,
-        )
-        thresholds = exact.values
-        out["thresholds"] = {
-            "fitted_on": "val (NOT private)" if plan.private else "val",
-            "rule": f"{exact.rule}; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
-            "critical": list(schema.critical),
-            "values": thresholds.tolist(),
-        }
-    else:
-        out["thresholds"] = {
-            "fitted_on": None,
-            "rule": "0.5 for every label"
-            + ("" if "val" in data else " (no validation split to fit thresholds on)"),
-            "critical": list(schema.critical),
-            "values": [0.5] * len(schema),
-        }
-    for name, (y, m, p) in data.items():
-        out[name] = {"threshold_0.5": summary(y, p, mask=m, labels=schema.labels)}
-        if thresholds is not None:
-            out[name]["threshold_val"] = summary(y, p, mask=m, labels=schema.labels, thresholds=thresholds)
-    return out
+    assert plan.threshold_epsilon is not None and plan.cfg.privacy.delta is not None
+    dp = dp_thresholds(
+        y,
+        p,
+        m,
+        epsilon=plan.threshold_epsilon,
+        delta=plan.cfg.privacy.delta,
+        noise=noise.stream("thresholds"),
+        default=default,
+        critical=critical,
+    )
+    if not np.isclose(dp.noise_multiplier, plan.threshold_sigma or -1.0):  # what the ledger accounts
+        raise RuntimeError("DP thresholds used a noise multiplier other than the planned one")
+    return Thresholds(
+        tuple(dp.values.tolist()),
+        "val (DP)",
+        f"{dp.rule}; sensitivity >= {CRITICAL_SENSITIVITY} for critical labels",
+        epsilon=dp.epsilon,
+        noise_multiplier=dp.noise_multiplier,
+        reports=len(y),  # one per patient when the unit of privacy is the patient
+        critical=critical_names,
+    )
 
 
 def audit_canaries(plan: RunPlan, mode: Mode, ledger: PrivacyLedger) -> dict[str, Any]:
@@ -258,40 +221,18 @@ def finish(
     noise: NoiseSource,
 ) -> TrainResult:
     ledger = build_ledger(plan, privacy, fitted, trainable_parameters(mode.trainable), noise=noise)
-    splits = plan.splits
-    if plan.canaries is not None:  # canaries are training data for the audit only: never in metrics
-        splits = replace(splits, train=[r for r in splits.train if not r.id.startswith("canary-")])
-    probs: dict[str, np.ndarray] = {}
+    probs_for = functools.cache(mode.probs)  # each split scored once
 
-    def probs_for(split: str) -> np.ndarray:  # each split scored once
-        if split not in probs:
-            probs[split] = mode.probs(split)
-        return probs[split]
-
-    metrics = split_metrics(probs_for, plan.schema, splits, plan, noise=noise)
-    mode.save(run_dir.model_dir)
-    run_dir.write_json(files.SCHEMA, plan.schema.to_dict())
-    run_dir.write_json(files.HISTORY, fitted.history)
-    run_dir.write_json(files.METRICS, metrics)
-    run_dir.write_json(files.SPLITS, {k: [r.id for r in v] for k, v in plan.splits.as_dict().items()})
-    run_dir.write_json(files.NOTES, notes)
-    if splits.test:  # the monitor's reference: test-split scores and statistics, no report text
-        from dprad.local_models import load_tokenizer
-        from dprad.metrics.drift import reference_of_reports, tokenizer_vocab
-        from dprad.run import Thresholds
-
-        shipped = Thresholds.from_metrics(metrics, plan.schema, source=str(run_dir.path / files.METRICS))
-        reference = reference_of_reports(
-            splits.test,
-            probs_for("test"),
-            schema=plan.schema,
-            policy=plan.cfg.data.uncertain_policy,
-            thresholds=shipped.array,
-            threshold_rule=shipped.describe(),
-            vocab=tokenizer_vocab(load_tokenizer(plan.model_dir)),
-        )
-        run_dir.write_json(files.REFERENCE, reference)
-    if plan.canaries is not None:
-        run_dir.write_json(files.AUDIT, {"canary": audit_canaries(plan, mode, ledger)})
-    run_dir.write_json(files.PRIVACY, ledger.to_dict())  # last: its presence marks a finished run
+    thresholds = fit_thresholds(probs_for, plan, noise=noise)
+    metrics = write_finished_run(
+        run_dir.path,
+        plan,
+        probs_for=probs_for,
+        thresholds=thresholds,
+        save_model=mode.save,
+        history=fitted.history,
+        notes=notes,
+        ledger=ledger,
+        audit=None if plan.canaries is None else {"canary": audit_canaries(plan, mode, ledger)},
+    )
     return TrainResult(run_dir.path, ledger, metrics)

@@ -5,19 +5,20 @@ noise, once. The result is a frozen :class:`RunPlan`; ``config.json`` is ``plan.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from dprad.config import MODE_ALIASES, RunConfig
+from dprad.config import MODE_ALIASES, RunConfig, flag_message
 from dprad.data.provenance import teacher_of
 from dprad.data.read import read_data
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, builtin_schema, load_schema
 from dprad.data.splits import Splits, split_by_patient
-from dprad.errors import DpradError
+from dprad.errors import DpradError, ParameterError
 from dprad.local_models import resolve_model_dir
 from dprad.privacy import calibrate_noise, default_delta, dpsgd_event, epsilon_of
 from dprad.privacy.accounting import check_accountant, gaussian_noise_multiplier, with_releases
@@ -29,6 +30,16 @@ from dprad.run.plan import RunPlan, threshold_releases
 # 551) and eps (1, 10, non-private), while it costs minutes where the head costs seconds. Above the
 # largest measured size the choice is unmeasured, and a run says so in its notes.
 AUTO_MEASURED_UP_TO = 2_614
+
+
+@contextmanager
+def _in_flags() -> Iterator[None]:
+    """A privacy mechanism's :class:`ParameterError` ("epsilon 0 must be ...") raised as the user reads it,
+    with the flag that sets the parameter ("--epsilon 0 must be ...")."""
+    try:
+        yield
+    except ParameterError as err:
+        raise DpradError(flag_message(err)) from err
 
 
 def prepare(
@@ -99,7 +110,8 @@ def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) 
             raise DpradError(f"--epsilon {p.epsilon} must be a positive number")
         if p.noise_multiplier is not None and not p.noise_multiplier > 0:
             raise DpradError(f"--noise-multiplier {p.noise_multiplier} must be > 0")
-        check_accountant(p.accountant)
+        with _in_flags():
+            check_accountant(p.accountant)
         delta = p.delta if p.delta is not None else default_delta(n_train)
         if not 0 < delta < 1:
             raise DpradError(f"--delta {delta} must be in (0, 1)")
@@ -235,15 +247,16 @@ def plan_run(
     q1, steps1 = planned_steps(probe_cfg, n) if probe_cfg is not None else (0.0, 0)
     noise, th_eps, th_sigma, probe_sigma = (None, None, None, None)
     if cfg.private:
-        noise, th_eps, th_sigma, probe_sigma = _calibrate(
-            cfg,
-            probe_cfg,
-            schedule=(q, steps),
-            probe_schedule=(q1, steps1),
-            n_val=len(splits.val),
-            n_labels=len(schema),
-            notes=notes,
-        )
+        with _in_flags():
+            noise, th_eps, th_sigma, probe_sigma = _calibrate(
+                cfg,
+                probe_cfg,
+                schedule=(q, steps),
+                probe_schedule=(q1, steps1),
+                n_val=len(splits.val),
+                n_labels=len(schema),
+                notes=notes,
+            )
         measured = probe_cfg is not None and cfg.train.mode == "lora" and n <= AUTO_MEASURED_UP_TO
         if measured:  # LP-FT's LoRA was measured against the head up to this size (full was not)
             notes.append(
