@@ -47,6 +47,9 @@ def test_old_run_directories_load_evaluate_and_report(
             rec.noise_warning
         )
         assert rec.mode == name.removeprefix("dp-") and rec.display_mode == name
+        # written before encoder runtimes: its frozen encoder ran in torch fp32, not today's default
+        assert "encoder_runtime" not in json.loads((run / "config.json").read_text())["model"]
+        assert rec.config.model.encoder_runtime == "torch"
         assert list(rec.thresholds.values) == raw_metrics["thresholds"]["values"]
         assert rec.thresholds.fitted_on == "val (DP)" and "DP" in rec.thresholds.source
         assert rec.splits["test"] == tuple(json.loads((run / "splits.json").read_text())["test"])

@@ -15,6 +15,7 @@ from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
 from dprad.metrics.evaluation import EvalOptions
 from dprad.modes import load_run
+from dprad.run import RunRecord
 from dprad.stages.evaluate import evaluate_run
 from dprad.stages.train import train
 
@@ -45,6 +46,9 @@ def test_evaluate_and_audit_read_the_kept_features(
     )
     result = train(cfg, tmp_path / "run")
     run = result.run_dir
+    # --encoder-runtime auto: a head on the CPU resolves to onnx-int8, and config.json records that
+    assert cfg.model.encoder_runtime == "auto"
+    assert RunRecord.open(run).config.model.encoder_runtime == "onnx-int8"
     chunks = _chunks(cache)
     assert chunks, "training wrote no feature chunk"
     stamps = {p: p.stat().st_mtime_ns for p in chunks}

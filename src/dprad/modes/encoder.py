@@ -49,7 +49,7 @@ class EncoderMode(Mode):
         if cfg.model.encoder_runtime != "torch":
             raise DpradError(
                 f"--encoder-runtime {cfg.model.encoder_runtime} is for the head mode's frozen encoder; "
-                f"--mode {cls.name} trains the encoder in torch (leave --encoder-runtime torch)"
+                f"--mode {cls.name} trains the encoder in torch (leave --encoder-runtime auto, or torch)"
             )
         if cfg.train.select_epoch and cfg.private:
             raise DpradError(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.special import expit
 
-from dprad.data.dataset import Encoded
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema
 from dprad.features import loss_per_example
@@ -34,7 +33,15 @@ class Predictions:
 PREDICT_BLOCK = 2048
 
 # reports -> (logits (N, L), their encoding, whose targets / mask give the per-example loss)
-LogitsFn = Callable[[Sequence[Report]], tuple[np.ndarray, Encoded]]
+LogitsFn = Callable[[Sequence[Report]], tuple[np.ndarray, "Labelled"]]
+
+
+class Labelled(Protocol):
+    """What the loss reads of the reports scored: an :class:`~dprad.data.dataset.Encoded`, or only the
+    labels (``dprad.modes.head.Targets``) where no token ids were needed."""
+
+    targets: np.ndarray  # (N, L)
+    mask: np.ndarray  # (N, L)
 
 
 class Predictor:
@@ -49,7 +56,7 @@ class Predictor:
         reports: Sequence[Report],
         *,
         progress: Callable[[int], None] | None = None,
-        block: int = 0,
+        block: int | None = None,
     ) -> Predictions:
         """Scores of ``reports``, ``block`` reports at a time (default :data:`PREDICT_BLOCK`: no more than
         one block's token ids held at once, whatever N); ``progress(done)`` after each block."""
