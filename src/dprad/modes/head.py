@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dprad.config import RunConfig
-from dprad.data.dataset import Encoded, encode
+from dprad.data.dataset import encode
 from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
@@ -352,12 +352,10 @@ def head_predictor(
     center = head.center.numpy()  # type: ignore[operator]
 
     def logits(reports: Sequence[Report]) -> tuple[np.ndarray, Any]:
-        enc: Encoded | Targets
+        enc = encode(reports, tokenizer, schema, max_length=max_length, policy=policy)
         if store is None:
-            enc = encode(reports, tokenizer, schema, max_length=max_length, policy=policy)
             feats = encoder_features(encoder, enc, pooling=pooling, max_tokens=max_tokens)  # (N, H)
-        else:  # the store tokenises only what it lacks; the loss needs the labels alone
-            enc = Targets(*label_matrix(reports, schema, policy=policy))
+        else:
             texts = [r.text for r in reports]
             feats = cached_features(
                 encoder,
