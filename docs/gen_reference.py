@@ -4,8 +4,8 @@ A mkdocs hook (``hooks:`` in ``mkdocs.yml``): ``on_files`` adds the pages below 
 
 - the typer app (``dprad.cli.app``, its commands in ``dprad.commands``): every command, argument and flag,
   with its help text and default (``reference/commands.md``);
-- the config dataclasses (``dprad.config``) and the train command's flag table
-  (``dprad.commands.options.TRAIN_OPTIONS``): every field of a ``--config`` file (``reference/config.md``);
+- the config dataclasses (``dprad.config``: each field's help and vocabulary) and the train command's flag
+  table (``dprad.commands.options.TRAIN_OPTIONS``): every field of a ``--config`` file (``reference/config.md``);
 - the run directory's file names (``dprad.run.files``) and the export's safe list (``dprad.export.safe``):
   what a run and an export hold, and why an export leaves the rest out (``reference/run-directory.md``);
 - ``ARCHITECTURE.md``, the project's map, as it is in the repository (``reference/architecture.md``).
@@ -190,15 +190,19 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
+    from dprad.config import choices
+
+    words = choices(tp)
+    if words is not None:  # a vocabulary: its words, as a config file writes them
+        return " | ".join(words) + (" | None" if type(None) in typing.get_args(tp) else "")
     text = str(tp) if not isinstance(tp, type) else tp.__name__
     return text.replace("typing.", "").replace("NoneType", "None")
 
 
 def config_page() -> str:
-    from dprad.commands.options import CONFIG_ONLY, SECTIONS, TRAIN_OPTIONS, flags_of
-    from dprad.config import flag_name
+    from dprad.commands.options import CONFIG_ONLY, SECTIONS
+    from dprad.config import flag_name, help_of
 
-    helps = {(f.section, f.field): f.help or "" for f in flags_of(TRAIN_OPTIONS)}
     out = [
         GENERATED_NOTE.format(source="src/dprad/config.py and src/dprad/commands/options.py"),
         "# The config file",
@@ -232,9 +236,7 @@ def config_page() -> str:
             )
             if (section, f.name) == ("data", "path"):
                 flag = "`dprad train DATA`"  # train's argument, not a flag: the training reports
-            what = helps.get((section, f.name)) or notes.get(
-                f.name, ""
-            )  # the flag's help, else the field's note
+            what = help_of(cls, f.name) or notes.get(f.name, "")  # the field's help, else its note
             out.append(
                 f"| `{f.name}` | {_code(_type_name(hints[f.name]))} | {_code(default) if default else ''} "
                 f"| {flag} | {_cell(what)} |"

@@ -60,10 +60,9 @@ import torch
 from torch import nn
 
 from dprad import io
-from dprad.config import ModelConfig
+from dprad.config import RUNTIMES  # torch, int8, onnx, onnx-int8: the config owns the vocabulary
 from dprad.errors import DpradError
 
-RUNTIMES = ModelConfig.RUNTIMES  # torch, int8, onnx, onnx-int8: the config owns the vocabulary
 ONNX_OPSET = 17
 EXPORT_VERSION = "2"  # bump when the export or quantisation recipe changes: a new cache key
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dprad.errors import DpradError
 
@@ -31,7 +31,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     return path
 
 
-def declared_pooling(model_dir: Path) -> str | None:
+def declared_pooling(model_dir: Path) -> Literal["mean", "cls"] | None:
     """The pooling a sentence-transformers checkpoint was trained with (``1_Pooling/config.json``), if any."""
     cfg = model_dir / "1_Pooling" / "config.json"
     if not cfg.is_file():

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dprad.config import POOLINGS, Pooling
 from dprad.errors import DpradError
 from dprad.local_models import declared_pooling, resolve_model_dir
 
@@ -38,11 +39,11 @@ def encoder_type(model_dir: Path) -> str:
     return kind
 
 
-def resolve_pooling(pooling: str, model_dir: Path) -> str:
+def resolve_pooling(pooling: str, model_dir: Path) -> Pooling:
     """``auto`` -> what the checkpoint was trained with (sentence-transformers declare it), else CLS."""
-    if pooling not in {"auto", "mean", "cls"}:
-        raise DpradError(f"--pooling '{pooling}' must be auto, mean or cls")
-    if pooling != "auto":
+    if pooling not in POOLINGS:  # a config refuses it when built; this guards direct callers
+        raise DpradError(f"--pooling '{pooling}' must be one of {', '.join(POOLINGS)}")
+    if pooling == "mean" or pooling == "cls":
         return pooling
     return declared_pooling(model_dir) or "cls"
 

@@ -1,25 +1,30 @@
-"""``dprad label``: label reports with a teacher (:mod:`dprad.labeling.dispatch`) and write a table."""
+"""``dprad label``: label reports with a teacher (:mod:`dprad.labeling.dispatch`) and write a table. Its
+``--llm-*`` flags come from :data:`dprad.commands.options.LLM_OPTIONS` (the LLM teacher's ``LLMConfig``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from dprad.commands.console import console, counting, print_agreement, print_labelled, print_llm_summary
 from dprad.commands.options import (
     DATA,
+    LLM_OPTIONS,
     FormatOpt,
     IdColOpt,
     LabelsOpt,
     PatientColOpt,
     SchemaOpt,
     TextColOpt,
+    flag_values,
     read_input,
+    with_options,
 )
 
 
+@with_options(LLM_OPTIONS)
 def label(
     path: Annotated[Path, typer.Argument(help="reports to label")],
     out: Annotated[
@@ -43,27 +48,7 @@ def label(
     agreement_out: Annotated[
         Path | None, typer.Option("--agreement-out", help="write the agreement report as JSON")
     ] = None,
-    llm_url: Annotated[
-        str | None,
-        typer.Option("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
-    ] = None,
-    llm_model: Annotated[str | None, typer.Option("--llm-model", help="model name the server knows")] = None,
-    llm_allow_host: Annotated[
-        list[str] | None,
-        typer.Option("--llm-allow-host", help="an on-premises host allowed besides loopback"),
-    ] = None,
-    llm_cache: Annotated[Path | None, typer.Option("--llm-cache", help="answer cache folder")] = None,
-    llm_concurrency: Annotated[int, typer.Option("--llm-concurrency")] = 4,
-    llm_timeout: Annotated[float, typer.Option("--llm-timeout", help="seconds per request")] = 60.0,
-    llm_retries: Annotated[int, typer.Option("--llm-retries")] = 3,
-    llm_structured: Annotated[
-        str,
-        typer.Option(
-            "--llm-structured",
-            help="how the server takes the answer's JSON schema: auto (json_schema, then json_object, then none), json_schema (vLLM, llama-server, Ollama), json_object (llama-cpp-python) or none",
-        ),
-    ] = "auto",
-    llm_max_tokens: Annotated[int, typer.Option("--llm-max-tokens", help="tokens per answer at most")] = 512,
+    **flags: Any,
 ) -> None:
     """Label reports with a teacher and write one row per report (1 / 0 / -1 / blank); optionally measure it."""
     from dprad.data.provenance import write_record
@@ -75,17 +60,7 @@ def label(
     reports = result.reports
     llm = None
     if teacher == "llm":
-        llm = llm_config(
-            llm_url,
-            llm_model,
-            allow_hosts=llm_allow_host or (),
-            timeout_s=llm_timeout,
-            max_retries=llm_retries,
-            concurrency=llm_concurrency,
-            cache_dir=llm_cache,
-            structured=llm_structured,
-            max_tokens=llm_max_tokens,
-        )
+        llm = llm_config(**flag_values(LLM_OPTIONS, flags, "llm"))
     labelled = label_reports(reports, sch, teacher, source=path, llm=llm, progress=counting)
     if labelled.llm_summary is not None:
         print_llm_summary(labelled.llm_summary)

@@ -1,8 +1,11 @@
 """Command-line options defined once, from the config dataclasses.
 
-``TRAIN_OPTIONS`` is the one table of the config flags. Each row names a config field (section, field) and
-carries its help text; the flag is :func:`dprad.config.flag_name`'s, the type is the field's annotation and
-the default is the dataclass's own, so no default is written twice. :func:`with_options` gives a command the
+``TRAIN_OPTIONS`` is the one table of the config flags, ``LLM_OPTIONS`` that of ``dprad label``'s LLM
+teacher (:class:`dprad.labeling.llm.LLMConfig`). Each row names a dataclass field (section, field); the flag
+is :func:`dprad.config.flag_name`'s (or the row's own name), the help is the field's own
+(``metadata["help"]``, :func:`dprad.config.setting`), the type is the field's annotation (a vocabulary's
+``Literal`` is typed as text: the config checks the word, with the words in its one-line error) and the
+default is the dataclass's own, so neither is written twice. :func:`with_options` gives a command the
 table's flags (typer reads options from a command's signature), and :func:`config_from_flags` applies the
 flags the user typed on top of a ``--config`` file, and nothing else. The reader flags that other commands
 share (``FormatOpt`` ...) are built from the same rows.
@@ -27,9 +30,12 @@ from dprad.config import (
     PrivacyConfig,
     RunConfig,
     TrainConfig,
+    choices,
     flag_name,
+    help_of,
 )
 from dprad.errors import DpradError
+from dprad.labeling.llm import LLMConfig
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
@@ -38,8 +44,9 @@ SECTIONS: dict[str, type] = {
     "privacy": PrivacyConfig,
     "train": TrainConfig,
 }
+# every dataclass whose fields are flags: a RunConfig's sections, and the LLM teacher's settings (`dprad label`)
+OWNERS: dict[str, type] = {**SECTIONS, "llm": LLMConfig}
 
-# flags whose name config.FLAG_NAMES does not give: the command line's own, shorter names
 # config fields with no flag: data.path is train's DATA argument; the others are set in a --config file
 CONFIG_ONLY = (
     ("data", "path"),
@@ -51,19 +58,23 @@ CONFIG_ONLY = (
 
 @dataclass(frozen=True)
 class Flag:
-    """One config field as a command-line option."""
+    """One dataclass field (``OWNERS[section]``) as a command-line option; its help is the field's."""
 
     section: str
     field: str
-    help: str | None = None
     short: str | None = None  # e.g. "-f"
     cli_type: Any = None  # the type typed, where it is not the field's (a path, a comma-separated list)
     to_config: Callable[[Any], Any] | None = None  # a typed value (not None) -> the field's value
     to_cli: Callable[[Any], Any] | None = None  # the field's default as the option shows it
+    name: str | None = None  # the flag, where it is not config.flag_name's (a section outside RunConfig)
 
     @property
     def flag(self) -> str:
-        return flag_name(self.section, self.field)
+        return self.name or flag_name(self.section, self.field)
+
+    @property
+    def help(self) -> str | None:
+        return help_of(OWNERS[self.section], self.field)
 
     @property
     def param(self) -> str:
@@ -72,12 +83,19 @@ class Flag:
 
     @property
     def type(self) -> Any:
-        return self.cli_type or _field_types(self.section)[self.field]
+        if self.cli_type:
+            return self.cli_type
+        tp = _field_types(self.section)[self.field]
+        if choices(tp) is not None:  # a vocabulary: typed as text, and the config checks the word
+            return str | None if type(None) in typing.get_args(tp) else str
+        return tp
 
     @property
     def default(self) -> Any:
-        (spec,) = (f for f in fields(SECTIONS[self.section]) if f.name == self.field)
+        (spec,) = (f for f in fields(OWNERS[self.section]) if f.name == self.field)
         if spec.default is MISSING:
+            if spec.default_factory is MISSING:
+                return None  # a required field: the command says when it is missing
             raise TypeError(f"config {self.section}.{self.field} has no plain default to show")
         return self.to_cli(spec.default) if self.to_cli else spec.default
 
@@ -97,7 +115,7 @@ class Flag:
 
 @functools.cache
 def _field_types(section: str) -> dict[str, Any]:
-    return typing.get_type_hints(SECTIONS[section])
+    return typing.get_type_hints(OWNERS[section])
 
 
 def _is_switch(tp: Any) -> bool:
@@ -122,27 +140,23 @@ def _comma_list(v: str) -> tuple[str, ...] | None:
     return tuple(v.split(",")) if v else None
 
 
+def _none(_default: Any) -> None:
+    return None  # the option shows no default (typer: a repeated option's default is None, not ())
+
+
 def _joined(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
 # ---------------------------------------------------------------------------------------- reader flags
 
-FORMAT = Flag(
-    "data", "format", "auto, csv, jsonl, parquet, iu-xray, ct-rate, ct-rate-manual, mimic-cxr", short="-f"
-)
-SCHEMA = Flag("data", "schema", "chexpert14, ctrate18 or a YAML/JSON schema file (default: the format's)")
-TEXT_COL = Flag("data", "text_col", "text column of a plain table")
-ID_COL = Flag("data", "id_col", "report id column of a plain table")
-PATIENT_COL = Flag("data", "patient_col", "patient id column (default: patient_id if present)")
-SPLIT_COL = Flag("data", "split_col", "column holding fixed train/val/test splits")
-LABELS = Flag(
-    "data",
-    "labels_path",
-    "CT-RATE labels CSV / MIMIC-CXR chexpert CSV if not in the usual place",
-    cli_type=Path | None,
-    to_config=_abs,
-)
+FORMAT = Flag("data", "format", short="-f")
+SCHEMA = Flag("data", "schema")
+TEXT_COL = Flag("data", "text_col")
+ID_COL = Flag("data", "id_col")
+PATIENT_COL = Flag("data", "patient_col")
+SPLIT_COL = Flag("data", "split_col")
+LABELS = Flag("data", "labels_path", cli_type=Path | None, to_config=_abs)
 
 # the reader flags as other commands declare them; their defaults are DATA's (DataConfig's own)
 DATA = DataConfig()
@@ -166,139 +180,84 @@ TRAIN_OPTIONS: tuple[Flag | str, ...] = (
     SPLIT_COL,
     LABELS,
     "config",
-    Flag(
-        "train",
-        "mode",
-        "auto | head | lora | full (auto: head, the measured winner at every size measured; docs/how-to/choosing.md). "
-        "--epsilon or --noise-multiplier makes any mode private; dp-head / dp-lora / dp-full are accepted aliases",
-    ),
-    Flag("privacy", "epsilon", "target epsilon; the noise multiplier is calibrated to spend at most this"),
-    Flag(
-        "privacy",
-        "delta",
-        "delta; default: the largest power of ten <= 1/(10 n), n = training units (patients or reports: "
-        "--privacy-unit). delta >= 1/n is refused unless --force-delta",
-    ),
-    Flag("privacy", "noise_multiplier", "fixed sigma instead of --epsilon; epsilon is then the output"),
-    Flag(
-        "privacy",
-        "max_grad_norm",
-        "per-unit clipping norm C (a patient's reports together, or one report: --privacy-unit)",
-    ),
-    Flag("privacy", "accountant", "pld (default), rdp or prv"),
-    Flag("privacy", "force_delta", "allow delta >= 1/n"),
-    Flag(
-        "privacy",
-        "thresholds",
-        "auto | dp | val | 0.5: per-label thresholds chosen on the validation split under DP (inside epsilon; "
-        "auto when private), without DP (val: the ledger flags it), or 0.5",
-    ),
-    Flag(
-        "privacy",
-        "unit",
-        "auto | patient | report: what one unit of privacy is (auto: patient when patients have several reports)",
-    ),
-    Flag("privacy", "threshold_share", "share of --epsilon spent on DP thresholds"),
-    Flag(
-        "privacy",
-        "threshold_default",
-        "threshold a label keeps unless the (DP) validation counts move it (default 0.3)",
-    ),
-    Flag("model", "name", "minilm (packaged default) or a local HF model directory"),
-    Flag("model", "pooling", "auto | mean | cls"),
-    Flag("model", "max_length", "tokens per report (truncation)"),
-    Flag(
-        "model",
-        "encoder_runtime",
-        "head modes: the frozen encoder's runtime, auto | torch | int8 | onnx | onnx-int8 (auto: onnx-int8 "
-        "for a head on the CPU, else torch); predict and serve use the run's own",
-    ),
-    Flag("train", "epochs", "epochs (expected passes over the data)"),
-    Flag("train", "lr", "learning rate"),
-    Flag("train", "batch_size", "expected logical batch size (q = batch / n)"),
-    Flag("train", "max_tokens", "tokens per physical micro-batch (memory only)"),
+    Flag("train", "mode"),
+    Flag("privacy", "epsilon"),
+    Flag("privacy", "delta"),
+    Flag("privacy", "noise_multiplier"),
+    Flag("privacy", "max_grad_norm"),
+    Flag("privacy", "accountant"),
+    Flag("privacy", "force_delta"),
+    Flag("privacy", "thresholds"),
+    Flag("privacy", "unit"),
+    Flag("privacy", "threshold_share"),
+    Flag("privacy", "threshold_default"),
+    Flag("model", "name"),
+    Flag("model", "pooling"),
+    Flag("model", "max_length"),
+    Flag("model", "encoder_runtime"),
+    Flag("train", "epochs"),
+    Flag("train", "lr"),
+    Flag("train", "batch_size"),
+    Flag("train", "max_tokens"),
     Flag("lora", "r"),
     Flag("lora", "alpha"),
-    Flag(
-        "lora",
-        "layers",
-        "LoRA in the top K layers only; the frozen bottom runs once per report (cached hidden states)",
-    ),
-    Flag(
-        "lora", "target_modules", "comma-separated module names", cli_type=str | None, to_config=_comma_list
-    ),
-    Flag("data", "uncertain_policy", "ones (U-Ones, default) | zeros | ignore"),
-    Flag(
-        "data",
-        "fractions",
-        "train,val,test fractions, e.g. 0.7,0.1,0.2 (1,0,0: train on everything)",
-        cli_type=str,
-        to_config=_fractions,
-        to_cli=_joined,
-    ),
+    Flag("lora", "layers"),
+    Flag("lora", "target_modules", cli_type=str | None, to_config=_comma_list),
+    Flag("data", "uncertain_policy"),
+    Flag("data", "fractions", cli_type=str, to_config=_fractions, to_cli=_joined),
     Flag("data", "split_seed"),
-    Flag(
-        "data",
-        "teacher",
-        "who wrote the training labels, for the model card (default: what `dprad label` recorded beside the table)",
-    ),
-    Flag("train", "seed", "public randomness only: initialisation, canaries, non-private batch order"),
-    Flag(
-        "privacy",
-        "noise_seed",
-        "draw the DP noise and Poisson batches from this stated seed (tests, research): reproducible, and "
-        "private only while the seed stays secret; the ledger and card say so, export and serve refuse it "
-        "without --force. Default: a secret key from OS entropy, written nowhere that is shipped",
-    ),
-    Flag("train", "threads", "torch CPU threads"),
-    Flag("train", "device", "auto (CUDA when present) | cpu | cuda[:i]; bf16 autocast on a GPU"),
+    Flag("data", "teacher"),
+    Flag("train", "seed"),
+    Flag("privacy", "noise_seed"),
+    Flag("train", "threads"),
+    Flag("train", "device"),
     "overwrite",
+    Flag("train", "public_warm_start"),
+    Flag("train", "rule_prior"),
+    Flag("train", "probe"),
+    Flag("train", "probe_share"),
+    Flag("train", "select_epoch"),
+    Flag("train", "audit_canaries"),
+    Flag("train", "audit_rare_tokens"),
+    Flag("train", "feature_cache", cli_type=Path | None, to_config=_abs),
+)
+
+# ---------------------------------------------------------------------------------------- label flags
+
+# `dprad label --teacher llm`: the LLM teacher's settings (LLMConfig), in the order `dprad label --help`
+# lists them; the API key is never a flag (shell history), and backoff_s is the library's own
+LLM_OPTIONS: tuple[Flag | str, ...] = (
+    Flag("llm", "url", cli_type=str | None, name="--llm-url"),
+    Flag("llm", "model", cli_type=str | None, name="--llm-model"),
     Flag(
-        "train",
-        "public_warm_start",
-        "head modes and LP-FT probes: start from a fit on dprad's public synthetic corpus (default: on for "
-        "private runs with a built-in schema)",
+        "llm",
+        "allow_hosts",
+        cli_type=list[str] | None,
+        to_config=tuple,
+        to_cli=_none,
+        name="--llm-allow-host",
     ),
-    Flag(
-        "train",
-        "rule_prior",
-        "head modes: the rule teacher's reading of each report as extra, privacy-free inputs (default: on "
-        "where the schema has rule vocabulary)",
-    ),
-    Flag(
-        "train",
-        "probe",
-        "lora / full: LP-FT, a private linear probe (the head mode) first, then fine-tuning from it (default: on)",
-    ),
-    Flag(
-        "train",
-        "probe_share",
-        "private LP-FT: share of the training budget (epsilon less the thresholds' share) for the probe",
-    ),
-    Flag(
-        "train",
-        "select_epoch",
-        "non-private lora / full: ship the epoch (0: the probe) with the lowest validation loss (default: on "
-        "when not private; refused when private)",
-    ),
-    Flag(
-        "train",
-        "audit_canaries",
-        "one-run privacy audit: M canaries (random labels), each trained on with probability 1/2; writes audit.json",
-    ),
-    Flag("train", "audit_rare_tokens", "append rare random tokens to canaries"),
-    Flag(
-        "train",
-        "feature_cache",
-        "head modes: reuse encoder features from this folder across runs (as sensitive as the reports)",
-        cli_type=Path | None,
-        to_config=_abs,
-    ),
+    Flag("llm", "cache_dir", cli_type=Path | None, name="--llm-cache"),
+    Flag("llm", "concurrency", name="--llm-concurrency"),
+    Flag("llm", "timeout_s", name="--llm-timeout"),
+    Flag("llm", "max_retries", name="--llm-retries"),
+    Flag("llm", "structured", name="--llm-structured"),
+    Flag("llm", "max_tokens", name="--llm-max-tokens"),
 )
 
 
 def flags_of(rows: Sequence[Flag | str]) -> list[Flag]:
     return [row for row in rows if isinstance(row, Flag)]
+
+
+def flag_values(rows: Sequence[Flag | str], values: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """The values of ``section``'s flags in ``rows``, by field, as the field takes them (typed or default)."""
+    out: dict[str, Any] = {}
+    for row in flags_of(rows):
+        if row.section == section:
+            v = values[row.param]
+            out[row.field] = row.to_config(v) if row.to_config and v is not None else v
+    return out
 
 
 def unflagged_fields(rows: Sequence[Flag | str] = TRAIN_OPTIONS) -> set[tuple[str, str]]:

@@ -97,8 +97,6 @@ def train(
         cfg = cfg.with_(data=replace(cfg.data, path=str(data.resolve())))
     elif not cfg.data.path:
         raise DpradError("dprad train: give the training data (DATA) or a --config that names data.path")
-    if cfg.data.uncertain_policy not in {"ones", "zeros", "ignore"}:
-        raise DpradError(f"--uncertain '{cfg.data.uncertain_policy}' must be ones, zeros or ignore")
     with training_progress() as bars:
         result = run_train(cfg, out, on_step=bars.step, on_features=bars.features, overwrite=overwrite)
     audit = RunRecord.open(out).audit if (out / AUDIT).exists() else None

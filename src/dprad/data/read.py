@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dprad.config import FORMATS
 from dprad.data.ct_rate import read_ct_rate_manual, read_ct_rate_official
 from dprad.data.iu_xray import read_iu_xray
 from dprad.data.mimic_cxr import read_mimic_cxr
@@ -15,7 +16,6 @@ from dprad.errors import DpradError
 if TYPE_CHECKING:
     from dprad.config import DataConfig
 
-FORMATS = ("auto", "csv", "jsonl", "parquet", "iu-xray", "ct-rate", "ct-rate-manual", "mimic-cxr")
 DEFAULT_SCHEMA = {
     "iu-xray": CHEXPERT14,
     "mimic-cxr": CHEXPERT14,

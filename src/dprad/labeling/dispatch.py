@@ -18,7 +18,7 @@ from dprad.data.provenance import TeacherRecord, rules_detail
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
-from dprad.labeling.llm import LLMConfig
+from dprad.labeling.llm import LLMConfig, Structured
 
 TEACHERS = ("rules", "llm", "gold")
 API_KEY_ENV = "DPRAD_LLM_API_KEY"  # the LLM server's API key, if it wants one: never a flag (shell history)
@@ -54,12 +54,12 @@ def llm_config(
     url: str | None,
     model: str | None,
     *,
-    allow_hosts: Sequence[str] = (),
+    allow_hosts: Sequence[str] | None = (),
     timeout_s: float = 60.0,
     max_retries: int = 3,
     concurrency: int = 4,
     cache_dir: str | Path | None = None,
-    structured: str = "auto",
+    structured: Structured = "auto",
     max_tokens: int = 512,
 ) -> LLMConfig:
     """The LLM teacher's settings; the API key comes from the environment (``DPRAD_LLM_API_KEY``)."""
@@ -68,7 +68,7 @@ def llm_config(
     return LLMConfig(
         url=url,
         model=model,
-        allow_hosts=tuple(allow_hosts),
+        allow_hosts=tuple(allow_hosts or ()),
         timeout_s=timeout_s,
         max_retries=max_retries,
         concurrency=concurrency,

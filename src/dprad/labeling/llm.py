@@ -27,37 +27,47 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import urlparse
 
 from dprad import io
+from dprad.config import setting
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema
 from dprad.errors import DpradError
 
 PROMPT_VERSION = "dprad-llm-v1"
-STRUCTURED_FORMATS = ("json_schema", "json_object", "none")
+StructuredFormat = Literal["json_schema", "json_object", "none"]  # the dialects, in the order auto tries them
+Structured = Literal["auto", StructuredFormat]
+STRUCTURED_FORMATS: tuple[StructuredFormat, ...] = get_args(StructuredFormat)
+STRUCTURED: tuple[Structured, ...] = get_args(Structured)
 
 
 @dataclass(frozen=True)
 class LLMConfig:
-    url: str  # base URL of the OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1
-    model: str
-    allow_hosts: tuple[str, ...] = ()
-    timeout_s: float = 60.0
+    """The LLM teacher's settings; each field's help (``metadata["help"]``, :func:`dprad.config.setting`)
+    is its ``dprad label --llm-*`` flag's."""
+
+    url: str = field(metadata={"help": "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"})
+    model: str = field(metadata={"help": "model name the server knows"})
+    allow_hosts: tuple[str, ...] = setting((), "an on-premises host allowed besides loopback")
+    timeout_s: float = setting(60.0, "seconds per request")
     max_retries: int = 3
     backoff_s: float = 0.5
     concurrency: int = 4
-    cache_dir: str | None = None
-    structured: str = "auto"  # auto, or one of STRUCTURED_FORMATS
-    api_key: str | None = None
-    max_tokens: int = 512  # bounds an answer; a schema-constrained answer for 18 labels is about 200 tokens
+    cache_dir: str | None = setting(None, "answer cache folder")
+    structured: Structured = setting(
+        "auto",
+        "how the server takes the answer's JSON schema: auto (json_schema, then json_object, then none), "
+        "json_schema (vLLM, llama-server, Ollama), json_object (llama-cpp-python) or none",
+    )
+    api_key: str | None = None  # from the environment only (dispatch.API_KEY_ENV), never a flag
+    # bounds an answer; a schema-constrained answer for 18 labels is about 200 tokens
+    max_tokens: int = setting(512, "tokens per answer at most")
 
     def __post_init__(self) -> None:
-        if self.structured not in ("auto", *STRUCTURED_FORMATS):
-            raise DpradError(
-                f"--llm-structured '{self.structured}' must be auto, {', '.join(STRUCTURED_FORMATS)}"
-            )
+        if self.structured not in STRUCTURED:
+            raise DpradError(f"--llm-structured '{self.structured}' must be {', '.join(STRUCTURED)}")
         if self.max_tokens < 1:
             raise DpradError(f"--llm-max-tokens {self.max_tokens} must be at least 1")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from dprad.config import ACCOUNTANTS
 from dprad.errors import DpradError, ParameterError
 
 RDP_ORDERS = tuple(
@@ -57,9 +58,9 @@ def _rdp() -> Any:
     return rdp.RdpAccountant(orders=list(RDP_ORDERS))
 
 
-# name -> a fresh dp-accounting accountant; "prv" is opacus's and is handled in compute_epsilon
+# name -> a fresh dp-accounting accountant; "prv" is opacus's and is handled in compute_epsilon. Together
+# they implement ACCOUNTANTS, the config's vocabulary (tests/privacy/test_privacy.py keeps them equal)
 DP_ACCOUNTANTS: dict[str, Callable[[], Any]] = {"pld": _pld, "rdp": _rdp}
-ACCOUNTANTS = (*DP_ACCOUNTANTS, "prv")
 
 # What dprad accounts. Outside these bounds an accountant runs out of memory or time, or the number it would
 # print is no guarantee at all; each is refused in one line instead. Measured on a 2-core CPU shared with

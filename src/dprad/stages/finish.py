@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from dprad.errors import PrivacyInvariantError
 from dprad.model import trainable_parameters
 from dprad.modes.base import Mode
-from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, epsilon_of, guarantee_statement, library_versions
+from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, guarantee_statement, library_versions
 from dprad.privacy.noise import NoiseSource
 from dprad.run.plan import RunPlan
 from dprad.run.record import Thresholds
@@ -68,37 +69,13 @@ def build_ledger(
         noise={} if noise is None or not plan.private else noise.describe(),
     )
     if isinstance(privacy, DpSgd):
-        from dprad.stages.plan import threshold_releases
-
-        train_acc, acc = privacy.accounting(), privacy.total_accounting()
-        parts: list[dict[str, Any]] = []
-        if plan.probe is not None:
-            probe = plan.probe.privacy()
-            assert isinstance(probe, DpSgd)
-            parts.append(
-                {
-                    "part": "linear probe (DP-SGD, LP-FT phase 1)",
-                    "epsilon": probe.accounting().epsilon,
-                    **_phase_numbers(plan.probe.phase_dict()),
-                }
-            )
-        parts.append(
-            {
-                "part": "fine-tuning (DP-SGD, LP-FT phase 2)"
-                if plan.probe is not None
-                else "training (DP-SGD)",
-                "epsilon": train_acc.epsilon,
-                **_phase_numbers(plan.phase_dict()),
-            }
-        )
-        for release in threshold_releases(plan.threshold_sigma):
-            parts.append(
-                {
-                    "part": "thresholds (DP: noisy validation score histograms)",
-                    "epsilon": epsilon_of(release, delta=privacy.delta, accountant=privacy.accountant),
-                    "noise_multiplier": plan.threshold_sigma,
-                }
-            )
+        planned = plan.privacy()  # the parts are the plan's, computed once: they must describe this mechanism
+        if not isinstance(planned, DpSgd) or privacy.total_event() != planned.total_event():
+            raise PrivacyInvariantError("build_ledger: the privacy object is not the plan's")
+        # the total: training composed with the run's other releases (without any, training's own epsilon)
+        acc = privacy.total_accounting() if privacy.releases else plan.accounting
+        if acc is None:
+            raise PrivacyInvariantError("build_ledger: a private plan without its accounting")
         ledger = PrivacyLedger(
             private=True,
             privacy_unit=privacy.unit,
@@ -114,7 +91,7 @@ def build_ledger(
             accountant_note=acc.note,
             protected=[f"the training split's {privacy.unit}s (each {privacy.unit} is the unit of privacy)"],
             event=privacy.event_dict(),
-            parts=parts,
+            parts=[dict(part) for part in plan.ledger_parts],
             **common,
         )
     else:
@@ -135,12 +112,6 @@ def build_ledger(
         )
     statement = guarantee_statement(ledger, model_name=model_name(cfg.model.name), thresholds=rule)
     return replace(ledger, statement=statement)
-
-
-def _phase_numbers(phase: dict[str, Any]) -> dict[str, Any]:
-    """A training phase's own accounting inputs: its part of the ledger can be recomputed from them."""
-    keys = ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "epochs", "lr", "batch_size")
-    return {k: phase[k] for k in keys}
 
 
 def fit_thresholds(

@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from dprad.config import MODE_ALIASES, RunConfig, flag_message
+from dprad.config import MODE_ALIASES, EncoderRuntime, Mode, RunConfig, Unit, flag_message
 from dprad.data.provenance import teacher_of
 from dprad.data.read import read_data
 from dprad.data.reports import Report
@@ -21,7 +21,7 @@ from dprad.data.splits import Splits, split_by_patient
 from dprad.errors import DpradError, ParameterError
 from dprad.local_models import resolve_model_dir
 from dprad.privacy import calibrate_noise, default_delta, dpsgd_event, epsilon_of
-from dprad.privacy.accounting import check_accountant, gaussian_noise_multiplier, with_releases
+from dprad.privacy.accounting import gaussian_noise_multiplier, with_releases
 from dprad.run.plan import RunPlan, threshold_releases
 
 # `auto` is the private head at every size: bench/lpft.py's curve (docs/how-to/choosing.md, "Mode") found DP-LP-FT
@@ -95,7 +95,7 @@ def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) 
 
     t, p = cfg.train, cfg.privacy
     wants_dp = cfg.private
-    mode = t.mode
+    mode: Mode = t.mode
     if mode in MODE_ALIASES:
         if not wants_dp:
             raise DpradError(f"--mode {mode} needs exactly one of --epsilon and --noise-multiplier")
@@ -110,8 +110,6 @@ def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) 
             raise DpradError(f"--epsilon {p.epsilon} must be a positive number")
         if p.noise_multiplier is not None and not p.noise_multiplier > 0:
             raise DpradError(f"--noise-multiplier {p.noise_multiplier} must be > 0")
-        with _in_flags():
-            check_accountant(p.accountant)
         delta = p.delta if p.delta is not None else default_delta(n_train)
         if not 0 < delta < 1:
             raise DpradError(f"--delta {delta} must be in (0, 1)")
@@ -140,7 +138,7 @@ def resolve(cfg: RunConfig, *, n_train: int, schema: LabelSchema | None = None) 
     return mode_cls.resolve(cfg, schema=schema)
 
 
-def encoder_runtime(cfg: RunConfig, mode: str) -> str:
+def encoder_runtime(cfg: RunConfig, mode: str) -> EncoderRuntime:
     """``--encoder-runtime auto``: ONNX Runtime int8 for a head's frozen encoder on the CPU (the fastest
     path within 0.003 test weighted F1 of torch fp32 on every cell measured, bench/encoder_paths.py), torch
     on a GPU and for the modes that train the encoder; a runtime the user named is kept (the modes check it)."""
@@ -153,15 +151,9 @@ def encoder_runtime(cfg: RunConfig, mode: str) -> str:
     return cfg.model.AUTO_CPU_RUNTIME
 
 
-THRESHOLD_RULES = ("auto", "dp", "val", "0.5")
-UNITS = ("auto", "patient", "report")
-
-
-def privacy_unit(cfg: RunConfig, train: Sequence[Report]) -> tuple[str, str]:
+def privacy_unit(cfg: RunConfig, train: Sequence[Report]) -> tuple[Unit, str]:
     """(unit, why): the person is the unit whenever the data say which reports share a patient."""
-    wanted = cfg.privacy.unit
-    if wanted not in UNITS:
-        raise DpradError(f"--privacy-unit '{wanted}' must be one of {', '.join(UNITS)}")
+    wanted = cfg.privacy.unit  # one of config.UNITS: the config refused any other word when built
     if not cfg.private:
         return "report", ""
     patients = len({r.patient_id for r in train})
@@ -178,9 +170,7 @@ def privacy_unit(cfg: RunConfig, train: Sequence[Report]) -> tuple[str, str]:
 
 def resolve_thresholds(cfg: RunConfig, *, has_val: bool) -> RunConfig:
     p = cfg.privacy
-    if p.thresholds not in THRESHOLD_RULES:
-        raise DpradError(f"--thresholds '{p.thresholds}' must be one of {', '.join(THRESHOLD_RULES)}")
-    rule = p.thresholds
+    rule = p.thresholds  # one of config.THRESHOLD_RULES: the config refused any other word when built
     if rule == "auto":
         rule = ("dp" if cfg.private else "val") if has_val else "0.5"
     if rule in ("dp", "val") and not has_val:
@@ -245,10 +235,10 @@ def plan_run(
     q, steps = planned_steps(cfg, n)
     probe_cfg = probe_config(cfg, n) if cfg.train.probe else None
     q1, steps1 = planned_steps(probe_cfg, n) if probe_cfg is not None else (0.0, 0)
-    noise, th_eps, th_sigma, probe_sigma = (None, None, None, None)
+    cal = Calibration()  # not private: no noise
     if cfg.private:
         with _in_flags():
-            noise, th_eps, th_sigma, probe_sigma = _calibrate(
+            cal = _calibrate(
                 cfg,
                 probe_cfg,
                 schedule=(q, steps),
@@ -274,11 +264,11 @@ def plan_run(
         n=n,
         sample_rate=q,
         steps=steps,
-        noise_multiplier=noise,
+        noise_multiplier=cal.noise_multiplier,
         notes=tuple(notes),
         canaries=canary_set,
-        threshold_epsilon=th_eps,
-        threshold_sigma=th_sigma,
+        threshold_epsilon=cal.threshold_epsilon,
+        threshold_sigma=cal.threshold_sigma,
         unit=unit,
     )
     if probe_cfg is None:
@@ -288,12 +278,23 @@ def plan_run(
         cfg=probe_cfg,
         sample_rate=q1,
         steps=steps1,
-        noise_multiplier=probe_sigma,
+        noise_multiplier=cal.probe_noise_multiplier,
         notes=(),
         threshold_epsilon=None,
         threshold_sigma=None,
     )
     return replace(plan, probe=probe)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A run's noise, calibrated once (None: not private, or no such release). The plan keeps each number,
+    and its ledger parts are computed from them (:attr:`RunPlan.ledger_parts`), not calibrated again."""
+
+    noise_multiplier: float | None = None  # training (LP-FT: phase 2)
+    threshold_epsilon: float | None = None  # the DP thresholds' share of epsilon, and their noise
+    threshold_sigma: float | None = None
+    probe_noise_multiplier: float | None = None  # LP-FT's phase 1
 
 
 def _calibrate(
@@ -305,8 +306,8 @@ def _calibrate(
     n_val: int,
     n_labels: int,
     notes: list[str],
-) -> tuple[float | None, float | None, float | None, float | None]:
-    """A private run's noise: (training sigma, thresholds' epsilon and sigma, probe sigma), so that probe,
+) -> Calibration:
+    """A private run's noise: training sigma, thresholds' epsilon and sigma, probe sigma, so that probe,
     fine-tuning and thresholds together spend exactly the target (PLD composes them)."""
     p = cfg.privacy
     (q, steps), (q1, steps1) = schedule, probe_schedule
@@ -348,7 +349,7 @@ def _calibrate(
         accountant=p.accountant,
         releases=(*probe_events(probe_sigma), *threshold_releases(th_sigma)),
     )
-    return noise, th_eps, th_sigma, probe_sigma
+    return Calibration(noise, th_eps, th_sigma, probe_sigma)
 
 
 def threshold_note(sigma: float, *, n_val: int, n_labels: int, default: float) -> str:

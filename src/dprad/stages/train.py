@@ -85,11 +85,10 @@ def fit_probe(
     head = get_mode(probe.mode)(probe, notes=notes)  # the probe's plan is the head mode's
     head.feature_dir, head.on_features = feature_dir, on_features
     head.build()
-    privacy = probe.privacy()
     fit(
-        probe, head, privacy, noise=noise, run_dir=None, world=SOLO
+        probe, head, probe.privacy(), noise=noise, run_dir=None, world=SOLO
     )  # steps are reported for the fine-tuning phase
-    eps = privacy.accounting()
+    eps = probe.accounting  # computed once: the ledger's probe part reads the same
     notes.append(
         f"LP-FT phase 1: linear probe trained for {probe.steps} steps"
         + (

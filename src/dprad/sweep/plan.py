@@ -6,14 +6,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from dprad.config import MODE_ALIASES, RunConfig
+from dprad.config import MODE_ALIASES, Mode, RunConfig
 from dprad.errors import DpradError
 from dprad.run.files import as_written
 from dprad.sweep.spec import DatasetSpec, ModeSpec, SweepConfig
 
-PRIVATE_NAMES = {family: alias for alias, family in MODE_ALIASES.items()}  # head -> dp-head, ...
+# head -> dp-head, ...
+PRIVATE_NAMES: dict[str, str] = {family: alias for alias, family in MODE_ALIASES.items()}
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _cell(
     mode = "auto" if family == "auto" else (PRIVATE_NAMES[family] if private else family)
     base = cfg.base
     data = replace(ds.data, schema=schema, split_seed=seed if cfg.seed_splits else ds.data.split_seed)
-    train = replace(base.train, mode=mode, seed=seed)
+    train = replace(base.train, mode=cast(Mode, mode), seed=seed)  # TrainConfig checks the word
     if feature_cache and train.feature_cache is None:
         train = replace(train, feature_cache=feature_cache)
     sections: dict[str, Any] = {
