@@ -42,7 +42,9 @@ def test_stopping_a_client_stops_its_node_and_a_restart_is_one_site(
     out = tmp_path / "fed"
     restart = sig == signal.SIGKILL  # then restarted: a second round to rejoin; else one round suffices
     rounds = 2 if restart else 1
-    srv = server(out, port, "--min-clients", "2", "--wait-for", "3", "--timeout", "90", rounds=rounds)
+    srv = server(  # process control, on the plain round (secure rounds: tests/federate/test_secure_sum.py)
+        out, port, "--min-clients", "2", "--wait-for", "3", "--timeout", "90", "--no-secagg", rounds=rounds
+    )
     others = [client(s, port) for s in (a, b)]
     stopped = client(victim, port)
     wait_for(lambda: any(x["kind"] == "hello" for x in _lines(victim)), 240, "the victim never said hello")

@@ -28,6 +28,7 @@ def test_report_and_model_card_state_each_hospitals_own_guarantee(
     for s in sites:
         eps = json.loads((s / "privacy.json").read_text())["epsilon"]
         assert f"| {s.name} | ε = {eps:.3g}" in card
+    assert "Aggregation: plain: the server saw each hospital's update" in card  # in-process: no secure sum
     page = tmp_path / "report.html"
     main(["report", *map(str, sites), str(tmp_path / "fed"), "--out", str(page)])
     exe = shutil.which("chromium")

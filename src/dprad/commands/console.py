@@ -568,6 +568,11 @@ def print_federation(result: dict[str, Any], out: Path) -> None:
     """The federation's outcome: rounds, each hospital's and the network's weighted F1 with its CI."""
     rounds = [r for r in result.get("rounds", []) if "answered" in r]
     print(f"federation: {len(rounds)} round(s); results in {out / 'federation.json'}")
+    secure = result.get("secure_aggregation", {})
+    if secure.get("on"):
+        print(
+            f"  secure aggregation (SecAgg+), threshold {secure['threshold'].split(':')[0]}: {secure['server_sees']}"
+        )
     for r in result.get("rounds", []):
         for site, why in {**r.get("declined", {}), **r.get("failed", {})}.items():
             print(f"  round {r['round']}: {site}: {why}")

@@ -35,6 +35,14 @@ Force = Annotated[bool, typer.Option("--force", help="run client-level DP below 
 Timeout = Annotated[float, typer.Option("--timeout", help="seconds a round waits for the sites")]
 Schema = Annotated[str, typer.Option("--schema", help="the federation's label schema (name or file)")]
 Insecure = Annotated[bool, typer.Option("--insecure", help="run without TLS (loopback or inside a VPN only)")]
+SecAgg = Annotated[
+    bool | None,
+    typer.Option(
+        "--secagg/--no-secagg",
+        help="secure aggregation (SecAgg+): the server learns only the sum of the hospitals' updates and "
+        "histograms (default: on with at least three hospitals)",
+    ),
+]
 MaxDelta = Annotated[
     float, typer.Option("--max-delta", help="refuse, at hello, a site whose delta is above this")
 ]
@@ -59,6 +67,7 @@ def server(
     force: Force = False,
     timeout: Timeout = 900.0,
     max_delta: MaxDelta = 1e-3,
+    secagg: SecAgg = None,
     host: Annotated[str, typer.Option("--host", help="address the SuperLink listens on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="the SuperLink's port (sites connect to it)")] = 9092,
     ssl_ca_certfile: Annotated[
@@ -108,7 +117,14 @@ def server(
         force=force,
         timeout=timeout,
         max_delta=max_delta,
+        secagg=secagg,
     )
+    aggregation = {
+        True: "on (--secagg)",
+        False: "OFF (--no-secagg): the server sees each hospital's update",
+        None: "on if at least three hospitals pass hello (SecAgg+), off below",
+    }
+    print(f"server: secure aggregation {aggregation[secagg]}", flush=True)
     print_federation(serve(cfg, out, host=host, port=port, security=security), out)
 
 

@@ -13,17 +13,26 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
 
-from dprad.federate.protocol import Payload, Reply, handle
+from dprad.errors import DpradError
+from dprad.federate import secure_sum
+from dprad.federate.protocol import Payload, Reply, SecureAsk, SecureResult, as_model, handle, model_of
+from dprad.federate.secure_sum import SecureTask
 from dprad.federate.server import FederationConfig, run_federation
-from dprad.federate.site import Site, client_running
+from dprad.federate.site import Declined, Site, client_running
 
 MESSAGE_TYPES = {
     "hello": "query.hello",
@@ -33,6 +42,7 @@ MESSAGE_TYPES = {
     "refused": "query.refused",
 }
 MESSAGES = "messages.jsonl"
+SERVER_MESSAGES = "server_messages.jsonl"  # what the server received, described (no values), in its output
 
 
 def _to_message(p: Payload) -> RecordDict:
@@ -91,20 +101,73 @@ def describe(content: RecordDict) -> dict[str, Any]:
         elif isinstance(rec, MetricRecord):
             out[name] = {"type": "metrics", "items": dict(rec)}
         elif isinstance(rec, ConfigRecord):
-            out[name] = {
-                "type": "config",
-                "items": {k: v if not isinstance(v, bytes) else f"<{len(v)} bytes>" for k, v in rec.items()},
-            }
+            out[name] = {"type": "config", "items": {k: _value(v) for k, v in rec.items()}}
         else:
             out[name] = {"type": type(rec).__name__}
     return out
 
 
+def _value(v: Any) -> Any:
+    """A config value for the log: bytes (keys, shares, masked vectors) by their size only."""
+    if isinstance(v, bytes):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return f"<{len(v)} items, {sum(len(b) for b in v)} bytes>"
+    return v
+
+
+class LoggedGrid(Grid):
+    """Flower's Grid, with every message the server receives described in ``log`` (kinds, array shapes,
+    config values; no array values): what the server held, checkable after the fact."""
+
+    def __init__(self, grid: Grid, log: Path | None) -> None:
+        self.grid, self.log = grid, log
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._logged(self.grid.pull_messages(message_ids))
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._logged(self.grid.send_and_receive(messages, timeout=timeout))
+
+    def _logged(self, replies: Iterable[Message]) -> list[Message]:
+        got = list(replies)
+        if self.log is not None:
+            with self.log.open("a", encoding="utf-8") as f:
+                for m in got:
+                    content = {} if m.has_error() else describe(m.content)
+                    entry = {
+                        "from": m.metadata.src_node_id,
+                        "type": m.metadata.message_type,
+                        "content": content,
+                    }
+                    f.write(json.dumps(entry, default=str) + "\n")
+        return got
+
+
 class FlowerTransport:
     """The server's view of sites over Flower's Grid: a site is a SuperNode's node id."""
 
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+    def __init__(self, grid: Grid, context: Context | None = None, *, log: Path | None = None) -> None:
+        self.grid: Grid = LoggedGrid(grid, log)
+        self.context = context
 
     def sites(self, minimum: int, timeout: float) -> list[str]:
         end = time.monotonic() + timeout
@@ -130,6 +193,12 @@ class FlowerTransport:
             n: got.get(n, Reply(error=f"no answer within {timeout:.0f} s (site down?)")) for n in payloads
         }
 
+    def secure_mean(self, ask: SecureAsk) -> SecureResult:
+        """A round whose replies the server sees only as their weighted mean (SecAgg+)."""
+        if self.context is None:
+            raise DpradError("secure aggregation needs the ServerApp's context")
+        return secure_sum.secure_mean(self.grid, self.context, ask)
+
 
 server_app = ServerApp()
 
@@ -139,10 +208,12 @@ def _server(grid: Grid, context: Context) -> None:
     from dprad.run.files import read_object
 
     request = read_object(Path(str(context.run_config["request"])))
+    out = Path(request["out"])
+    out.mkdir(parents=True, exist_ok=True)
     run_federation(
         FederationConfig.from_dict(request["config"]),
-        FlowerTransport(grid),
-        Path(request["out"]),
+        FlowerTransport(grid, context, log=out / SERVER_MESSAGES),
+        out,
         admitted={str(k): str(v) for k, v in request.get("admitted", {}).items()},
     )
 
@@ -210,9 +281,64 @@ def _hello(message: Message, context: Context) -> Message:
     return _answer("hello", message, context)
 
 
-@client_app.train()
+def secure_vector(site: Site, task: SecureTask) -> tuple[list[np.ndarray], int, dict[str, float]]:
+    """What a site puts into a secure sum: for a round, its update (new parameters less the global ones,
+    clipped to ``client_clip`` under client-level DP) weighted by its training units; for the thresholds,
+    its noisy histograms with weight 1. A declined round is an exception: to SecAgg+ a dropout."""
+    names = sorted(task.model)
+    if task.kind == "train":
+        reply = handle(
+            site, "train", Payload(arrays=as_model(task.model), config={"round": task.server_round})
+        )
+        if reply.error:
+            raise Declined(reply.error)
+        new = model_of(reply.arrays)
+        update = [np.asarray(new[k], np.float64) - np.asarray(task.model[k], np.float64) for k in names]
+        if (
+            "client_clip" in task.config
+        ):  # client-level DP: the site clips, equal weights, noise at the server
+            return secure_sum.clip_l2(update, float(task.config["client_clip"])), 1, _clear(reply)
+        return update, int(reply.metrics["units"]), _clear(reply)
+    if task.kind == "thresholds":
+        grid = np.asarray([float(g) for g in str(task.config["grid"]).split(",")], dtype=np.float64)
+        reply = handle(site, "thresholds", Payload(arrays={**as_model(task.model), "grid": grid}))
+        if reply.error:
+            raise Declined(reply.error)
+        return [reply.arrays["pos"], reply.arrays["neg"]], 1, _clear(reply)
+    raise DpradError(f"unknown secure round {task.kind!r}")
+
+
+def _clear(reply: Reply) -> dict[str, float]:
+    """The numbers that travel beside the masked vector: the site's ledger (epsilon, delta, sigma)."""
+    return {k: float(v) for k, v in reply.metrics.items() if k != "units"}
+
+
+def _secure_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Every SecAgg+ stage through Flower's ``secaggplus_mod``, answered only while the hospital's
+    client runs, and recorded in the site's ``messages.jsonl``; other train messages pass through."""
+    if not secure_sum.is_secure(message):
+        return call_next(message, context)
+    path = Path(str(context.node_config["site"]))
+    _owner_gone(path)
+    _watch_owner(path)
+    stage = str(message.content.config_records[RECORD_KEY_CONFIGS].get(SecAggKey.STAGE, "?"))
+    received = describe(message.content)  # before the mod reads (and pops) its configs
+    reply = secaggplus_mod(message, context, call_next)
+    _owner_gone(path)
+    with (path / MESSAGES).open("a", encoding="utf-8") as f:
+        for direction, c in (("received", received), ("sent", describe(reply.content))):
+            f.write(json.dumps({"kind": f"secure-{stage}", "direction": direction, "content": c}) + "\n")
+    return reply
+
+
+@client_app.train(mods=[_secure_mod])
 def _train(message: Message, context: Context) -> Message:
-    return _answer("train", message, context)
+    if not secure_sum.is_secure(message):
+        return _answer("train", message, context)
+    site = Site(Path(str(context.node_config["site"])))
+    task = secure_sum.task_of(message.content)
+    vector, weight, metrics = secure_vector(site, task)
+    return Message(secure_sum.answer(task, site.info.name, vector, weight, metrics), reply_to=message)
 
 
 @client_app.query("thresholds")
@@ -230,4 +356,15 @@ def _refused(message: Message, context: Context) -> Message:
     return _answer("refused", message, context)
 
 
-__all__ = ["FlowerTransport", "client_app", "describe", "exchange", "record", "reply_of", "server_app"]
+__all__ = [
+    "SERVER_MESSAGES",
+    "FlowerTransport",
+    "LoggedGrid",
+    "client_app",
+    "describe",
+    "exchange",
+    "record",
+    "reply_of",
+    "secure_vector",
+    "server_app",
+]

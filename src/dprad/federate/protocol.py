@@ -39,6 +39,33 @@ class Reply:
     info: dict[str, str] = field(default_factory=dict)  # short public strings (the hello's fingerprint)
 
 
+@dataclass(frozen=True)
+class SecureAsk:
+    """One secure round asked of ``nodes``: each is sent ``model`` and ``config`` and answers with a vector
+    and an integer weight (at most ``max_weight``) whose values lie within ``±value_range``; the server
+    learns only their weighted mean (:mod:`dprad.federate.secure_sum`)."""
+
+    kind: str  # "train" (updates) or "thresholds" (noisy histograms)
+    server_round: int
+    nodes: tuple[str, ...]
+    model: dict[str, np.ndarray]
+    config: dict[str, Any]
+    max_weight: float
+    value_range: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SecureResult:
+    """What the server learns from one secure round: the weighted mean of the answering sites' vectors,
+    who answered, who failed (the reason Flower gave), and each answering site's clear numbers."""
+
+    mean: list[np.ndarray]
+    answered: list[str]
+    failed: dict[str, str]
+    metrics: dict[str, dict[str, float]]
+
+
 MODEL = "model/"  # the prefix of the model's parameters among a message's arrays (beside grid, thresholds)
 
 
@@ -69,6 +96,7 @@ def _hello(site: Site, p: Payload) -> Reply:
             "rounds": site.info.rounds,
             "rounds_taken": site.rounds_taken,
             "private": float(site.info.private),
+            "units": site.plan.n,  # its training-set size, public to DP-SGD: the weight of its updates
             **_spent(site, planned=True),
         },
         name=site.info.name,
@@ -135,4 +163,14 @@ def handle(site: Site, kind: str, payload: Payload) -> Reply:
         return Reply(name=site.info.name, error=str(err), declined=True)
 
 
-__all__ = ["HANDLERS", "KINDS", "Payload", "Reply", "as_model", "handle", "model_of"]
+__all__ = [
+    "HANDLERS",
+    "KINDS",
+    "Payload",
+    "Reply",
+    "SecureAsk",
+    "SecureResult",
+    "as_model",
+    "handle",
+    "model_of",
+]

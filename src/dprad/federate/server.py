@@ -9,100 +9,27 @@ global model in ``model/``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from dprad import io
 from dprad.errors import DpradError
+from dprad.federate.federation import FederationConfig, Roster, Transport
 from dprad.federate.protocol import Payload, Reply, as_model, model_of
+from dprad.federate.secure_rounds import (
+    SecureTransport,
+    describe_secure,
+    secure_histograms,
+    secure_round,
+    secure_transport,
+)
 from dprad.privacy.noise import NoiseSource, NoiseStream
-from dprad.privacy.thresholds import DEFAULT_GRID
 
 FEDERATION = "federation.json"
-
-
-@dataclass(frozen=True)
-class FederationConfig:
-    """The server's settings (``dprad federate server`` flags); every site brings its own epsilon."""
-
-    schema: str = "chexpert14"
-    rounds: int = 10
-    min_clients: int = 2  # a round with fewer answers fails
-    wait_for: int | None = None  # sites to wait for before the first round (default: min_clients)
-    clients_per_round: int | None = None  # None: every site each round
-    client_dp: float | None = None  # noise multiplier of client-level DP at the server
-    client_clip: float = 1.0  # L2 clip of each site's update under client-level DP
-    client_delta: float = 1e-5
-    client_dp_min: int = 5  # client-level DP below this many sites per round is refused unless forced
-    # a site whose delta is above this is refused at hello: delta < 1/n holds even for a 1-patient site at
-    # delta 0.1, which no one should call private; the default admits sites of 10 or more patients
-    max_delta: float = 1e-3
-    force: bool = False
-    seed: int = 0  # public: the tie-breaking draws of threshold selection (post-processing) only
-    # client selection and client-level noise come from a secret key (privacy/noise.py); a number here
-    # draws them from this stated seed instead (tests), which federation.json records but never holds
-    noise_seed: int | None = None
-    timeout: float = 900.0  # seconds a round waits for answers
-    wait_timeout: float = 1800.0  # seconds to wait for the first --wait-for sites to connect
-    n_boot: int = 200
-    grid: tuple[float, ...] = field(default=DEFAULT_GRID)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "grid": list(self.grid)}
-
-    def record(self) -> dict[str, Any]:
-        """The settings as ``federation.json`` records them: a stated noise seed is withheld."""
-        return {**self.to_dict(), "noise_seed": None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FederationConfig:
-        return cls(**{**d, "grid": tuple(d.get("grid", DEFAULT_GRID))})
-
-    def check(self) -> None:
-        for flag, value in (
-            ("--rounds", self.rounds),
-            ("--min-clients", self.min_clients),
-            ("n_boot", self.n_boot),
-        ):
-            if value < 1:
-                raise DpradError(f"{flag} {value} must be at least 1")
-        positive = [("--timeout", self.timeout), ("wait_timeout", self.wait_timeout)]
-        positive += [("--client-clip", self.client_clip), ("client_delta", self.client_delta)]
-        positive += [] if self.client_dp is None else [("--client-dp", self.client_dp)]
-        for flag, number in positive:
-            if not (number > 0 and math.isfinite(number)):
-                raise DpradError(f"{flag} {number} must be a positive number")
-        if not self.client_delta < 1:
-            raise DpradError(f"client_delta {self.client_delta} must be below 1")
-        if not 0 < self.max_delta < 1:
-            raise DpradError(f"--max-delta {self.max_delta} must be in (0, 1)")
-        if self.clients_per_round is not None and self.clients_per_round < self.min_clients:
-            raise DpradError(
-                f"--clients-per-round {self.clients_per_round} is below --min-clients {self.min_clients}"
-            )
-        if self.client_dp is None or self.force:
-            return
-        per_round = self.clients_per_round or self.min_clients
-        if per_round < self.client_dp_min:
-            raise DpradError(
-                f"--client-dp with {per_round} site(s) per round: noise of std {self.client_dp} x {self.client_clip} "
-                f"lands on a sum of only {per_round} clipped updates and swamps them; refused below "
-                f"--client-dp-min {self.client_dp_min} sites per round (raise --clients-per-round / --min-clients, "
-                "or pass --force). Each hospital's patient-level DP-SGD protects its patients either way."
-            )
-
-
-class Transport(Protocol):
-    """How the server reaches sites: ``sites`` waits for at least ``minimum`` of them; ``ask`` sends each
-    named site its payload and returns its reply (a site that failed or timed out: a Reply with error)."""
-
-    def sites(self, minimum: int, timeout: float) -> list[str]: ...
-
-    def ask(self, kind: str, payloads: dict[str, Payload], timeout: float) -> dict[str, Reply]: ...
 
 
 def _average(replies: dict[str, Reply]) -> dict[str, np.ndarray]:
@@ -135,21 +62,6 @@ def _client_dp_step(
         updates, clip=cfg.client_clip, noise_multiplier=cfg.client_dp, denominator=asked, noise=noise
     )
     return unflatten(base + mean, model), norms
-
-
-@dataclass
-class _Roster:
-    """The server's view of who is who: accepted nodes and their site names, every node greeted, and
-    what every site must share (the fingerprint of its encoder, mode and prior, and the start head)."""
-
-    names: dict[str, str] = field(default_factory=dict)  # accepted node id -> site name
-    seen: set[str] = field(default_factory=set)  # every node greeted, accepted or refused
-    fingerprint: str = ""
-    start: dict[str, np.ndarray] = field(default_factory=dict)
-    # node id -> the site name its admitted key is bound to (Flower's SuperNode authentication); empty:
-    # no admission list, names are whatever the sites say
-    admitted: dict[str, str] = field(default_factory=dict)
-    done: set[str] = field(default_factory=set)  # nodes that declined a round for good (budget spent)
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -201,7 +113,7 @@ def _greet(
     transport: Transport,
     nodes: Sequence[str],
     log: dict[str, Any],
-    roster: _Roster,
+    roster: Roster,
     *,
     first: bool,
 ) -> list[str]:
@@ -247,11 +159,14 @@ def _greet(
         )
         entry["nodes"].append(n)
         roster.names[n] = r.name
+        roster.units[n] = int(r.metrics.get("units", 0))
+        roster.taken[r.name] = int(r.metrics.get("rounds_taken", 0))
+        roster.agreed[r.name] = int(r.metrics["rounds"])
     return list(ok)
 
 
 def _hello(
-    cfg: FederationConfig, transport: Transport, log: dict[str, Any], roster: _Roster
+    cfg: FederationConfig, transport: Transport, log: dict[str, Any], roster: Roster
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     log["refused"], log["sites"] = {}, {}
     nodes = transport.sites(cfg.wait_for or cfg.min_clients, cfg.wait_timeout)
@@ -273,7 +188,7 @@ def _connected(transport: Transport, nodes: list[str]) -> list[str]:
 
 
 def _rejoin(
-    cfg: FederationConfig, transport: Transport, active: list[str], log: dict[str, Any], roster: _Roster
+    cfg: FederationConfig, transport: Transport, active: list[str], log: dict[str, Any], roster: Roster
 ) -> list[str]:
     """Sites that connected since the last round (a restarted client is a new node of the same site):
     greeted, checked, and put in place of their old node (one site, its nodes listed under its name).
@@ -299,9 +214,11 @@ def _round(
     active: list[str],
     model: dict[str, np.ndarray],
     noise: NoiseSource,
-    names: dict[str, str],
+    roster: Roster,
+    secure: SecureTransport | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
     """One round -> (the new global head, the round's record, the sites that declined for good)."""
+    names = roster.names
     chosen = (
         active
         if cfg.clients_per_round is None
@@ -311,6 +228,8 @@ def _round(
             .tolist()
         )
     )
+    if secure is not None:
+        return secure_round(cfg, secure, r, chosen, model, noise, roster)
     payload = Payload(arrays=as_model(model), config={"round": r})
     replies = transport.ask("train", {n: payload for n in chosen}, cfg.timeout)
     answered = {
@@ -334,7 +253,33 @@ def _round(
         new, norms = _client_dp_step(cfg, model, answered, len(chosen), noise.stream(f"client-dp-{r}"))
         record["update_norms"] = {names[n]: v for n, v in zip(answered, norms, strict=True)}
     record["epsilon"] = {names[n]: x.metrics["epsilon"] for n, x in replies.items() if "epsilon" in x.metrics}
+    for n in answered:
+        roster.taken[names[n]] = roster.taken.get(names[n], 0) + 1
     return new, record, [n for n, x in replies.items() if x.declined]
+
+
+def _histograms(
+    cfg: FederationConfig,
+    transport: Transport,
+    nodes: Sequence[str],
+    model: dict[str, np.ndarray],
+    secure: SecureTransport | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, float]]]:
+    """The sum over sites of their (noisy) validation histograms, (L, G+1) each, and each releasing
+    site's numbers (sigma, epsilon, delta); under secure aggregation the server sees only the sum."""
+    if secure is None:
+        payload = Payload(arrays={**as_model(model), "grid": np.asarray(cfg.grid)})
+        replies = {
+            n: x
+            for n, x in transport.ask("thresholds", {n: payload for n in nodes}, cfg.timeout).items()
+            if not x.error
+        }
+        if not replies:
+            raise DpradError("no site released its threshold histograms: the global model has no thresholds")
+        pos = np.sum([np.asarray(x.arrays["pos"]) for x in replies.values()], axis=0)  # (L, G+1)
+        neg = np.sum([np.asarray(x.arrays["neg"]) for x in replies.values()], axis=0)
+        return pos, neg, {n: x.metrics for n, x in replies.items()}
+    return secure_histograms(cfg, secure, nodes, model)
 
 
 def _thresholds(
@@ -343,21 +288,13 @@ def _thresholds(
     nodes: Sequence[str],
     model: dict[str, np.ndarray],
     names: dict[str, str],
+    secure: SecureTransport | None = None,
 ) -> dict[str, Any]:
     from dprad.privacy.thresholds import select_thresholds
 
-    payload = Payload(arrays={**as_model(model), "grid": np.asarray(cfg.grid)})
-    replies = {
-        n: x
-        for n, x in transport.ask("thresholds", {n: payload for n in nodes}, cfg.timeout).items()
-        if not x.error
-    }
-    if not replies:
-        raise DpradError("no site released its threshold histograms: the global model has no thresholds")
-    pos = np.sum([np.asarray(x.arrays["pos"]) for x in replies.values()], axis=0)  # (L, G+1)
-    neg = np.sum([np.asarray(x.arrays["neg"]) for x in replies.values()], axis=0)
+    pos, neg, released = _histograms(cfg, transport, nodes, model, secure)
     n_labels = np.shape(pos)[0]
-    std = math.sqrt(sum(x.metrics["sigma"] ** 2 for x in replies.values()) * n_labels)
+    std = math.sqrt(sum(m["sigma"] ** 2 for m in released.values()) * n_labels)
     values = select_thresholds(
         pos, neg, cfg.grid, noise_std=std, rng=np.random.default_rng([cfg.seed, 0x7E5])
     )
@@ -365,7 +302,7 @@ def _thresholds(
     return {
         "fitted_on": "val (DP)" if private else "val",
         "rule": (
-            f"max F1 over a {len(cfg.grid)}-point grid on the sum of {len(replies)} hospitals' "
+            f"max F1 over a {len(cfg.grid)}-point grid on the sum of {len(released)} hospitals' "
             + (
                 "noisy (Gaussian) validation score histograms, each paid for in its own ledger"
                 if private
@@ -373,9 +310,10 @@ def _thresholds(
             )
         ),
         "noise_std": std,
-        "sites": [names[n] for n in replies],
-        "epsilon": {names[n]: x.metrics["epsilon"] for n, x in replies.items() if "epsilon" in x.metrics},
-        "delta": {names[n]: x.metrics["delta"] for n, x in replies.items() if "delta" in x.metrics},
+        "sites": [names[n] for n in released],
+        "secure_aggregation": secure is not None,
+        "epsilon": {names[n]: m["epsilon"] for n, m in released.items() if "epsilon" in m},
+        "delta": {names[n]: m["delta"] for n, m in released.items() if "delta" in m},
         "values": values.tolist(),
     }
 
@@ -448,9 +386,11 @@ def run_federation(
     log: dict[str, Any] = {"config": cfg.record()}
     if cfg.client_dp is not None:
         log["noise"] = noise.describe()
-    roster = _Roster(admitted=dict(admitted or {}))
+    roster = Roster(admitted=dict(admitted or {}))
     active, model = _hello(cfg, transport, log, roster)
     names = roster.names
+    secure = secure_transport(cfg, transport, len(active))
+    log["secure_aggregation"] = describe_secure(secure is not None, len(active))
     rounds: list[dict[str, Any]] = []
     for r in range(1, cfg.rounds + 1):
         active = _connected(transport, _rejoin(cfg, transport, active, log, roster))
@@ -459,14 +399,16 @@ def run_federation(
                 {"round": r, "stopped": f"{len(active)} site(s) left with budget, fewer than --min-clients"}
             )
             break
-        model, record, done = _round(cfg, transport, r, active, model, noise, names)
+        started = time.monotonic()
+        model, record, done = _round(cfg, transport, r, active, model, noise, roster, secure)
+        record["seconds"] = round(time.monotonic() - started, 3)  # the round's wall time at the server
         rounds.append(record)
         active = [n for n in active if n not in done]
         roster.done.update(done)
     log["rounds"] = rounds
     latest = {name: n for n, name in names.items()}  # a restarted site: its newest node
     everyone = _connected(transport, list(latest.values()))
-    log["thresholds"] = _thresholds(cfg, transport, everyone, model, names)
+    log["thresholds"] = _thresholds(cfg, transport, everyone, model, names, secure)
     labels = load_schema(cfg.schema).labels
     log["evaluation"] = _evaluate(cfg, transport, everyone, model, log["thresholds"], labels, names)
     log["guarantees"] = _guarantees(log, everyone, names)

@@ -47,18 +47,32 @@ def noisy_mean_update(
 ) -> tuple[np.ndarray, list[float]]:
     """(sum of each update (P,) clipped to L2 norm ``clip``, plus N(0, (sigma clip)^2)) / ``denominator``,
     and each update's norm before clipping."""
-    if not clip > 0 or not noise_multiplier > 0:
-        raise DpradError(
-            f"client-level DP: clip {clip} and noise multiplier {noise_multiplier} must be positive"
-        )
-    if denominator < 1 or len(updates) > denominator:
-        raise DpradError(f"client-level DP: {len(updates)} updates over a fixed denominator {denominator}")
+    _check(clip=clip, noise_multiplier=noise_multiplier, summed=len(updates), denominator=denominator)
     norms = [float(np.linalg.norm(u)) for u in updates]
     total = np.zeros_like(updates[0]) if updates else np.zeros(0)
     for u, n in zip(updates, norms, strict=True):
         total = total + u * min(1.0, clip / max(n, 1e-12))
-    total = total + noise.gaussian(total.shape, std=noise_multiplier * clip)
-    return total / denominator, norms
+    return noisy_mean_of_sum(
+        total, clip=clip, noise_multiplier=noise_multiplier, denominator=denominator, noise=noise
+    ), norms
+
+
+def noisy_mean_of_sum(
+    total: np.ndarray, *, clip: float, noise_multiplier: float, denominator: int, noise: NoiseStream
+) -> np.ndarray:
+    """(``total`` (P,), a sum of updates each already clipped to L2 norm ``clip`` (at the sites, under
+    secure aggregation), plus N(0, (sigma clip)^2)) / ``denominator``: the same Gaussian mechanism."""
+    _check(clip=clip, noise_multiplier=noise_multiplier, summed=0, denominator=denominator)
+    return (total + noise.gaussian(total.shape, std=noise_multiplier * clip)) / denominator
+
+
+def _check(*, clip: float, noise_multiplier: float, summed: int, denominator: int) -> None:
+    if not clip > 0 or not noise_multiplier > 0:
+        raise DpradError(
+            f"client-level DP: clip {clip} and noise multiplier {noise_multiplier} must be positive"
+        )
+    if denominator < 1 or summed > denominator:
+        raise DpradError(f"client-level DP: {summed} updates over a fixed denominator {denominator}")
 
 
 def client_event(noise_multiplier: float, rounds: int) -> Any:
@@ -87,4 +101,4 @@ def client_ledger(
     }
 
 
-__all__ = ["client_event", "client_ledger", "flatten", "noisy_mean_update", "unflatten"]
+__all__ = ["client_event", "client_ledger", "flatten", "noisy_mean_of_sum", "noisy_mean_update", "unflatten"]

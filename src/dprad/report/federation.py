@@ -61,6 +61,7 @@ def round_rows(fed: FederationRecord) -> list[dict[str, str]]:
                 "answered (training units)": ", ".join(f"{k} ({v})" for k, v in r.get("answered", {}).items())
                 or r.get("stopped", "-"),
                 "declined or failed": "; ".join(f"{k}: {v}" for k, v in trouble.items()) or "-",
+                "aggregation": "secure sum (SecAgg+)" if r.get("secure_aggregation") else "plain",
             }
         )
     return out
@@ -120,6 +121,17 @@ def federation_card(fed: FederationRecord) -> str:
         "| hospital | guarantee | rounds taken / agreed |",
         "|---|---|---|",
         *(f"| {s.name} | {_guarantee(s)} | {s.rounds} / {s.rounds_agreed} |" for s in fed.sites),
+        "",
+    ]
+    secure = fed.secure_aggregation
+    lines += [
+        (
+            f"Aggregation: secure ({secure['protocol']}, threshold {secure['threshold'].split(':')[0]}): the server "
+            f"saw {secure['server_sees']}."
+            if secure.get("on")
+            else "Aggregation: plain: the server saw each hospital's update and noisy histograms (each under "
+            "that hospital's patient-level DP)."
+        ),
         "",
     ]
     if fed.client_level_dp:

@@ -3,7 +3,7 @@ typed, for the report and the model card."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ class FederationRecord:
     overall: dict[str, Any] | None
     refused: dict[str, str]
     client_level_dp: dict[str, Any] | None
+    # how the server aggregated (federate/server.py): on / off and what it saw; {} before secure
+    # aggregation existed (every such federation aggregated in the plain)
+    secure_aggregation: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def is_federation(path: str | Path) -> bool:
@@ -78,6 +81,7 @@ class FederationRecord:
                 overall=dict(evaluation["overall"]) if "overall" in evaluation else None,
                 refused={str(k): str(v) for k, v in mapping(raw.get("refused")).items()},
                 client_level_dp=dict(raw["client_level_dp"]) if raw.get("client_level_dp") else None,
+                secure_aggregation=dict(mapping(raw.get("secure_aggregation"))),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise DpradError(f"{where}: not a complete dprad federation record ({err})") from None
