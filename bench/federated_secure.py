@@ -43,6 +43,7 @@ def _dprad(*args: str, log: Path) -> subprocess.Popen[bytes]:
 def over_flower(sites: list[Path], work: Path, *, schema: str, rounds: int, secure: bool) -> dict[str, Any]:
     """A federation of fresh copies of ``sites`` over a real SuperLink and SuperNodes -> federation.json."""
     from dprad.federate.certs import make_certs, make_node_key
+    from dprad.federate.site import Site
 
     tag = "secure" if secure else "insecure"
     copies = []
@@ -58,7 +59,7 @@ def over_flower(sites: list[Path], work: Path, *, schema: str, rounds: int, secu
         server_flags += ["--ssl-keyfile", str(pki["server.key"]), "--secagg"]
         for s in copies:
             key, pub = make_node_key(work / tag / "keys" / s.name)
-            server_flags += ["--admit", f"{s.name}={pub}"]
+            server_flags += ["--admit", f"{Site(s).info.name}={pub}"]  # the name the site answers under
             client_flags[s.name] = ["--root-certificates", str(pki["ca.crt"]), "--node-key", str(key)]
     server = _dprad(
         "federate", "server", "--out", str(out), "--port", str(port), "--rounds", str(rounds), "--schema", schema,

@@ -247,3 +247,17 @@ def test_secure_aggregation_refuses_what_it_cannot_make_secure(
     assert not grid.received or all(
         "secaggplus_configs" not in m.content.config_records for m in grid.received
     )
+
+
+def test_more_dropouts_than_the_threshold_fail_the_round_in_one_line(
+    prepared: dict[str, Path], tmp_path: Path
+) -> None:
+    grid, transport = _loopback(prepared, tmp_path)
+    grid.drop.update({101: "collect_masked_vectors", 102: "collect_masked_vectors"})  # 1 of 3 left; needs 2
+    with pytest.raises(DpradError) as err:
+        run_federation(FederationConfig(rounds=1, min_clients=1), transport, tmp_path / "fed")
+    assert str(err.value) == (
+        "train round 1: secure aggregation halted: fewer than 2 of 3 hospitals completed its stages within "
+        "900 s (more dropped out than SecAgg+ can recover from)"
+    )
+    assert not (tmp_path / "fed" / "federation.json").exists()
