@@ -74,20 +74,6 @@ RUN_FILE_LITERALS = {
     ("export/safe.py", "config.json"): "also the bundled encoder's config.json (transformers)",
     ("privacy/ledger.py", "privacy.json"): "below run/ in the layers: cannot import its constants",
 }
-# Modules that still write run-file names as literals, outside the change that added this test (issue 33):
-# each is to name them by the constants, and then leaves this list (the test fails while a listed module
-# has none left).
-NOT_YET_CONSTANTS = {
-    "audit/noise_replay.py",
-    "audit/run_audit.py",
-    "audit/sections.py",
-    "commands/federate.py",
-    "demo.py",
-    "export/safe.py",
-    "modes/reference.py",
-    "report/collect.py",
-    "report/model_card.py",
-}
 
 
 def _run_file_names() -> set[str]:
@@ -129,14 +115,9 @@ def test_run_file_names_are_written_only_in_run_files() -> None:
         for node in _string_literals(ast.parse(path.read_text())):
             if node.value in names:
                 found.add((rel, node.value, node.lineno))
-    waived = {(rel, name) for rel, name, _ in found if rel in NOT_YET_CONSTANTS}
     unexpected = sorted(
-        f"{rel}:{line}: {name!r}"
-        for rel, name, line in found
-        if (rel, name) not in RUN_FILE_LITERALS and rel not in NOT_YET_CONSTANTS
+        f"{rel}:{line}: {name!r}" for rel, name, line in found if (rel, name) not in RUN_FILE_LITERALS
     )
     assert not unexpected, f"name a run's files by their constants in dprad.run.files: {unexpected}"
     gone = set(RUN_FILE_LITERALS) - {(rel, name) for rel, name, _ in found}
     assert not gone, f"no longer written as literals: drop them from RUN_FILE_LITERALS: {sorted(gone)}"
-    done = NOT_YET_CONSTANTS - {rel for rel, _ in waived}
-    assert not done, f"no run-file literal left: drop them from NOT_YET_CONSTANTS: {sorted(done)}"

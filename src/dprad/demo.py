@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from dprad import io
 from dprad.errors import DpradError
-from dprad.run import RunRecord
+from dprad.run import RunRecord, files
 
 # The demo corpus's seed, on the user stream of dprad.data.synth: the public corpus (used for the head's
 # feature centre and warm start) has a stream of its own, so the two share no report.
@@ -264,7 +264,7 @@ def run_demo(
         # 4. audit the shipped run, when the audit module exists; the canary run audited itself
         audit_path = _audit(shipped_dir, s, bars, notes)
         canary_rows = df[df.cell.str.contains("canaries") & (df.status == "done")]
-        canary_path = Path(canary_rows.run_dir.iloc[0]) / "audit.json" if len(canary_rows) else None
+        canary_path = Path(canary_rows.run_dir.iloc[0]) / files.AUDIT if len(canary_rows) else None
         # 5. report and model card, when the report module exists
         done_runs = [Path(p) for p in df[df.status == "done"].run_dir]
         report, card = _report(out, done_runs, sweep.results_parquet, shipped_dir, bars, notes)
@@ -333,7 +333,7 @@ def _audit(run_dir: Path, s: DemoSettings, bars: _Bars, notes: list[str]) -> Pat
         except Exception as err:  # noqa: BLE001 - the demo reports a failed audit and goes on
             notes.append(f"audit failed: {type(err).__name__}: {err}")
             return None
-    return run_dir / "audit.json"
+    return run_dir / files.AUDIT
 
 
 def _report(
@@ -362,7 +362,7 @@ def _report(
                 "model card: dprad.report.model_card is not available in this install; no MODEL_CARD.md"
             )
         else:
-            card = Path(write_model_card(shipped, out / "MODEL_CARD.md"))
+            card = Path(write_model_card(shipped, out / files.MODEL_CARD))
         update(completed=2)
     return report, card
 

@@ -35,6 +35,7 @@ import torch
 
 from dprad.errors import DpradError
 from dprad.privacy.noise import NoiseSource
+from dprad.run import files
 
 if TYPE_CHECKING:
     from dprad.run import RunRecord
@@ -66,7 +67,7 @@ class Replay:
         return self.rho < 1.0
 
 
-def shipped_integers(obj: Any, where: str = "config.json") -> Iterator[tuple[str, int]]:
+def shipped_integers(obj: Any, where: str = files.CONFIG) -> Iterator[tuple[str, int]]:
     """Every integer in a JSON-like value, with its path (``config.json train.seed``)."""
     if isinstance(obj, Mapping):
         for k, v in obj.items():

@@ -27,7 +27,7 @@ from dprad.errors import DpradError
 from dprad.features import loss_per_example
 from dprad.modes import get_mode
 from dprad.modes.reference import ReferenceModels, TrainFn
-from dprad.run import RunRecord
+from dprad.run import RunRecord, files
 
 ATTACKS = ("loss", "lira", "rmia")  # "loss" runs the loss and the confidence attack
 WHAT_IT_CHECKS = (
@@ -69,7 +69,7 @@ def _pick(by_id: dict[str, Report], ids: Sequence[str], split: str, run_dir: Pat
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise DpradError(
-            f"{run_dir / 'splits.json'}: {len(missing)} '{split}' report id(s) (first '{missing[0]}') are not in "
+            f"{run_dir / files.SPLITS}: {len(missing)} '{split}' report id(s) (first '{missing[0]}') are not in "
             "the data: audit with the data the run was trained on"
         )
     return [by_id[i] for i in ids]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dprad import io
-from dprad.run import RunRecord
+from dprad.run import RunRecord, files
 
 
 def write_sections(run: RunRecord, **sections: Any) -> dict[str, Any]:
@@ -16,5 +16,5 @@ def write_sections(run: RunRecord, **sections: Any) -> dict[str, Any]:
     led = run.ledger
     theory = {"private": led.private, "mode": run.mode, "epsilon": led.epsilon, "delta": led.delta}
     audit = {**run.audit_sections(), "run": str(run.path), "theory": theory, **sections}
-    io.write_json(Path(run.path) / "audit.json", audit)
+    io.write_json(Path(run.path) / files.AUDIT, audit)
     return audit

@@ -245,10 +245,10 @@ def client(
         return
     print(f"site {site.info.name}: {security.describe()}", flush=True)
     join(out, superlink, timeout=timeout, tls=security.flags())
-    from dprad.run import RunRecord
+    from dprad.run import RunRecord, files
 
     ledger = RunRecord.open(out).ledger  # the site ends as a run directory of the global model
-    print(f"site {site.info.name}: done; ledger {out / 'privacy.json'}: epsilon {ledger.epsilon}")
+    print(f"site {site.info.name}: done; ledger {out / files.PRIVACY}: epsilon {ledger.epsilon}")
 
 
 @federate_app.command("certs")

@@ -72,11 +72,11 @@ def export_run(
     include = tuple(dict.fromkeys(include))
     if bad := safe.unknown_includes(include):
         raise DpradError(f"--include {','.join(bad)}: not one of {', '.join(safe.INCLUDES)}")
-    evaluations = sorted(run_dir.glob("evaluation*.json")) if "evaluation" in include else []
+    evaluations = sorted(run_dir.glob(files.EVALUATIONS)) if "evaluation" in include else []
     if "evaluation" in include and not evaluations:
         raise DpradError(
-            f"--include evaluation: {run_dir} has no evaluation.json "
-            f"(dprad evaluate {run_dir} DATA --out {run_dir}/evaluation.json writes one)"
+            f"--include evaluation: {run_dir} has no {files.EVALUATION} "
+            f"(dprad evaluate {run_dir} DATA --out {run_dir / files.EVALUATION} writes one)"
         )
     _check_out(run_dir, out, overwrite=overwrite)
     data_sha256 = _data_sha256(record)

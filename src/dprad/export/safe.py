@@ -7,22 +7,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatch
 
+from dprad.run import files
+
+# the weights in an export's model/ (safetensors: a run's model/ holds the same tensors as torch pickles)
+HEAD_FILE = f"{files.MODEL}/{files.HEAD_WEIGHTS}.safetensors"
+CENTER_FILE = f"{files.MODEL}/{files.CENTER_WEIGHTS}.safetensors"
+
 MANIFEST_WHY = "this list: every file of the export, its SHA-256 and why it is safe to share"
 
 # every export, whatever the mode. "{trained}" is how the run trained its weights, read from its ledger
 # (``trained``); thresholds.json's reason is read from the run's thresholds and config (``thresholds_why``)
 COMMON: dict[str, str] = {
-    "config.json": "the run's resolved settings (no report text or ids), needed to load the model: local "
+    files.CONFIG: "the run's resolved settings (no report text or ids), needed to load the model: local "
     "paths replaced by their names (derived.data_sha256: the training file's SHA-256 where it could be read), "
     "no noise seed; derived.model_dir names the bundled encoder/",
-    "privacy.json": "the privacy ledger as the run wrote it, every number of the guarantee unchanged (its "
+    files.PRIVACY: "the privacy ledger as the run wrote it, every number of the guarantee unchanged (its "
     "epsilon recomputed from its own accounting event), with local paths replaced by names and no size of "
     "the validation or test split",
-    "schema.json": "the label schema (label names, critical labels, rule vocabulary): definitions, no data",
-    "thresholds.json": "the shipped per-label thresholds",
-    "MODEL_CARD.md": "the model card, quoting only what this export holds",
-    "model/head.safetensors": "the classification head (with the public feature centre its inputs are "
-    "centred on), {trained}",
+    files.SCHEMA: "the label schema (label names, critical labels, rule vocabulary): definitions, no data",
+    files.THRESHOLDS: "the shipped per-label thresholds",
+    files.MODEL_CARD: "the model card, quoting only what this export holds",
+    HEAD_FILE: "the classification head (with the public feature centre its inputs are centred on), {trained}",
 }
 DP_SGD = "trained with DP-SGD"
 NO_DP = "trained WITHOUT differential privacy: no privacy guarantee (exported with --force)"
@@ -31,19 +36,18 @@ LEDGER_NO_DP = (
     "trained WITHOUT differential privacy"
 )
 CENTER: dict[str, str] = {
-    "model/center.safetensors": "LP-FT: the mean feature of dprad's public synthetic corpus (public data, "
-    "no privacy cost)",
+    CENTER_FILE: "LP-FT: the mean feature of dprad's public synthetic corpus (public data, no privacy cost)",
 }
 MODE_FILES: dict[str, dict[str, str]] = {
     "head": {},
     "lora": {
-        "model/adapter/adapter_model.safetensors": "the LoRA adapters, {trained}",
-        "model/adapter/adapter_config.json": "the LoRA settings (rank, alpha, target modules)",
+        f"{files.MODEL}/adapter/adapter_model.safetensors": "the LoRA adapters, {trained}",
+        f"{files.MODEL}/adapter/adapter_config.json": "the LoRA settings (rank, alpha, target modules)",
     },
     "full": {
-        "model/encoder/model.safetensors": "the fine-tuned encoder, {trained} (under DP its embeddings stay "
-        "frozen at the base model's)",
-        "model/encoder/config.json": "the fine-tuned encoder's architecture",
+        f"{files.MODEL}/encoder/model.safetensors": "the fine-tuned encoder, {trained} (under DP its "
+        "embeddings stay frozen at the base model's)",
+        f"{files.MODEL}/encoder/config.json": "the fine-tuned encoder's architecture",
     },
 }
 
@@ -73,28 +77,28 @@ ENCODER_FILES: dict[str, str] = {
     "README.md": f"{PUBLIC_BASE}: its own model card (its licence)",
     "LICENSE": f"{PUBLIC_BASE}: its licence",
 }
-ENCODER_DIR = "encoder"
+ENCODER_DIR = files.ENCODER
 
 # --include evaluation: outside the guarantee, and the card says so in its first lines
 EVALUATION: dict[str, str] = {
-    "evaluation.json": "INCLUDED ON REQUEST (--include evaluation): computed on private data WITHOUT DP",
-    "evaluation-*.json": "INCLUDED ON REQUEST (--include evaluation): computed on private data WITHOUT DP",
+    files.EVALUATION: "INCLUDED ON REQUEST (--include evaluation): computed on private data WITHOUT DP",
+    files.OTHER_EVALUATIONS: "INCLUDED ON REQUEST (--include evaluation): computed on private data WITHOUT DP",
 }
 INCLUDES = ("evaluation",)
 
 # what a run holds that an export leaves out
 LEFT_OUT: dict[str, str] = {
-    "splits.json": "names the reports, and so the patients, in each split",
-    "history.json": "per-step training losses computed without noise",
-    "metrics.json": "validation and test metrics computed on private data without DP",
-    "reference.json": "test-split score statistics computed without DP (the monitor's baseline)",
-    "evaluation*.json": "evaluations on private data without DP (--include evaluation adds them)",
-    "audit.json": "attack and canary results computed on private data",
-    "notes.json": "training notes, which can hold counts of the private data",
-    "checkpoint.pt": "a training checkpoint (optimizer and sampler state)",
-    "MODEL_CARD.md": "the run's own card quotes non-DP metrics: the export writes its own",
-    "model/*.pt": "torch pickles: the export holds the same weights as safetensors",
-    "model/adapter/README.md": "peft's boilerplate card, naming a local path",
+    files.SPLITS: "names the reports, and so the patients, in each split",
+    files.HISTORY: "per-step training losses computed without noise",
+    files.METRICS: "validation and test metrics computed on private data without DP",
+    files.REFERENCE: "test-split score statistics computed without DP (the monitor's baseline)",
+    files.EVALUATIONS: "evaluations on private data without DP (--include evaluation adds them)",
+    files.AUDIT: "attack and canary results computed on private data",
+    files.NOTES: "training notes, which can hold counts of the private data",
+    files.CHECKPOINT: "a training checkpoint (optimizer and sampler state)",
+    files.MODEL_CARD: "the run's own card quotes non-DP metrics: the export writes its own",
+    f"{files.MODEL}/*.pt": "torch pickles: the export holds the same weights as safetensors",
+    f"{files.MODEL}/adapter/README.md": "peft's boilerplate card, naming a local path",
 }
 NOT_ON_LIST = "not on the safe list"
 
@@ -104,7 +108,7 @@ def safe_files(mode: str, *, lp_ft: bool, private: bool) -> dict[str, str]:
     ``private``: whether the run's ledger says its weights were trained with DP-SGD."""
     listed = {**COMMON, **(CENTER if lp_ft else {}), **MODE_FILES[mode]}
     if not private:
-        listed["privacy.json"] = LEDGER_NO_DP
+        listed[files.PRIVACY] = LEDGER_NO_DP
     return {name: why.replace("{trained}", DP_SGD if private else NO_DP) for name, why in listed.items()}
 
 

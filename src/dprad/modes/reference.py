@@ -31,6 +31,7 @@ from dprad.features import loss_per_example, warm_start
 from dprad.model import FeatureHead
 from dprad.privacy.dp_step import plain_step, private_step
 from dprad.privacy.noise import NoiseSource
+from dprad.run import files
 
 if TYPE_CHECKING:
     from dprad.run import RunRecord
@@ -58,7 +59,7 @@ class HeadRecipe:
         t, led = record.config.train, record.ledger
         if led.private and led.noise_multiplier is None:
             raise DpradError(
-                f"{record.path}/privacy.json: a private run's reference models need its noise multiplier"
+                f"{record.path / files.PRIVACY}: a private run's reference models need its noise multiplier"
             )
         assert t.lr is not None and t.epochs is not None and t.batch_size is not None
         return cls(
@@ -238,11 +239,11 @@ def run_reference_models(
     from dprad.modes import load_run
 
     cfg = record.config
-    cfg = cfg.with_(data=replace(cfg.data, schema=str(record.path / "schema.json")))
+    cfg = cfg.with_(data=replace(cfg.data, schema=str(record.path / files.SCHEMA)))
     if record.ledger.private:
         if record.ledger.noise_multiplier is None:
             raise DpradError(
-                f"{record.path}/privacy.json: a private run's reference models need its noise multiplier"
+                f"{record.path / files.PRIVACY}: a private run's reference models need its noise multiplier"
             )
         cfg = cfg.with_(
             privacy=PrivacyConfig(

@@ -21,6 +21,7 @@ from dprad.config import RunConfig
 from dprad.errors import DpradError
 from dprad.privacy.ledger import PrivacyLedger
 from dprad.report.public import data_name, model_name
+from dprad.run import files
 from dprad.run.audit import Audit
 from dprad.run.files import mapping, read_json
 from dprad.run.record import RunRecord, Thresholds
@@ -195,18 +196,16 @@ def expand_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
         if not p.is_dir():
             raise DpradError(f"{p}: not a run directory")
         below = sorted(
-            {c.parent for pattern in ("*/config.json", "*/*/config.json") for c in p.glob(pattern)}
+            {c.parent for pattern in (f"*/{files.CONFIG}", f"*/*/{files.CONFIG}") for c in p.glob(pattern)}
         )
         below = [c for c in below if not RunRecord.is_run(c.parent)]  # not a run's own model/ folder
         found = [c for c in below if RunRecord.is_run(c)]
         skipped += [
-            f"{c}: unfinished (no privacy.json), left out"
-            for c in below
-            if not RunRecord.is_run(c) and RunRecord.is_dprad_config(c / "config.json")
+            f"{c}: unfinished (no {files.PRIVACY}), left out" for c in below if RunRecord.is_unfinished(c)
         ]
         if not found:
             raise DpradError(
-                f"{p}: neither a run directory (config.json + privacy.json) nor a folder of runs"
+                f"{p}: neither a run directory ({files.CONFIG} + {files.PRIVACY}) nor a folder of runs"
             )
         runs += found
     unique = list(dict.fromkeys(r.resolve() for r in runs))

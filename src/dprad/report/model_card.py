@@ -26,6 +26,7 @@ from dprad.report.public import (
     released_outside,
     short_name,
 )
+from dprad.run import files
 from dprad.run.results import RARE_SUPPORT
 
 ECE_WARN = 0.05  # a pooled ECE above this gets a plain-words warning
@@ -407,7 +408,7 @@ def write_model_card(run_dir: Path, out: Path | None = None, *, export: ExportSc
     cover."""
     from dprad.run.federation import FederationRecord
 
-    target = Path(out) if out is not None else Path(run_dir) / "MODEL_CARD.md"
+    target = Path(out) if out is not None else Path(run_dir) / files.MODEL_CARD
     if FederationRecord.is_federation(run_dir):  # a federation's global model: each hospital's guarantee
         from dprad.report.federation import federation_card
 

@@ -22,7 +22,10 @@ HISTORY = "history.json"
 AUDIT = "audit.json"
 REFERENCE = "reference.json"
 EVALUATION = "evaluation.json"
+OTHER_EVALUATIONS = "evaluation-*.json"  # a pattern: evaluations on other datasets (domain transfer)
+EVALUATIONS = "evaluation*.json"  # a pattern: every evaluation of a run (evaluation.json and the others)
 MODEL = "model"
+CHECKPOINT = "checkpoint.pt"  # while training: the model, optimizer and sampler state (resumable)
 
 # an export (``dprad export``): what a run shares, and what marks a directory as one
 MANIFEST = "MANIFEST.json"  # every file of the export, its SHA-256 and why it is safe to share

@@ -182,10 +182,14 @@ class RunRecord:
         return p.is_dir() and (p / files.CONFIG).is_file() and (p / files.PRIVACY).is_file()
 
     @staticmethod
-    def is_dprad_config(path: str | Path) -> bool:
-        """A dprad run's config.json (it has a 'train' section), not some other tool's (a model's, say)."""
+    def is_unfinished(path: str | Path) -> bool:
+        """A dprad run directory whose training has not finished: a dprad run's config.json (it has a
+        'train' section, not some other tool's, a model's say) and no privacy.json."""
+        p = Path(path)
+        if RunRecord.is_run(p) or not (p / files.CONFIG).is_file():
+            return False
         try:
-            return "train" in mapping(read_json(Path(path)))
+            return "train" in mapping(read_json(p / files.CONFIG))
         except DpradError:
             return False
 
@@ -340,7 +344,7 @@ class RunRecord:
         """``evaluation-*.json``: evaluations on other datasets (domain transfer)."""
         return tuple(
             read_evaluation(p, train_data=self.data_path, critical=self.schema.critical)
-            for p in sorted(self.path.glob("evaluation-*.json"))
+            for p in sorted(self.path.glob(files.OTHER_EVALUATIONS))
         )
 
     @cached_property

@@ -11,7 +11,7 @@ import torch
 from dprad import io
 from dprad.errors import DpradError
 from dprad.privacy.noise import NoiseSource
-from dprad.run.files import CONFIG, PRIVACY, RUN_FILES, as_written, read_object
+from dprad.run.files import CHECKPOINT, CONFIG, PRIVACY, RUN_FILES, as_written, read_object
 
 
 class RunDir:
@@ -19,7 +19,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.checkpoint = self.path / "checkpoint.pt"
+        self.checkpoint = self.path / CHECKPOINT
         # the run's secret DP key, owner-only, beside the checkpoint and deleted with it: a killed run
         # resumes with the same draws; a finished run (and so every export) holds no trace of it
         self.noise_key = self.path / "noise.key"

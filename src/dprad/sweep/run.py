@@ -21,7 +21,7 @@ from dprad.data.reports import Report
 from dprad.data.schemas import builtin_schema
 from dprad.errors import DpradError
 from dprad.run import RunRecord
-from dprad.run.files import CONFIG, EVALUATION
+from dprad.run.files import CHECKPOINT, CONFIG, EVALUATION
 from dprad.stages.evaluate import EvalOptions
 from dprad.sweep.plan import Cell, fingerprint, plan_cells
 from dprad.sweep.results import write_report, write_results, write_selection
@@ -61,7 +61,7 @@ def run_cell(task: CellTask, *, on_step: Callable[[Any], None] | None = None) ->
             import torch
 
             torch.set_num_threads(task.threads)  # a worker process of its own: nothing else shares it
-        trained = same and RunRecord.is_run(run_dir) and not (run_dir / "checkpoint.pt").exists()
+        trained = same and RunRecord.is_run(run_dir) and not (run_dir / CHECKPOINT).exists()
         if not trained:
             _train(cell, run_dir, task.reports, fresh=not same, on_step=on_step)
         (run_dir / EVALUATION).unlink(missing_ok=True)
