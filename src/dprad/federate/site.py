@@ -51,7 +51,7 @@ LEDGER_STATE = "rounds.json"  # the rounds this site took part in (its ledger is
 # the site's secret DP key (privacy/noise.py), owner-only: every round's batches and noise and its threshold
 # histograms are drawn from it. It never leaves the hospital: no message, update or file the server sees
 # holds anything from which the site's draws can be regenerated
-NOISE_KEY = "noise.key"
+NOISE_KEY = files.NOISE_KEY
 LOCK = "client.lock"  # held (flock) by the hospital's running client: its node answers only while held
 REFUSED = "refused.json"  # the federation's reason for refusing this site at hello (read by its client)
 

@@ -26,6 +26,9 @@ OTHER_EVALUATIONS = "evaluation-*.json"  # a pattern: evaluations on other datas
 EVALUATIONS = "evaluation*.json"  # a pattern: every evaluation of a run (evaluation.json and the others)
 MODEL = "model"
 CHECKPOINT = "checkpoint.pt"  # while training: the model, optimizer and sampler state (resumable)
+# while training (and at a federated site, for its life): the secret DP key every noise draw comes from,
+# owner-only; deleted when a run finishes, never exported (privacy/noise.py)
+NOISE_KEY = "noise.key"
 
 # an export (``dprad export``): what a run shares, and what marks a directory as one
 MANIFEST = "MANIFEST.json"  # every file of the export, its SHA-256 and why it is safe to share

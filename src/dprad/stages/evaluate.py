@@ -27,7 +27,7 @@ from dprad.metrics.scores import binarize
 from dprad.metrics.transfer import label_map
 from dprad.modes import load_run
 from dprad.modes.predictor import Predictor
-from dprad.run import RunRecord
+from dprad.run import RunRecord, files
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def select_reports(run: RunRecord, reports: list[Report], split: str) -> tuple[l
     if split == "test":
         if not chosen:
             raise DpradError(
-                f"--split test: none of the run's test reports is in this data ({run.path}/splits.json)"
+                f"--split test: none of the run's test reports is in this data ({run.path / files.SPLITS})"
             )
         return chosen, "test"
     if split != "auto":

@@ -11,7 +11,7 @@ import torch
 from dprad import io
 from dprad.errors import DpradError
 from dprad.privacy.noise import NoiseSource
-from dprad.run.files import CHECKPOINT, CONFIG, PRIVACY, RUN_FILES, as_written, read_object
+from dprad.run.files import CHECKPOINT, CONFIG, NOISE_KEY, PRIVACY, RUN_FILES, as_written, read_object
 
 
 class RunDir:
@@ -22,7 +22,7 @@ class RunDir:
         self.checkpoint = self.path / CHECKPOINT
         # the run's secret DP key, owner-only, beside the checkpoint and deleted with it: a killed run
         # resumes with the same draws; a finished run (and so every export) holds no trace of it
-        self.noise_key = self.path / "noise.key"
+        self.noise_key = self.path / NOISE_KEY
         # frozen-encoder features of the run's reports (without --feature-cache), written chunk by chunk
         # as the pass goes: as sensitive as the reports, kept for a resume and deleted with the checkpoint
         self.features = self.path / "features"
