@@ -35,10 +35,13 @@ def main() -> None:
 
     from dprad.config import DataConfig, RunConfig
     from dprad.data.dataset import PoissonSampler, encode
-    from dprad.features import encoder_features, head_inputs, loss_per_example, public_corpus, warm_start
     from dprad.local_models import load_tokenizer, resolve_model_dir
     from dprad.metrics.scores import f1_scores, macro_auroc
-    from dprad.model import FeatureHead, load_encoder
+    from dprad.nn.features import encoder_features
+    from dprad.nn.inputs import head_inputs
+    from dprad.nn.loss import loss_per_example
+    from dprad.nn.model import FeatureHead, load_encoder
+    from dprad.nn.public import public_corpus, warm_start
     from dprad.privacy import calibrate_noise, default_delta
     from dprad.privacy.dp_step import plain_step, private_step
     from dprad.privacy.noise import NoiseSource

@@ -8,7 +8,7 @@ Same encoder (MiniLM-L6, LoRA r=8 on query/value, mean pooling, linear head), sa
 
 (a) dprad: LoRA in the top k layers; logical batch of ``--batch`` (Poisson, q = 1 / ceil(n / batch), as
     opacus's loader), length-sorted micro-batches under ``--max-tokens`` with dynamic padding, the frozen
-    bottom (embeddings + first N - k layers) run once per report and cached (``dprad.prefix_cache``),
+    bottom (embeddings + first N - k layers) run once per report and cached (``dprad.nn.prefix_cache``),
     ``dprad.privacy.dp_step.private_step`` over the top k layers. Its time includes the cache pass.
 (b) the opacus tutorial: every report padded to 256 tokens in a TensorDataset, a DataLoader with
     batch size = the same expected batch, ``PrivacyEngine().make_private(module, optimizer, data_loader)``
@@ -59,8 +59,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def build(args: argparse.Namespace, num_labels: int, *, top_only: bool) -> tuple[torch.nn.Module, Any]:
     """The peft encoder (LoRA r=8 on query/value, in the top k layers or in all) and the head's initial state."""
     from dprad.local_models import resolve_model_dir
-    from dprad.model import attach_lora, hidden_size, load_encoder
-    from dprad.prefix_cache import attach_top_lora
+    from dprad.nn.model import attach_lora, hidden_size, load_encoder
+    from dprad.nn.prefix_cache import attach_top_lora
 
     torch.manual_seed(0)
     base = load_encoder(resolve_model_dir("minilm"))
@@ -95,8 +95,8 @@ def run_dprad(
     from opacus import GradSampleModule
 
     from dprad.data.dataset import PoissonSampler, micro_batches
-    from dprad.features import loss_per_example
-    from dprad.prefix_cache import PrefixLoraClassifier, cache_hidden_states, split_encoder
+    from dprad.nn.loss import loss_per_example
+    from dprad.nn.prefix_cache import PrefixLoraClassifier, cache_hidden_states, split_encoder
     from dprad.privacy.dp_step import private_step
     from dprad.privacy.noise import NoiseSource
 
@@ -153,8 +153,8 @@ def run_opacus(
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dprad.features import loss_per_example
-    from dprad.model import ReportClassifier
+    from dprad.nn.loss import loss_per_example
+    from dprad.nn.model import ReportClassifier
 
     encoder, head_state = build(args, len(schema), top_only=args.baseline_lora == "top")
     model = ReportClassifier(encoder, len(schema), pooling="mean")

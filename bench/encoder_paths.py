@@ -6,7 +6,7 @@ head's utility for each path, side by side in one run.
                                   [--time-only] [--out DIR]
 
 Speed: the same `--timed` training reports of each corpus (max_length 256, the product's default) through
-:func:`dprad.features.encoder_features` with each path at 1 and 2 threads, interleaved path by path,
+:func:`dprad.nn.features.encoder_features` with each path at 1 and 2 threads, interleaved path by path,
 `--repeats` times; the median wall time gives reports per second per thread (= per core). Also: the
 largest feature difference of a report scored alone against the same report in its batch.
 
@@ -55,7 +55,7 @@ def timings(paths: list[str], enc: Encoded, cache: Path, repeats: int) -> dict[t
     """(path, threads) -> reports per second per thread, median over interleaved repeats."""
     import torch
 
-    from dprad.features import encoder_features
+    from dprad.nn.features import encoder_features
 
     built = {t: encoders(paths, t, cache) for t in (1, 2)}
     walls: dict[tuple[str, int], list[float]] = {(p, t): [] for p in paths for t in (1, 2)}
@@ -75,7 +75,7 @@ def timings(paths: list[str], enc: Encoded, cache: Path, repeats: int) -> dict[t
 def batch_drift(paths: list[str], enc: Encoded, cache: Path, k: int = 24) -> dict[str, float]:
     """Largest |feature| difference of a report alone against the same report in one padded batch."""
     from dprad.data.dataset import Encoded
-    from dprad.features import encoder_features
+    from dprad.nn.features import encoder_features
 
     built = encoders(paths, 1, cache)
     e = enc
@@ -114,8 +114,10 @@ def fill_cache(path_name: str, everyone: list, schema: object, folder: Path, cac
 
     from dprad.data.dataset import encode
     from dprad.data.schemas import CHEXPERT14, CTRATE18
-    from dprad.features import encoder_features, public_reports, text_keys
     from dprad.local_models import load_tokenizer, resolve_model_dir
+    from dprad.nn.feature_cache import text_keys
+    from dprad.nn.features import encoder_features
+    from dprad.nn.public import public_reports
 
     model_dir = resolve_model_dir("minilm")
     bucket = hashlib.sha256(f"{model_dir}\0mean\0{MAX_LENGTH}".encode()).hexdigest()[:16]

@@ -5,7 +5,7 @@ intra-op threads), or one report per core (dprad's ``onnx-int8`` runtime), side 
 
 The reports: the first ``--reports`` of a synthetic MIMIC-CXR tree (``dprad synth --layout mimic-cxr``,
 public; made in a temp folder unless ``--tree`` names one), max_length 256 (the product's default). Each
-way scores them through :func:`dprad.features.text_features` (or, for the intra-op way, the same ONNX
+way scores them through :func:`dprad.nn.features.text_features` (or, for the intra-op way, the same ONNX
 session run report by report), interleaved, ``--repeats`` times; the median wall time gives reports per
 second. It also checks that one report per core gives the same features at 1 and ``--threads`` threads.
 """
@@ -34,8 +34,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from dprad.encoder_runtime import frozen_encoder, onnx_session, user_cache_dir
-    from dprad.features import text_features
     from dprad.local_models import load_tokenizer, resolve_model_dir
+    from dprad.nn.features import text_features
 
     tree = args.tree
     if tree is None:

@@ -59,9 +59,9 @@ def seconds_per_1000(settings: dict[str, str | int], reports: list, schema: obje
     from transformers import AutoTokenizer
 
     from dprad.data.dataset import encode
-    from dprad.features import encoder_features
     from dprad.local_models import resolve_model_dir
-    from dprad.model import load_encoder, resolve_pooling
+    from dprad.nn.features import encoder_features
+    from dprad.nn.model import load_encoder, resolve_pooling
 
     model_dir = resolve_model_dir(str(settings.get("name", "minilm")))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)

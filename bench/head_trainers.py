@@ -7,10 +7,10 @@ threshold 0.5 and at DP thresholds (issue 9).
 MiniLM features are computed once per corpus and cached under /tmp/dprad_head_trainers_cache (a rerun is
 instant). Corpora: IU X-ray (gold labels; patient splits with seeds 0, 1, 2) and the CT-RATE manual file
 (seeds 0, 1, 2). Encoder features are centred on the public synthetic corpus's mean
-(``dprad.features.public_reports``, its own seed stream) and L2-normalised, as ``dprad.features.head_inputs``.
+(``dprad.nn.public.public_reports``, its own seed stream) and L2-normalised, as ``dprad.nn.inputs.head_inputs``.
 
 Both trainers start from the public corpus (no privacy cost): DP-SGD from a non-private fit on it
-(``dprad.features.warm_start``), AdaSSP with its ridge centred on the public ridge solution
+(``dprad.nn.public.warm_start``), AdaSSP with its ridge centred on the public ridge solution
 (``fit_adassp(public=...)``). With rule priors the public fit already reads the readings like the teacher.
 
 Honest tuning, printed as it happens:
@@ -65,9 +65,9 @@ class Corpus:
 
 def _raw_features(tag: str, reports: list[Any], schema: Any, enc_cache: dict[str, Any]) -> np.ndarray:
     from dprad.data.dataset import encode
-    from dprad.features import encoder_features
     from dprad.local_models import load_tokenizer, resolve_model_dir
-    from dprad.model import load_encoder
+    from dprad.nn.features import encoder_features
+    from dprad.nn.model import load_encoder
 
     key = hashlib.sha256("\n".join(r.id + "\t" + r.text for r in reports).encode()).hexdigest()[:16]
     path = CACHE / f"{tag}-{key}.npz"
@@ -92,7 +92,7 @@ def load_corpora() -> dict[str, Corpus]:
     from dprad.data.reports import label_matrix
     from dprad.data.schemas import CHEXPERT14, CTRATE18
     from dprad.data.synth import SynthConfig, generate_reports
-    from dprad.features import public_reports
+    from dprad.nn.public import public_reports
     from dprad.priors import report_prior_features
 
     enc_cache: dict[str, Any] = {}
@@ -155,7 +155,8 @@ def train_dpsgd(
     from opacus import GradSampleModule
 
     from dprad.data.dataset import PoissonSampler
-    from dprad.features import loss_per_example, warm_start
+    from dprad.nn.loss import loss_per_example
+    from dprad.nn.public import warm_start
     from dprad.privacy import calibrate_noise, dpsgd_event
     from dprad.privacy.dp_step import plain_step, private_step
     from dprad.privacy.noise import NoiseSource
@@ -298,8 +299,8 @@ def fmt(vals: list[float]) -> str:
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
     from adassp import block_projection, pca_projection
-    from dprad.features import head_inputs
     from dprad.metrics.scores import f1_scores
+    from dprad.nn.inputs import head_inputs
     from dprad.priors import combine_features, rule_predictions
     from dprad.privacy import default_delta
 
@@ -312,7 +313,7 @@ def main() -> None:
     enc = {k: head_inputs(c.raw, center) for k, c in corpora.items()}
     public_of = {"iu": "public-cxr", "ct": "public-ct", "tune-cxr": "public-cxr", "tune-ct": "public-ct"}
     print(f"corpora: {', '.join(f'{k} {len(c.reports)}' for k, c in corpora.items())}")
-    print("every trainer starts from the PUBLIC corpus (dprad.features.public_reports): DP-SGD from a")
+    print("every trainer starts from the PUBLIC corpus (dprad.nn.public.public_reports): DP-SGD from a")
     print("non-private fit on it (features.warm_start), AdaSSP's ridge is centred on its ridge solution")
 
     def inputs(name: str, prior_norm: float | None) -> np.ndarray:

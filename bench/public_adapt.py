@@ -28,8 +28,8 @@ def main() -> None:
     from dprad.data.schemas import CHEXPERT14, CTRATE18
     from dprad.data.table import reports_frame, write_table
     from dprad.errors import DpradError
-    from dprad.features import public_reports
     from dprad.local_models import DEFAULT_ENCODER, resolve_model_dir
+    from dprad.nn.public import public_reports
     from dprad.stages.train import train
 
     ap = argparse.ArgumentParser()

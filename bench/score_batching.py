@@ -25,9 +25,9 @@ import torch
 def main() -> None:
     from dprad import CHEXPERT14, SynthConfig, generate_reports
     from dprad.data.dataset import collate, encode, inference_batches, micro_batches
-    from dprad.features import CPU_SCORING_TOKENS
     from dprad.local_models import DEFAULT_ENCODER, load_tokenizer, resolve_model_dir
-    from dprad.model import load_encoder, pool
+    from dprad.nn.device import CPU_SCORING_TOKENS
+    from dprad.nn.model import load_encoder, pool
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reports", type=int, default=2000)

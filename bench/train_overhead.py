@@ -28,9 +28,9 @@ def one(config: str, steps: int, batch: int, data: str | None, max_tokens: int) 
 
     from dprad import CHEXPERT14, SynthConfig, generate_reports, read_reports
     from dprad.data.dataset import collate, encode, micro_batches
-    from dprad.features import loss_per_example
     from dprad.local_models import load_tokenizer, resolve_model_dir
-    from dprad.model import ReportClassifier, attach_lora, load_encoder
+    from dprad.nn.loss import loss_per_example
+    from dprad.nn.model import ReportClassifier, attach_lora, load_encoder
     from dprad.privacy.dp_step import plain_step, private_step
     from dprad.privacy.noise import NoiseSource
 

@@ -1,11 +1,11 @@
 """The frozen encoder of the head mode, on a choice of CPU runtimes.
 
 ``frozen_encoder(model_dir, runtime=..., device=..., threads=..., cache_dir=...)`` returns a module that
-:func:`dprad.features.encoder_features` takes unchanged: called as ``encoder(input_ids=..,
+:func:`dprad.nn.features.encoder_features` takes unchanged: called as ``encoder(input_ids=..,
 attention_mask=..).last_hidden_state`` (B, T, H), with ``.config.hidden_size`` and ``.parameters()`` on
 its device. Runtimes:
 
-- ``torch``: the Hugging Face model in fp32 (bf16 autocast on a GPU): what :func:`dprad.model.load_encoder`
+- ``torch``: the Hugging Face model in fp32 (bf16 autocast on a GPU): what :func:`dprad.nn.model.load_encoder`
   gives. The only runtime on a GPU.
 - ``int8``: torch dynamic quantisation of every ``nn.Linear`` (int8 weights with one scale per output
   channel, activations quantised per call; fbgemm / x86 CPUs only, so CPU only). One scale per weight
@@ -147,7 +147,7 @@ def frozen_encoder(
     ``threads``: intra-op threads of the runtime (None: torch's current setting, which dprad sets from
     ``--threads``). ``cache_dir``: where ONNX artefacts are kept between runs (see the module docstring).
     """
-    from dprad.model import load_encoder
+    from dprad.nn.model import load_encoder
 
     device = torch.device(device)
     if runtime not in RUNTIMES:
@@ -239,14 +239,14 @@ def onnx_session(
 
 def onnx_artefact(model_dir: Path, *, quantized: bool, folder: Path) -> Path:
     """``folder/encoder-{fp32|int8}-{key}.onnx``, built (atomically) unless it is there already: the fp32
-    export of :func:`dprad.model.load_encoder`'s model, then its quantised copy."""
+    export of :func:`dprad.nn.model.load_encoder`'s model, then its quantised copy."""
     target = (
         folder / f"encoder-{'int8' if quantized else 'fp32'}-{model_key(model_dir, quantized=quantized)}.onnx"
     )
     if target.is_file():
         return target
     if not quantized:
-        from dprad.model import load_encoder
+        from dprad.nn.model import load_encoder
 
         model = load_encoder(model_dir).eval()
         io.write_with(target, lambda tmp: export_onnx(model, tmp))

@@ -10,12 +10,13 @@ When the training labels *are* the rule teacher's output, the prior only teaches
 teacher; its value is when labels come from people, an LLM, or codes.
 
 Combining with the encoder features (``combine_features``): the encoder rows from
-``dprad.features.head_inputs`` have norm exactly 1 and the one-hot block has norm sqrt(L) (one reading per
+``dprad.nn.inputs.head_inputs`` have norm exactly 1 and the one-hot block has norm sqrt(L) (one reading per
 label). The block is scaled to norm ``prior_norm`` and the concatenated row divided by
 sqrt(1 + prior_norm**2), so every row has norm exactly 1: per-example gradients of a linear head stay on
 the same scale as without priors (DP-SGD's clipping norm keeps its meaning) and AdaSSP's row bound holds.
 ``PRIOR_NORM`` is the default relative weight, chosen by ``bench/head_trainers.py`` on dprad's public
-synthetic corpus and on validation splits (see that bench's output).
+synthetic corpus and on validation splits (see that bench's output); it lives with the classifier
+(``dprad.nn.inputs``), which reads the rows the same way after LP-FT.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema
 from dprad.errors import DpradError
 from dprad.labeling.rules import RuleSet, label_text, rules_for
+from dprad.nn.inputs import PRIOR_NORM
 
 # column order of each label's one-hot block
 READINGS = ("positive", "uncertain", "negative", "not_mentioned")
 NOT_MENTIONED = 2  # rule_readings' code for a label the report does not mention
 # one-hot column, indexed by reading + 1: -1 -> uncertain, 0 -> negative, 1 -> positive, 2 -> not mentioned
 _COLUMN = np.array([1, 2, 0, 3])
-PRIOR_NORM = 3.0  # prior block norm relative to the unit-norm encoder block: bench/head_trainers.py stage 2
 
 
 def has_rule_vocabulary(schema: LabelSchema) -> bool:

@@ -25,7 +25,7 @@ from dprad.audit.extraction import (
 from dprad.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dprad.data.synth import CXR_TERMS
 from dprad.data.table import reports_frame, write_table
-from dprad.features import public_reports
+from dprad.nn.public import public_reports
 from dprad.run import RunRecord
 from dprad.serve.app import ServeLimits, create_app, running
 from dprad.serve.auditlog import read_records, read_secret

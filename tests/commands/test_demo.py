@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from dprad.commands.sweep import register
 from dprad.data.synth import SynthConfig, generate_reports
 from dprad.demo import DEMO_SEED, QUICK, _has_canaries, run_demo
-from dprad.features import public_reports
+from dprad.nn.public import public_reports
 from dprad.privacy import compute_epsilon, epsilon_of, event_from_dict
 from report_agreement import check_agreement
 

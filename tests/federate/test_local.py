@@ -15,6 +15,7 @@ from dprad.errors import DpradError
 from dprad.federate.local import LocalTransport
 from dprad.federate.server import FederationConfig, run_federation
 from dprad.federate.site import Site
+from dprad.modes.distributable import as_distributable
 from dprad.privacy.accounting import event_from_dict
 from dprad.run import RunRecord
 from federated import ROUNDS, fresh, prepare, write_sites
@@ -155,11 +156,10 @@ def test_a_sites_histograms_carry_the_noise_its_ledger_accounts(
     site = Site(path)
     params = site.start()
     mode = site._mode(params)
+    inputs = as_distributable(mode).split_inputs("val")
     val = site.plan.splits.val
     keep = one_report_per_patient([r.patient_id for r in val], [r.id for r in val])
-    exact = score_histograms(
-        mode.enc["val"].targets[keep], mode.probs("val")[keep], mode.enc["val"].mask[keep], DEFAULT_GRID
-    )
+    exact = score_histograms(inputs.targets[keep], mode.probs("val")[keep], inputs.mask[keep], DEFAULT_GRID)
     pos, neg, sigma = site.histograms(params, grid=DEFAULT_GRID)
     noise = np.concatenate([(pos - exact[0]).ravel(), (neg - exact[1]).ravel()])  # 2 L (G+1) draws
     ledger = json.loads((path / "privacy.json").read_text())

@@ -13,9 +13,10 @@ from dprad.data.dataset import Encoded, encode
 from dprad.data.schemas import CHEXPERT14
 from dprad.encoder_runtime import RUNTIMES, frozen_encoder
 from dprad.errors import DpradError
-from dprad.features import encoder_features, public_reports
 from dprad.local_models import load_tokenizer
-from dprad.model import hidden_size
+from dprad.nn.features import encoder_features
+from dprad.nn.model import hidden_size
+from dprad.nn.public import public_reports
 
 # (minimum, mean) cosine of each report's pooled features to torch fp32's; int8 weights and activations
 # on a random-init encoder move them most

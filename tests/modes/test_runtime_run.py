@@ -17,9 +17,9 @@ from dprad.data.dataset import encode
 from dprad.data.table import reports_frame, write_table
 from dprad.encoder_runtime import frozen_encoder
 from dprad.errors import DpradError
-from dprad.features import encoder_features
 from dprad.modes import load_run
 from dprad.modes.head import HeadMode, head_x
+from dprad.nn.features import encoder_features
 from dprad.run import RunRecord
 from dprad.serve.app import ServeLimits, create_app, running
 from dprad.serve.keys import hash_key

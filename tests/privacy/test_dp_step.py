@@ -20,9 +20,9 @@ from dprad.data.dataset import (
     micro_batches,
 )
 from dprad.errors import DpradError
-from dprad.features import loss_per_example
 from dprad.local_models import load_tokenizer
-from dprad.model import ReportClassifier, attach_lora, encoder_type, freeze_for_dp_full, load_encoder
+from dprad.nn.loss import loss_per_example
+from dprad.nn.model import ReportClassifier, attach_lora, encoder_type, freeze_for_dp_full, load_encoder
 from dprad.privacy.dp_step import per_sample_norms, plain_step, private_step
 from dprad.privacy.noise import NoiseSource
 from dprad.stages.train import check_sampler

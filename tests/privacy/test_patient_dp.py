@@ -17,9 +17,9 @@ from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.data.dataset import Encoded, collate, encode, micro_batches
 from dprad.data.sampling import PatientPoissonSampler, patient_groups
 from dprad.errors import DpradError
-from dprad.features import loss_per_example
 from dprad.local_models import load_tokenizer
-from dprad.model import ReportClassifier, attach_lora, load_encoder
+from dprad.nn.loss import loss_per_example
+from dprad.nn.model import ReportClassifier, attach_lora, load_encoder
 from dprad.privacy.dp_step import clip_and_accumulate, per_sample_norms, private_step
 from dprad.privacy.noise import NoiseSource, NoiseStream
 

@@ -178,7 +178,7 @@ def test_label_gold_then_train_sees_the_same_reports_and_splits_as_the_native_fi
 
 
 def test_the_public_corpus_shares_no_text_with_dprad_synth() -> None:
-    from dprad.features import public_reports
+    from dprad.nn.public import public_reports
 
     for modality in ("cxr", "ct"):
         user = {r.text for r in generate_reports(SynthConfig(modality=modality))}

@@ -88,7 +88,7 @@ class QueriesRefused(DpradError):
 
 def synthetic_reports(modality: str, n_reports: int, *, seed: int) -> list[Report]:
     """``n_reports`` synthetic reports from the attacker's own seed stream, which neither ``dprad synth``
-    nor the public corpus (:func:`dprad.features.public_reports`) draws from. Use one seed for the
+    nor the public corpus (:func:`dprad.nn.public.public_reports`) draws from. Use one seed for the
     attacker's pool and another for the evaluation reports."""
     patients = max(1, int(n_reports / 1.6 * 1.2) + 10)  # 1.6 reports per patient on average
     out = generate_reports(
@@ -282,9 +282,10 @@ def fit_clone(
 def clone_features(reports: Sequence[Report], spec: CloneSpec, schema: LabelSchema) -> np.ndarray:
     """(N, H) pooled features of the clone's frozen encoder."""
     from dprad.data.dataset import encode
-    from dprad.features import encoder_features, resolve_device
     from dprad.local_models import load_tokenizer, resolve_model_dir
-    from dprad.model import load_encoder, resolve_pooling
+    from dprad.nn.device import resolve_device
+    from dprad.nn.features import encoder_features
+    from dprad.nn.model import load_encoder, resolve_pooling
 
     model_dir = resolve_model_dir(spec.model)
     encoder = load_encoder(model_dir).to(resolve_device(spec.device))

@@ -152,9 +152,9 @@ def start_and_final(record: RunRecord) -> tuple[list[np.ndarray], list[np.ndarra
     """A head run's public start (``modes.head.start_head`` from its config and public data, as the run
     seeded it) and its shipped head, parameter by parameter in the optimizer's order (weight, bias)."""
     from dprad.encoder_runtime import frozen_encoder, user_cache_dir
-    from dprad.features import public_corpus
     from dprad.local_models import load_tokenizer
     from dprad.modes.head import start_head
+    from dprad.nn.public import public_corpus
     from dprad.run.files import HEAD_WEIGHTS, read_weights
 
     cfg = record.config

@@ -24,9 +24,9 @@ from dprad.audit.sections import write_sections
 from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import UncertainPolicy
 from dprad.errors import DpradError
-from dprad.features import loss_per_example
 from dprad.modes import get_mode
 from dprad.modes.reference import ReferenceModels, TrainFn
+from dprad.nn.loss import loss_per_example
 from dprad.run import RunRecord, files
 
 ATTACKS = ("loss", "lira", "rmia")  # "loss" runs the loss and the confidence attack

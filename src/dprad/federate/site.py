@@ -36,7 +36,8 @@ from dprad import io
 from dprad.config import RunConfig
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.modes.head import HeadMode, Targets
+from dprad.modes.base import Mode
+from dprad.modes.distributable import as_distributable
 from dprad.privacy.ledger import PrivacyLedger
 from dprad.privacy.noise import NoiseSource
 from dprad.run import files
@@ -92,24 +93,6 @@ class SiteInfo:
             raise DpradError(f"{source}: not a complete site description ({err})") from None
 
 
-class SiteHead(HeadMode):
-    """The head mode on features stored in the site directory: no encoder is loaded per round."""
-
-    def __init__(self, plan: RunPlan, arrays: dict[str, np.ndarray], *, notes: list[str]) -> None:
-        super().__init__(plan, notes=notes)
-        self.arrays = arrays
-
-    def build(self) -> torch.nn.Module:
-        from dprad.model import FeatureHead
-
-        a = self.arrays
-        self.x = {s: a[f"x_{s}"] for s in ("train", "val", "test")}  # (N, D) each
-        self.enc = {s: Targets(targets=a[f"y_{s}"], mask=a[f"m_{s}"]) for s in ("train", "val", "test")}
-        self.center = a["center"]
-        self.head = FeatureHead(self.x["train"].shape[1], len(self.plan.schema), center=self.center)
-        return self.head
-
-
 def prepare_site(
     cfg: RunConfig,
     out: Path,
@@ -155,24 +138,20 @@ def prepare_site(
     if plan.steps != rounds * steps:
         raise RuntimeError(f"site plan has {plan.steps} steps, not {rounds} x {steps}")
     mode = get_mode(kind)(plan, notes=list(plan.notes))
+    federated = as_distributable(mode)
     with torch.random.fork_rng():
         torch.manual_seed(START_SEED)  # one start for every site whatever its own --seed: it is public
         mode.build()
-    start = get_params(mode)
+    start = federated.get_parameters()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (SITE, files.METRICS, files.PRIVACY, "messages.jsonl", NOISE_KEY, REFUSED):  # a fresh site
+    # a fresh site (a previous preparation's stored inputs too: a round builds on whatever is stored)
+    for stale in (SITE, files.METRICS, files.PRIVACY, "messages.jsonl", NOISE_KEY, REFUSED, ARRAYS):
         (out / stale).unlink(missing_ok=True)
     if cfg.privacy.noise_seed is None:
         NoiseSource.secret().save(out / NOISE_KEY)
     shutil.rmtree(out / "updates", ignore_errors=True)
-    if isinstance(mode, HeadMode):  # the head's inputs, once: a round needs no encoder
-        arrays = {"center": np.asarray(mode.center)}
-        for s in ("train", "val", "test"):
-            arrays[f"x_{s}"], arrays[f"y_{s}"], arrays[f"m_{s}"] = (
-                mode.x[s],
-                mode.enc[s].targets,
-                mode.enc[s].mask,
-            )
+    arrays = federated.site_inputs()  # the head's inputs, once: a round needs no encoder (LoRA keeps none)
+    if arrays:
         io.write_with(out / ARRAYS, lambda tmp: _savez(tmp, arrays))
     saved = pickle.dumps(replace(plan, notes=tuple(mode.notes)))
     io.write_with(out / PLAN, lambda tmp: _write_bytes(tmp, saved))
@@ -223,29 +202,6 @@ def hold_lock(path: Path) -> int:
         os.close(fd)
         raise DpradError(f"{path}: another dprad federate client is running this site") from None
     return fd
-
-
-def get_params(mode: Any) -> dict[str, np.ndarray]:
-    """What a round sends: a head's state (its weights and the public feature centre), or the trainable
-    parameters of an encoder mode (LoRA adapters and the classification head)."""
-    if isinstance(mode, HeadMode):
-        return {k: v.detach().cpu().numpy().copy() for k, v in mode.head.state_dict().items()}
-    return {
-        n: p.detach().cpu().numpy().copy() for n, p in mode.trainable.named_parameters() if p.requires_grad
-    }
-
-
-def set_params(mode: Any, params: dict[str, np.ndarray]) -> None:
-    state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
-    if isinstance(mode, HeadMode):
-        mode.head.load_state_dict(state)
-        return
-    own = {n for n, p in mode.trainable.named_parameters() if p.requires_grad}
-    if set(state) != own:
-        raise DpradError(
-            f"the global model's parameters do not match this site's ({len(state)} vs {len(own)})"
-        )
-    mode.trainable.load_state_dict(state, strict=False)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -352,21 +308,21 @@ class Site:
         """The federation refused this site: its client reads the reason and stops."""
         io.write_json(self.path / REFUSED, {"reason": reason})
 
-    def _mode(self, params: dict[str, np.ndarray]) -> Any:
-        """The site's mode, built, holding ``params`` (a head on the stored features, or LoRA)."""
+    def _mode(self, params: dict[str, np.ndarray]) -> Mode:
+        """The site's mode, built on what the site stored (a head's inputs; nothing for LoRA), holding
+        ``params``."""
         from dprad.modes import get_mode
 
-        if self.info.mode == "head":
+        stored: dict[str, np.ndarray] = {}
+        if (self.path / ARRAYS).is_file():
             with np.load(self.path / ARRAYS) as z:
-                arrays = {k: z[k] for k in z.files}
-            mode: Any = SiteHead(self.plan, arrays, notes=[])
-            mode.build()
-        else:
-            mode = get_mode(self.info.mode)(self.plan, notes=[])
-            with torch.random.fork_rng():
-                torch.manual_seed(START_SEED)
-                mode.build()
-        set_params(mode, params)
+                stored = {k: z[k] for k in z.files}
+        mode = get_mode(self.info.mode)(self.plan, notes=[])
+        federated = as_distributable(mode)
+        with torch.random.fork_rng():
+            torch.manual_seed(START_SEED)
+            federated.build_on(stored)
+        federated.set_parameters(params)
         return mode
 
     def train_round(
@@ -392,7 +348,7 @@ class Site:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             fitted = fit(plan, mode, plan.privacy(), noise=self.noise().child(f"round-{taken}"))
-        out = get_params(mode)
+        out = as_distributable(mode).get_parameters()
         rounds = [*self.state["rounds"], {"round": server_round, "loss": fitted.history["step_loss"]}]
         self._save_state(rounds=rounds)  # counted before the update leaves the site
         updates = self.path / "updates"  # what this site sent, kept at the site (its own model, no data)
@@ -444,7 +400,8 @@ class Site:
         if self.state["thresholds_released"]:
             raise Declined(f"site {self.info.name}: has already released its threshold histograms once")
         mode = self._mode(params)
-        y, m, p = mode.enc["val"].targets, mode.enc["val"].mask, mode.probs("val")
+        inputs = as_distributable(mode).split_inputs("val")
+        y, m, p = inputs.targets, inputs.mask, mode.probs("val")
         if self.plan.unit == "patient":
             val = self.plan.splits.val
             keep = one_report_per_patient([r.patient_id for r in val], [r.id for r in val])
@@ -471,7 +428,8 @@ class Site:
         test = self.plan.splits.test
         if not test:
             raise DpradError(f"site {self.info.name}: has no test split to evaluate on (see --split)")
-        y, m, p = mode.enc["test"].targets, mode.enc["test"].mask, mode.probs("test")
+        inputs = as_distributable(mode).split_inputs("test")
+        y, m, p = inputs.targets, inputs.mask, mode.probs("test")
         return bootstrap_counts(y, p, m, thresholds, [r.patient_id for r in test], n_boot=n_boot)
 
     def finish(self, params: dict[str, np.ndarray], thresholds: np.ndarray, rule: str) -> None:

@@ -96,7 +96,7 @@ class Mode(ABC):
         return resolve_rule_prior(cfg, schema)
 
     def __init__(self, plan: RunPlan, *, notes: list[str]) -> None:
-        from dprad.features import resolve_device
+        from dprad.nn.device import resolve_device
 
         self.plan = plan
         self.notes = notes  # the run's notes: a mode appends what a reader of the run should know

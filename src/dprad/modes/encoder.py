@@ -3,7 +3,7 @@ micro-batches with dynamic padding; a linear head reads the pooled output."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,18 +16,20 @@ from dprad.data.dataset import collate, encode, inference_batches, micro_batches
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
-from dprad.features import autocast, loss_per_example, scoring_tokens
 from dprad.modes.base import Mode, resolve_rule_prior
+from dprad.modes.distributable import Distributable, SplitInputs
+from dprad.nn.device import autocast, scoring_tokens
+from dprad.nn.loss import loss_per_example
 
 if TYPE_CHECKING:
-    from dprad.model import FeatureHead
     from dprad.modes.predictor import Predictor
+    from dprad.nn.model import FeatureHead
     from dprad.run import RunRecord
 
 CENTER_FILE = "center.pt"  # LP-FT runs: the public feature centre the head's inputs are centred on
 
 
-class EncoderMode(Mode):
+class EncoderMode(Mode, Distributable):
     """A mode that trains (part of) the encoder; subclasses say which part (``adapt``) and how to save it.
 
     LP-FT (``train.probe``, the default): the stages train the head mode's probe first and hand it over
@@ -72,7 +74,7 @@ class EncoderMode(Mode):
 
     def build(self) -> nn.Module:
         from dprad.local_models import load_tokenizer
-        from dprad.model import ReportClassifier, load_encoder
+        from dprad.nn.model import ReportClassifier, load_encoder
 
         plan, cfg = self.plan, self.plan.cfg
         self.tokenizer = load_tokenizer(plan.model_dir)
@@ -116,6 +118,36 @@ class EncoderMode(Mode):
     @property
     def trainable(self) -> nn.Module:
         return self.model
+
+    # a federation (Distributable, LoRA's: the site refuses --mode full): the trainable parameters travel
+    # (adapters and head); the site keeps no inputs, a round encodes its reports again
+
+    def get_parameters(self) -> dict[str, np.ndarray]:
+        """The trainable parameters (LoRA adapters and the classification head), name -> array."""
+        return {
+            n: p.detach().cpu().numpy().copy()
+            for n, p in self.trainable.named_parameters()
+            if p.requires_grad
+        }
+
+    def set_parameters(self, params: Mapping[str, np.ndarray]) -> None:
+        state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
+        own = {n for n, p in self.trainable.named_parameters() if p.requires_grad}
+        if set(state) != own:
+            raise DpradError(
+                f"the global model's parameters do not match this site's ({len(state)} vs {len(own)})"
+            )
+        self.trainable.load_state_dict(state, strict=False)
+
+    def split_inputs(self, split: str) -> SplitInputs:
+        return SplitInputs(self.enc[split].targets, self.enc[split].mask)
+
+    def site_inputs(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def build_on(self, stored: Mapping[str, np.ndarray]) -> nn.Module:
+        del stored  # nothing stored: the encoder runs inside every step
+        return self.build()
 
     @property
     def prior_dim(self) -> int:
@@ -197,7 +229,7 @@ class EncoderMode(Mode):
         from dprad.local_models import load_tokenizer
 
         del feature_cache  # the encoder is the trained model: no frozen features to reuse
-        from dprad.model import ReportClassifier
+        from dprad.nn.model import ReportClassifier
         from dprad.run.files import CENTER_WEIGHTS, HEAD_WEIGHTS, read_weights
 
         run_dir, model_dir, schema, cfg = record.path, Path(record.model_dir), record.schema, record.config

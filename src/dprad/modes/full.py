@@ -16,7 +16,7 @@ class FullMode(EncoderMode):
     plain_defaults = ModeDefaults(epochs=4.0, lr=5e-5, batch_size=32)
 
     def adapt(self, encoder: nn.Module) -> nn.Module:
-        from dprad.model import freeze_for_dp_full
+        from dprad.nn.model import freeze_for_dp_full
 
         if self.plan.private:  # position ids shaped [1, T] break per-sample gradients of the embeddings
             freeze_for_dp_full(encoder)
@@ -27,7 +27,7 @@ class FullMode(EncoderMode):
 
     @classmethod
     def load_encoder(cls, run_dir: Path, model_dir: Path) -> nn.Module:
-        from dprad.model import load_encoder
+        from dprad.nn.model import load_encoder
 
         del model_dir
         return load_encoder(run_dir / "model" / "encoder")

@@ -7,7 +7,7 @@ protects the reports exactly as DP-SGD on the whole model would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,34 +21,30 @@ from dprad.data.dataset import encode
 from dprad.data.reports import Report, label_matrix
 from dprad.data.schemas import LabelSchema, UncertainPolicy
 from dprad.errors import DpradError
-from dprad.features import (
-    FeatureStore,
-    PublicCorpus,
-    cached_features,
-    encoder_features,
-    head_inputs,
-    loss_per_example,
-    public_corpus,
-    warm_start,
-)
 from dprad.modes.base import Mode, ModeDefaults, resolve_public_warm_start, resolve_rule_prior
+from dprad.modes.distributable import Distributable, SplitInputs
+from dprad.nn.feature_cache import FeatureStore, cached_features
+from dprad.nn.features import encoder_features
+from dprad.nn.inputs import head_inputs
+from dprad.nn.loss import loss_per_example
+from dprad.nn.public import PublicCorpus, public_corpus, warm_start
 
 if TYPE_CHECKING:
-    from dprad.model import FeatureHead
     from dprad.modes.predictor import Predictor
     from dprad.modes.reference import AuditView, TrainFn
+    from dprad.nn.model import FeatureHead
     from dprad.run import RunRecord
 
 
 @dataclass(frozen=True)
 class Targets:
-    """A split's labels as the head trains on them (what a federation site reads as ``mode.enc[split]``)."""
+    """A split's labels as the head trains on them (no token ids: the feature pass tokenises)."""
 
     targets: np.ndarray  # (N, L)
     mask: np.ndarray  # (N, L)
 
 
-class HeadMode(Mode):
+class HeadMode(Mode, Distributable):
     name = "head"
     # Private: 40 epochs at lr 2 with the rule prior and the public warm start, chosen on the public
     # synthetic corpus and validation splits of both real corpora (bench/head_trainers.py), not on a test
@@ -149,6 +145,44 @@ class HeadMode(Mode):
     def trainable(self) -> nn.Module:
         return self.head
 
+    # a federation (Distributable): the head's state travels, its inputs are stored once at the site
+
+    def get_parameters(self) -> dict[str, np.ndarray]:
+        """The head's state: its weights and the public feature centre (a buffer)."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.head.state_dict().items()}
+
+    def set_parameters(self, params: Mapping[str, np.ndarray]) -> None:
+        state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
+        self.head.load_state_dict(state)
+
+    def split_inputs(self, split: str) -> SplitInputs:
+        return SplitInputs(self.enc[split].targets, self.enc[split].mask, features=self.x[split])
+
+    def site_inputs(self) -> dict[str, np.ndarray]:
+        """The public centre, and per split the head's input rows, targets and masks: a round then needs
+        no encoder."""
+        arrays = {"center": np.asarray(self.center)}
+        for s in ("train", "val", "test"):
+            arrays[f"x_{s}"], arrays[f"y_{s}"], arrays[f"m_{s}"] = (
+                self.x[s],
+                self.enc[s].targets,
+                self.enc[s].mask,
+            )
+        return arrays
+
+    def build_on(self, stored: Mapping[str, np.ndarray]) -> nn.Module:
+        """The head on stored inputs (:meth:`site_inputs`): no encoder is loaded."""
+        from dprad.nn.model import FeatureHead
+
+        if not stored:
+            return self.build()
+        a = stored
+        self.x = {s: a[f"x_{s}"] for s in ("train", "val", "test")}  # (N, D) each
+        self.enc = {s: Targets(targets=a[f"y_{s}"], mask=a[f"m_{s}"]) for s in ("train", "val", "test")}
+        self.center = a["center"]
+        self.head = FeatureHead(self.x["train"].shape[1], len(self.plan.schema), center=self.center)
+        return self.head
+
     def optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
         # a linear head on fixed features: SGD with momentum (measured better than Adam under DP noise)
         t = self.plan.cfg.train
@@ -200,7 +234,7 @@ class HeadMode(Mode):
         """The run's head (with its public feature centre), its frozen encoder and tokenizer."""
         from dprad.encoder_runtime import frozen_encoder, user_cache_dir
         from dprad.local_models import load_tokenizer
-        from dprad.model import FeatureHead
+        from dprad.nn.model import FeatureHead
         from dprad.run.files import HEAD_WEIGHTS, read_weights
 
         # the runtime the run was trained and evaluated with, so a served score is the evaluated one
@@ -309,7 +343,7 @@ def start_head(cfg: RunConfig, schema: LabelSchema, public: PublicCorpus) -> Fea
     """The head before any private step: ``nn.Linear``'s initialisation from the torch generator as the
     run seeded it (``train.seed``), then the public warm start. A function of ``config.json``, the schema
     and public data only: what the noise-replay audit starts its replay from."""
-    from dprad.model import FeatureHead
+    from dprad.nn.model import FeatureHead
 
     prior = bool(cfg.train.rule_prior)
     dim = head_x(np.zeros((1, len(public.center))), public.center, [""], schema, prior=prior).shape[1]

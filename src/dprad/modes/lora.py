@@ -17,9 +17,9 @@ from torch import nn
 from dprad.config import RunConfig
 from dprad.data.dataset import micro_batches
 from dprad.data.schemas import LabelSchema
-from dprad.features import loss_per_example
 from dprad.modes.base import ModeDefaults
 from dprad.modes.encoder import EncoderMode
+from dprad.nn.loss import loss_per_example
 
 # LP-FT's default: LoRA in the top 2 layers (the frozen bottom's hidden states cached once per report, so a
 # step runs 2 of MiniLM's 6 layers).
@@ -57,7 +57,7 @@ class LoraMode(EncoderMode):
         lo = self.plan.cfg.lora
         if not lo.layers:
             return super().build()
-        from dprad.prefix_cache import PrefixLoraClassifier, cache_hidden_states, split_encoder
+        from dprad.nn.prefix_cache import PrefixLoraClassifier, cache_hidden_states, split_encoder
 
         super().build()  # tokenizer, encodings, the peft encoder (adapt) and the whole classifier
         bottom, top = split_encoder(self.encoder, lo.layers)
@@ -106,11 +106,11 @@ class LoraMode(EncoderMode):
         super().save(model_dir)
 
     def adapt(self, encoder: nn.Module) -> nn.Module:
-        from dprad.model import attach_lora
+        from dprad.nn.model import attach_lora
 
         lo = self.plan.cfg.lora
         if lo.layers:
-            from dprad.prefix_cache import attach_top_lora
+            from dprad.nn.prefix_cache import attach_top_lora
 
             return attach_top_lora(
                 encoder,
@@ -136,6 +136,6 @@ class LoraMode(EncoderMode):
     def load_encoder(cls, run_dir: Path, model_dir: Path) -> nn.Module:
         from peft import PeftModel
 
-        from dprad.model import load_encoder
+        from dprad.nn.model import load_encoder
 
         return PeftModel.from_pretrained(load_encoder(model_dir), str(run_dir / "model" / "adapter"))

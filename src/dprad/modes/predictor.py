@@ -13,7 +13,7 @@ from scipy.special import expit
 
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema
-from dprad.features import loss_per_example
+from dprad.nn.loss import loss_per_example
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Predictions:
         return df
 
 
-# Reports scored per call of a mode's logits: the feature pass's chunk (dprad.features.FEATURE_CHUNK)
+# Reports scored per call of a mode's logits: the feature pass's chunk (dprad.nn.feature_cache.FEATURE_CHUNK)
 PREDICT_BLOCK = 2048
 
 # reports -> (logits (N, L), their encoding, whose targets / mask give the per-example loss)

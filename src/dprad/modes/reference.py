@@ -27,8 +27,9 @@ import torch
 from dprad.data.dataset import PoissonSampler, ShuffleSampler
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.features import loss_per_example, warm_start
-from dprad.model import FeatureHead
+from dprad.nn.loss import loss_per_example
+from dprad.nn.model import FeatureHead
+from dprad.nn.public import warm_start
 from dprad.privacy.dp_step import plain_step, private_step
 from dprad.privacy.noise import NoiseSource
 from dprad.run import files

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from dprad.errors import PrivacyInvariantError
-from dprad.model import trainable_parameters
 from dprad.modes.base import Mode
+from dprad.nn.model import trainable_parameters
 from dprad.privacy import DpSgd, NonPrivate, PrivacyLedger, guarantee_statement, library_versions
 from dprad.privacy.noise import NoiseSource
 from dprad.run.plan import RunPlan

@@ -142,7 +142,7 @@ def encoder_runtime(cfg: RunConfig, mode: str) -> EncoderRuntime:
     """``--encoder-runtime auto``: ONNX Runtime int8 for a head's frozen encoder on the CPU (the fastest
     path within 0.003 test weighted F1 of torch fp32 on every cell measured, bench/encoder_paths.py), torch
     on a GPU and for the modes that train the encoder; a runtime the user named is kept (the modes check it)."""
-    from dprad.features import resolve_device
+    from dprad.nn.device import resolve_device
 
     if cfg.model.encoder_runtime != "auto":
         return cfg.model.encoder_runtime
@@ -201,7 +201,7 @@ def plan_run(
     require_positives: bool = True,
 ) -> RunPlan:
     """Prepare + resolve + step planning + noise calibration + pooling, once."""
-    from dprad.model import encoder_type, resolve_pooling
+    from dprad.nn.model import encoder_type, resolve_pooling
 
     model_dir = resolve_model_dir(cfg.model.name)  # fail fast on a bad model before reading data
     kind = encoder_type(model_dir)

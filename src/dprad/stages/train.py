@@ -17,8 +17,8 @@ import torch
 from dprad.config import RunConfig
 from dprad.data.reports import Report
 from dprad.errors import DpradError
-from dprad.model import trainable_parameters
 from dprad.modes import get_mode
+from dprad.nn.model import trainable_parameters
 from dprad.privacy.mechanism import DpSgd, check_sampler
 from dprad.privacy.noise import NoiseSource
 from dprad.run.plan import RunPlan

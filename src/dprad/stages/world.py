@@ -107,7 +107,7 @@ def joined(device: str) -> Iterator[World]:
     if size <= 1:
         yield SOLO
         return
-    from dprad.features import resolve_device
+    from dprad.nn.device import resolve_device
 
     if not dist.is_available():
         raise DpradError(f"WORLD_SIZE={size}: this torch build has no torch.distributed")

@@ -30,8 +30,8 @@ from torch import nn
 
 from dprad.data.dataset import Encoded, collate, inference_batches
 from dprad.errors import DpradError
-from dprad.features import scoring_tokens
-from dprad.model import ENCODER_TYPES, ReportClassifier, center_tensor, head_input, pool
+from dprad.nn.device import scoring_tokens
+from dprad.nn.model import ENCODER_TYPES, ReportClassifier, center_tensor, head_input, pool
 
 PREFIX_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 

@@ -18,9 +18,9 @@ import pytest
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.features import FeatureStore, cached_features
 from dprad.local_models import load_tokenizer
-from dprad.model import load_encoder
+from dprad.nn.feature_cache import FeatureStore, cached_features
+from dprad.nn.model import load_encoder
 
 CHUNK = 40
 POOLING, MAX_LENGTH, MAX_TOKENS = "mean", 64, 2048
@@ -30,9 +30,9 @@ PASS = """
 import sys, time
 from pathlib import Path
 from dprad import SynthConfig, generate_reports
-from dprad.features import FeatureStore, cached_features
+from dprad.nn.feature_cache import FeatureStore, cached_features
 from dprad.local_models import load_tokenizer
-from dprad.model import load_encoder
+from dprad.nn.model import load_encoder
 
 model, root = sys.argv[1], sys.argv[2]
 texts = [r.text for r in generate_reports(SynthConfig(n_patients=120, seed=5))]
@@ -143,10 +143,10 @@ class Crash(Exception):
 def test_a_run_keeps_its_store_for_a_resume_and_deletes_it_when_done(
     tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dprad import features
+    from dprad.nn import feature_cache
     from dprad.stages.train import train
 
-    monkeypatch.setattr(features, "FEATURE_CHUNK", 100)  # several chunks of this small corpus
+    monkeypatch.setattr(feature_cache, "FEATURE_CHUNK", 100)  # several chunks of this small corpus
     data = tmp_path / "synth.csv"
     write_table(reports_frame(generate_reports(SynthConfig(n_patients=200, seed=3)), CHEXPERT14), data)
     cfg = RunConfig(

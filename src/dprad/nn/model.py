@@ -12,6 +12,7 @@ from torch import nn
 from dprad.config import POOLINGS, Pooling
 from dprad.errors import DpradError
 from dprad.local_models import declared_pooling, resolve_model_dir
+from dprad.nn.inputs import PRIOR_NORM
 
 ENCODER_TYPES = {
     "bert": ("query", "value"),
@@ -124,8 +125,6 @@ def with_prior(pooled: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor
 def probe_inputs(pooled: torch.Tensor, prior: torch.Tensor | None, center: torch.Tensor) -> torch.Tensor:
     """The head mode's input rows, differentiably (the tensor twin of ``modes.head.head_x``):
     (B, H) pooled -> centred on the public mean (H,), unit norm [| (B, 4L) prior block] / sqrt(1 + PN^2)."""
-    from dprad.priors import PRIOR_NORM
-
     x = pooled.float() - center  # (B, H), fp32 even under bf16 autocast
     x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     if prior is None:

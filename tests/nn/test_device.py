@@ -10,7 +10,7 @@ import torch
 from dprad import CHEXPERT14, DpradError, SynthConfig, generate_reports
 from dprad.config import DataConfig, ModelConfig, PrivacyConfig, RunConfig, TrainConfig
 from dprad.data.table import reports_frame, write_table
-from dprad.features import resolve_device
+from dprad.nn.device import resolve_device
 from dprad.stages.train import train
 
 

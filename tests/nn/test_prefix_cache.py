@@ -13,10 +13,10 @@ from opacus import GradSampleModule
 from dprad import CHEXPERT14, SynthConfig, generate_reports
 from dprad.data.dataset import Encoded, collate, encode
 from dprad.errors import DpradError
-from dprad.features import loss_per_example
 from dprad.local_models import load_tokenizer
-from dprad.model import attach_lora, load_encoder
-from dprad.prefix_cache import PrefixLoraClassifier, attach_top_lora, cache_hidden_states, split_encoder
+from dprad.nn.loss import loss_per_example
+from dprad.nn.model import attach_lora, load_encoder
+from dprad.nn.prefix_cache import PrefixLoraClassifier, attach_top_lora, cache_hidden_states, split_encoder
 
 
 def encoded(model_dir: Path, n: int = 7) -> Encoded:
