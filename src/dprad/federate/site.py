@@ -127,16 +127,14 @@ def prepare_site(
     per_round = local_epochs if local_epochs is not None else total / rounds
     if not (per_round > 0 and math.isfinite(per_round)):
         raise DpradError(f"--local-epochs {local_epochs} must be a positive number")
-    first = plan_run(
-        cfg.with_(train=replace(cfg.train, epochs=per_round * rounds)), reports, require_positives=False
+    # planned once, for whole rounds: the plan counts every round's steps, the noise covers them all
+    plan = plan_run(
+        cfg.with_(train=replace(cfg.train, epochs=per_round * rounds)),
+        reports,
+        require_positives=False,
+        rounds=rounds,
     )
-    steps = max(1, round(per_round / first.sample_rate))  # whole steps per round; the plan counts all rounds
-    plan = first
-    if first.steps != rounds * steps:  # plan again (same data and splits) for whole rounds
-        exact = first.cfg.with_(train=replace(first.cfg.train, epochs=rounds * steps * first.sample_rate))
-        plan = plan_run(exact, reports, require_positives=False)
-    if plan.steps != rounds * steps:
-        raise RuntimeError(f"site plan has {plan.steps} steps, not {rounds} x {steps}")
+    steps = plan.steps // rounds
     mode = get_mode(kind)(plan, notes=list(plan.notes))
     federated = as_distributable(mode)
     with torch.random.fork_rng():

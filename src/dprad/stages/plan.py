@@ -18,7 +18,7 @@ from dprad.data.read import read_data
 from dprad.data.reports import Report
 from dprad.data.schemas import LabelSchema, builtin_schema, load_schema
 from dprad.data.splits import Splits, split_by_patient
-from dprad.errors import DpradError, ParameterError
+from dprad.errors import DpradError, ParameterError, PrivacyInvariantError
 from dprad.local_models import resolve_model_dir
 from dprad.privacy import calibrate_noise, default_delta, dpsgd_event, epsilon_of
 from dprad.privacy.accounting import gaussian_noise_multiplier, with_releases
@@ -189,6 +189,20 @@ def planned_steps(cfg: RunConfig, n_train: int) -> tuple[float, int]:
     return q, max(1, round(cfg.train.epochs / q))
 
 
+def _whole_rounds(cfg: RunConfig, n: int, *, q: float, steps: int, rounds: int) -> tuple[RunConfig, int]:
+    """A federated site's steps: ``rounds`` times a whole number of steps per round (at least one), its
+    epochs restated to match when the rounding moved them."""
+    assert cfg.train.epochs is not None
+    per_round = max(1, round(cfg.train.epochs / rounds / q))
+    if steps == rounds * per_round:
+        return cfg, steps
+    cfg = cfg.with_(train=replace(cfg.train, epochs=rounds * per_round * q))
+    _, steps = planned_steps(cfg, n)
+    if steps != rounds * per_round:
+        raise PrivacyInvariantError(f"a site's plan has {steps} steps, not {rounds} x {per_round}")
+    return cfg, steps
+
+
 # (train reports, schema, rng) -> (the training split to use, the canary set): the audit's hook
 CanaryHook = Callable[[list[Report], LabelSchema], tuple[list[Report], Any]]
 
@@ -199,8 +213,11 @@ def plan_run(
     *,
     canaries: CanaryHook | None = None,
     require_positives: bool = True,
+    rounds: int | None = None,
 ) -> RunPlan:
-    """Prepare + resolve + step planning + noise calibration + pooling, once."""
+    """Prepare + resolve + step planning + noise calibration + pooling, once. ``rounds``: a federated
+    site's schedule, ``rounds`` rounds of the same whole number of DP-SGD steps (its ``epochs`` spread
+    over them), so that the noise is calibrated once for exactly the steps the site will take."""
     from dprad.nn.model import encoder_type, resolve_pooling
 
     model_dir = resolve_model_dir(cfg.model.name)  # fail fast on a bad model before reading data
@@ -233,6 +250,8 @@ def plan_run(
     if cfg.data.teacher is None:  # reports read by a sweep come from data.path too
         cfg = cfg.with_(data=replace(cfg.data, teacher=teacher_of(cfg.data.path, cfg.data.labels_path)))
     q, steps = planned_steps(cfg, n)
+    if rounds is not None:
+        cfg, steps = _whole_rounds(cfg, n, q=q, steps=steps, rounds=rounds)
     probe_cfg = probe_config(cfg, n) if cfg.train.probe else None
     q1, steps1 = planned_steps(probe_cfg, n) if probe_cfg is not None else (0.0, 0)
     cal = Calibration()  # not private: no noise
