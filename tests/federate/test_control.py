@@ -133,3 +133,34 @@ def test_a_client_that_cannot_reach_the_superlink_exits_in_one_line_within_its_t
     assert "cannot reach the SuperLink" in line and "--timeout 2" in line
     assert not site_processes(site)
     print(f"closed port: exited after {took:.1f} s (--timeout 2, Python start included)")
+
+
+def test_a_killed_server_leaves_no_flower_process(tmp_path: Path) -> None:
+    """SIGKILL of ``dprad federate server`` itself, while its ServerApp waits for hospitals: its reaper
+    kills the SuperLink's SuperExec and ServerApp at once (Flower detaches them into sessions of their
+    own), hung or not."""
+    out = tmp_path / "fed"
+    port = free_port()
+    srv = server(out, port, "--min-clients", "2", "--timeout", "60")
+    home = (out / "flower" / "home").resolve()
+    mark = f"FLWR_HOME={home}".encode()
+
+    def flower() -> list[str]:
+        found = []
+        for d in Path("/proc").glob("[0-9]*"):
+            try:
+                if mark in (d / "environ").read_bytes().split(b"\0"):
+                    stat = (d / "stat").read_text()
+                    if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                        found.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+        return found
+
+    wait_for(lambda: any("flwr-serverapp" in c for c in flower()), 240, "the ServerApp never started")
+    os.kill(srv.pid, signal.SIGKILL)
+    srv.wait(20)
+    t0 = time.monotonic()
+    # without the reaper, Flower's own parent watch ends them about 10 s later, and never a hung one
+    wait_for(lambda: not flower(), 3, f"left running: {flower()}")
+    print(f"every Flower process of the server gone {time.monotonic() - t0:.2f} s after its SIGKILL")

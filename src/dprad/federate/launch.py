@@ -20,6 +20,8 @@ from pathlib import Path
 
 from dprad import io
 from dprad.errors import DpradError
+from dprad.federate import reaper as reaper_module
+from dprad.federate.reaper import kill_home
 from dprad.federate.server import FEDERATION, FederationConfig
 
 APP_TOML = """[build-system]
@@ -164,21 +166,6 @@ def _env(home: Path) -> dict[str, str]:
     }
 
 
-def kill_home(home: Path) -> None:
-    """SIGKILL every process started with ``FLWR_HOME=home`` (Flower's SuperExec detaches its apps into
-    sessions of their own, outside any process group we could stop): nothing of this federation's Flower
-    processes outlives dprad's. Linux (/proc); elsewhere a no-op."""
-    import signal
-
-    mark = f"FLWR_HOME={home}".encode()
-    for d in Path("/proc").glob("[0-9]*"):
-        try:
-            if int(d.name) != os.getpid() and mark in (d / "environ").read_bytes().split(b"\0"):
-                os.kill(int(d.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -285,6 +272,13 @@ def serve(
         f'[superlink]\ndefault = "dprad"\n\n[superlink.dprad]\naddress = "{control}:{port}"\n{tls}',
     )
     env = _env(work / "home")
+    # first the reaper: if this process dies, even by SIGKILL, it kills every Flower process of this home
+    reaper = subprocess.Popen(  # run by its path: it imports nothing of dprad, and starts in a blink
+        [sys.executable, str(Path(reaper_module.__file__)), str(work / "home")],
+        env={k: v for k, v in os.environ.items() if k != "FLWR_HOME"},
+        start_new_session=True,
+        preexec_fn=reaper_module.watch_parent,  # only prctl and the signal mask
+    )
     log = work / "superlink.log"
     with log.open("wb") as f:
         link = subprocess.Popen(
@@ -331,6 +325,8 @@ def serve(
             os.killpg(link.pid, signal.SIGKILL)
             link.wait(10)
         kill_home(work / "home")  # its SuperExec and ServerApp run in sessions of their own
+        reaper.terminate()  # it reaps once more and exits
+        reaper.wait(10)
         signal.signal(signal.SIGTERM, previous)
     text = run_log.read_text(errors="replace")
     if not (out / FEDERATION).exists():
