@@ -33,7 +33,7 @@ began secure stays secure when dropouts leave two.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -107,7 +107,6 @@ class _Round(Strategy):
 
     instructions: list[tuple[ClientProxy, FitIns]]
     result: SecureResult | None = None
-    failures: list[str] = field(default_factory=list)
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return None
@@ -135,7 +134,6 @@ class _Round(Strategy):
                 for proxy, res in results
             },
         )
-        self.failures = [str(f) for f in failures]
         return results[0][1].parameters, {}
 
     def configure_evaluate(
